@@ -1,0 +1,22 @@
+"""SegEarth-OV inference backend: training-free open-vocabulary segmentation.
+
+>>> from segearth_backend import load_segmenter
+>>> seg = load_segmenter(upsampler_weights="none")          # doctest: +SKIP
+>>> pred = seg.predict(rgb_uint8, ["background", "building,roof", "road"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .classes import ClassSet, parse_classes
+from .config import EngineConfig
+from .errors import (CheckpointError, ClassListError, DeviceError, ImageError, InputError, ModelConfigError,
+                     ParameterError, SegEarthError, WeightsError, WeightsNotFoundError)
+from .segmenter import Prediction, Segmenter, load_segmenter
+
+__all__ = [
+    "__version__", "load_segmenter", "Segmenter", "Prediction", "EngineConfig", "ClassSet", "parse_classes",
+    "SegEarthError", "InputError", "ClassListError", "ImageError", "ParameterError", "WeightsError",
+    "WeightsNotFoundError", "CheckpointError", "ModelConfigError", "DeviceError",
+]

@@ -1,0 +1,83 @@
+"""Engine configuration: one frozen dataclass, filled from arguments or the environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Optional
+
+DEFAULT_MODEL = "ViT-B-16-quickgelu"
+DEFAULT_CLIP_WEIGHTS = "openai"
+#: The authors' SimFeatUp checkpoint, downloaded into the cache on first use.
+DEFAULT_UPSAMPLER = "simfeatup"
+
+ENV_MODEL = "SEGEARTH_MODEL"
+ENV_CLIP_WEIGHTS = "SEGEARTH_CLIP_WEIGHTS"
+ENV_UPSAMPLER = "SEGEARTH_UPSAMPLER_WEIGHTS"
+ENV_DEVICE = "SEGEARTH_DEVICE"
+ENV_CACHE_DIR = "SEGEARTH_CACHE_DIR"
+ENV_OFFLINE = "SEGEARTH_OFFLINE"
+
+
+def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``$SEGEARTH_CACHE_DIR``, else the platform's user cache folder + ``segearth-ov``."""
+    if env.get(ENV_CACHE_DIR):
+        return Path(env[ENV_CACHE_DIR]).expanduser()
+    if sys.platform == "win32" and env.get("LOCALAPPDATA"):
+        return Path(env["LOCALAPPDATA"]) / "segearth-ov"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "segearth-ov"
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segearth-ov"
+
+
+def offline(env: Mapping[str, str] = os.environ) -> bool:
+    """True when downloads must not be attempted (``SEGEARTH_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
+    return any(env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build a :class:`~segearth_backend.segmenter.Segmenter`.
+
+    Attributes:
+        model: open_clip model name or path to an open_clip JSON config.
+        clip_weights: open_clip pretrained tag or path to a checkpoint file.
+        upsampler_weights: path to a SimFeatUp checkpoint, ``"simfeatup"``
+            (the authors' checkpoint, downloaded on first use) or ``"none"``
+            (bilinear upsampling, the paper's ablation baseline).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        cache_dir: downloads and the text-embedding cache.
+        batch_size: windows per forward pass (None: 2 on CPU, 16 on CUDA).
+        precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"`` (CUDA only; CPU is fp32).
+    """
+
+    model: str = DEFAULT_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
+    upsampler_weights: str = DEFAULT_UPSAMPLER
+    device: str = "auto"
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_size: Optional[int] = None
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: object) -> "EngineConfig":
+        """Defaults, then ``SEGEARTH_*`` variables, then explicit ``overrides`` (None = not given)."""
+        values: dict[str, object] = {}
+        for key, name in (("model", ENV_MODEL), ("clip_weights", ENV_CLIP_WEIGHTS),
+                          ("upsampler_weights", ENV_UPSAMPLER), ("device", ENV_DEVICE)):
+            if env.get(name):
+                values[key] = env[name]
+        values["cache_dir"] = default_cache_dir(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("cache_dir"), str):
+            values["cache_dir"] = Path(str(values["cache_dir"])).expanduser()
+        return replace(cls(), **values)  # type: ignore[arg-type]

@@ -1,0 +1,76 @@
+"""Choosing the compute device and the precision used on it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager, Optional
+
+import torch
+
+from .errors import DeviceError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``; ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        DeviceError: CUDA asked for but not available, or an unknown name.
+    """
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"Device '{name}' was asked for but PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}). Use device 'cpu' or 'auto', or install a "
+                "CUDA build of PyTorch and the NVIDIA driver."
+            )
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"Device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
+            )
+        return device
+    raise DeviceError(f"Unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype for ``device`` (None = plain float32).
+
+    CPU always runs in float32. On CUDA ``auto`` picks bfloat16 where the GPU
+    supports it, else float16.
+    """
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager[object]:
+    """An autocast context for ``dtype``, or a no-op for float32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def describe(device: torch.device) -> dict[str, object]:
+    """Device facts for logs and health checks (name, memory for CUDA)."""
+    info: dict[str, object] = {"type": device.type, "name": "CPU", "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        info.update(name=torch.cuda.get_device_name(index), index=index,
+                    memory_free_mb=free // 2**20, memory_total_mb=total // 2**20)
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (so timings measure it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

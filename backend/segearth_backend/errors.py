@@ -1,0 +1,69 @@
+"""Every error the backend raises on purpose.
+
+Each message says what went wrong *and* what to do next; callers (the HTTP
+service, the CLI, the QGIS plugin) show ``str(error)`` to the user as is.
+Input problems subclass :class:`ValueError` so generic callers can treat them
+as bad input.
+"""
+
+from __future__ import annotations
+
+
+class SegEarthError(Exception):
+    """Base class of every deliberate backend error."""
+
+    code = "segearth_error"
+
+
+class InputError(SegEarthError, ValueError):
+    """The caller passed something the engine cannot work with."""
+
+    code = "bad_input"
+
+
+class ClassListError(InputError):
+    """The class list is empty, has blank or duplicate names, or is too long."""
+
+    code = "bad_classes"
+
+
+class ImageError(InputError):
+    """The image or its valid mask has the wrong dtype, shape or values."""
+
+    code = "bad_image"
+
+
+class ParameterError(InputError):
+    """A numeric parameter (threshold, background index, lambda...) is out of range."""
+
+    code = "bad_parameter"
+
+
+class WeightsError(SegEarthError):
+    """Model weights could not be found, downloaded or loaded."""
+
+    code = "weights_error"
+
+
+class WeightsNotFoundError(WeightsError):
+    """Weights are not on disk and could not be downloaded (offline)."""
+
+    code = "weights_missing"
+
+
+class CheckpointError(WeightsError, ValueError):
+    """A checkpoint file exists but is unreadable, truncated or of the wrong layout."""
+
+    code = "bad_checkpoint"
+
+
+class ModelConfigError(SegEarthError, ValueError):
+    """The model name or JSON config is unknown or malformed."""
+
+    code = "bad_model"
+
+
+class DeviceError(SegEarthError):
+    """The requested compute device is not available."""
+
+    code = "device_unavailable"
