@@ -7,10 +7,13 @@ the authors' checkpoint (``up.*`` and ``fixup_proj.1.*``).
 
 Every step applies the *same* spatial weights to every feature channel, so
 the four steps form a linear map shared by all channels; :mod:`.segmenter`
-uses that to run them on a smaller set of channels.
+uses that to run them on fewer channels.
 
-Tensors are ``B x C x H x W`` (channels first). Tap ``t`` of the kernel is
-the neighbour at row offset ``t // 11 - 5`` and column offset ``t % 11 - 5``.
+Public tensors are channels first (``B x C x H x W``); inside, the steps work
+channels last (``B x H x W x C``), where the 1x1 convolutions are plain
+matrix products and the per-pixel kernels are contiguous. Tap ``t`` of a
+kernel is the neighbour at row offset ``t // 11 - 5`` and column offset
+``t % 11 - 5``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ GUIDANCE_DIM = 3
 STEPS = 4
 
 
+def pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a stack of 1x1 convolutions and activations on a channels-last tensor."""
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            x = F.linear(x, layer.weight.reshape(layer.out_channels, layer.in_channels), layer.bias)
+        elif isinstance(layer, nn.Dropout2d):
+            if layer.training and layer.p > 0:
+                raise RuntimeError("the upsampler must be in eval mode (dropout off) for inference")
+        else:
+            x = layer(x)
+    return x
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``B x C x H x W`` -> ``B x H x W x C`` (contiguous)."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
 class JointBilateralStep(nn.Module):
     """One x2 joint-bilateral upsampling step with a learned range kernel."""
 
@@ -61,40 +82,39 @@ class JointBilateralStep(nn.Module):
         """Per-pixel upsampling kernel from the pooled guidance.
 
         Args:
-            guidance: ``B x 3 x H x W``, the guidance pooled to the output size.
+            guidance: ``B x H x W x 3``, the guidance pooled to the output size.
 
         Returns:
-            ``B x 121 x H x W``: range x spatial kernel normalised over the taps,
-            plus ``0.1 * fixup``.
+            ``B x H x W x 121``: range x spatial kernel normalised over the
+            taps, plus ``0.1 * fixup([kernel, guidance])``.
         """
-        keys = self.range_proj(guidance)
-        similarity = kernels.neighbour_similarity(keys, RADIUS)
+        keys = pointwise(self.range_proj, guidance)
         temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        weights = torch.softmax(similarity * temperature, dim=1)
-        weights = weights * self.spatial_kernel().to(weights.dtype).reshape(1, TAPS, 1, 1)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-7)
-        return weights + 0.1 * self.fixup_proj(torch.cat([weights, guidance.to(weights.dtype)], dim=1))
+        fixup_input = kernels.range_weights(keys, guidance, temperature, self.spatial_kernel(), RADIUS)
+        hidden = pointwise(self.fixup_proj[:-1], fixup_input)
+        last = self.fixup_proj[-1]
+        fixup = F.linear(hidden, 0.1 * last.weight.reshape(TAPS, TAPS), 0.1 * last.bias)
+        return fixup.add_(fixup_input[..., :TAPS])
 
 
 def step_guidance(guidance: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The full-resolution guidance average-pooled to ``height x width``."""
-    return F.adaptive_avg_pool2d(guidance, (height, width))
+    """``B x 3 x H x W`` guidance average-pooled to ``height x width``, channels last."""
+    return to_channels_last(F.adaptive_avg_pool2d(guidance, (height, width)))
 
 
 def upsample_with_kernel(source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Bicubic x2 of ``source`` then the per-pixel adaptive convolution.
 
     Args:
-        source: ``B x C x h x w``.
-        kernel: ``B x 121 x 2h x 2w`` from :meth:`JointBilateralStep.kernel`.
+        source: ``B x h x w x C`` (channels last).
+        kernel: ``B x 2h x 2w x 121`` from :meth:`JointBilateralStep.kernel`.
 
     Returns:
-        ``B x C x 2h x 2w``.
+        ``B x 2h x 2w x C``.
     """
-    height, width = kernel.shape[-2:]
-    high = F.interpolate(source, size=(height, width), mode="bicubic", align_corners=False)
-    padded = F.pad(high, [RADIUS] * 4, mode="reflect")
-    return kernels.adaptive_conv(padded, kernel.to(padded.dtype))
+    if tuple(kernel.shape[1:3]) != (2 * source.shape[1], 2 * source.shape[2]):
+        raise ValueError(f"kernel grid {tuple(kernel.shape[1:3])} is not twice the source grid {tuple(source.shape[1:3])}")
+    return kernels.adaptive_conv(kernels.upsample_bicubic_x2(source), kernel, RADIUS)
 
 
 class JBUOne(nn.Module):
@@ -109,8 +129,11 @@ class JBUOne(nn.Module):
     def step_kernels(self, guidance: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
         """The four steps' kernels for a ``height x width`` feature grid.
 
+        Args:
+            guidance: ``B x 3 x 16h x 16w`` (the normalised window).
+
         Returns:
-            kernels of shapes ``B x 121 x (h 2^s) x (w 2^s)`` for s = 1..4.
+            kernels ``B x (h 2^s) x (w 2^s) x 121`` for s = 1..4.
         """
         return [
             self.up.kernel(step_guidance(guidance, height << step, width << step))
@@ -118,13 +141,15 @@ class JBUOne(nn.Module):
         ]
 
     def spatial(self, source: torch.Tensor, step_kernels: list[torch.Tensor]) -> torch.Tensor:
-        """The four steps (without the final 1x1 fixup): ``B x C x h x w -> B x C x 16h x 16w``.
+        """The four steps without the final fixup: ``B x C x h x w -> B x C x 16h x 16w``.
 
-        Linear in ``source`` and the same for every channel.
+        Linear in ``source`` and the same for every channel. The result is a
+        channels-last view (``permute`` of a ``B x 16h x 16w x C`` tensor).
         """
+        x = to_channels_last(source)
         for kernel in step_kernels:
-            source = upsample_with_kernel(source, kernel)
-        return source
+            x = upsample_with_kernel(x, kernel)
+        return x.permute(0, 3, 1, 2)
 
     def final_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, c)`` with ``F + 0.1 * conv1x1(F) = A F + c``: ``A`` is ``D x D``, ``c`` is ``D``."""
@@ -154,7 +179,7 @@ def load_upsampler(path: Union[str, Path], feature_dim: int) -> JBUOne:
     Raises:
         WeightsNotFoundError: no such file.
         CheckpointError: unreadable or truncated file, missing / unexpected
-            keys, or tensor shapes that do not fit ``feature_dim``.
+            keys, tensor shapes that do not fit ``feature_dim``, NaN values.
     """
     path = Path(path).expanduser()
     state = load_state_dict_file(path, what="SimFeatUp checkpoint")

@@ -1,0 +1,138 @@
+"""numba CPU kernels for :mod:`.kernels` (optional: ``AVAILABLE`` is False without numba).
+
+Arrays are float32, C-contiguous, channels last; ``rows`` / ``cols`` map a
+padded coordinate ``0 .. n + 2r - 1`` to the reflected source index. Each
+output pixel accumulates its taps in order, parallel over image rows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+try:
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    AVAILABLE = False
+    log.info("numba is not installed: the upsampler uses the slower tensor kernels")
+else:
+    AVAILABLE = True
+
+    # Reassociation lets the 32-long dot products vectorise; no other fast-math liberties.
+    @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    def similarity(keys: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+        batch, height, width, taps = out.shape
+        depth = keys.shape[3]
+        diameter = rows.shape[0] - height + 1
+        for line in prange(batch * height):
+            b = line // height
+            y = line - b * height
+            for x in range(width):
+                center = keys[b, y, x]
+                for i in range(diameter):
+                    source_row = keys[b, rows[y + i]]
+                    for j in range(diameter):
+                        neighbour = source_row[cols[x + j]]
+                        total = np.float32(0.0)
+                        for k in range(depth):
+                            total += center[k] * neighbour[k]
+                        out[b, y, x, i * diameter + j] = total
+
+    @njit(parallel=True, fastmath={"contract"}, cache=True)
+    def adaptive_conv(source: np.ndarray, kernel: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                      out: np.ndarray) -> None:
+        batch, height, width, channels = out.shape
+        diameter = rows.shape[0] - height + 1
+        for line in prange(batch * height):
+            b = line // height
+            y = line - b * height
+            for x in range(width):
+                acc = out[b, y, x]
+                for c in range(channels):
+                    acc[c] = 0.0
+                weights = kernel[b, y, x]
+                for i in range(diameter):
+                    source_row = source[b, rows[y + i]]
+                    for j in range(diameter):
+                        weight = weights[i * diameter + j]
+                        neighbour = source_row[cols[x + j]]
+                        for c in range(channels):
+                            acc[c] += weight * neighbour[c]
+
+    @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    def range_weights(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                      temperature: float, spatial: np.ndarray, out: np.ndarray) -> None:
+        """Normalised range x spatial kernel; ``out[..., :T]`` weights, ``out[..., T:]`` guidance."""
+        batch, height, width, _ = keys.shape
+        depth = keys.shape[3]
+        taps = spatial.shape[0]
+        extra = guidance.shape[3]
+        diameter = rows.shape[0] - height + 1
+        for line in prange(batch * height):
+            b = line // height
+            y = line - b * height
+            for x in range(width):
+                center = keys[b, y, x]
+                weights = out[b, y, x]
+                largest = -np.inf
+                for i in range(diameter):
+                    source_row = keys[b, rows[y + i]]
+                    for j in range(diameter):
+                        neighbour = source_row[cols[x + j]]
+                        total = np.float32(0.0)
+                        for k in range(depth):
+                            total += center[k] * neighbour[k]
+                        total *= temperature
+                        weights[i * diameter + j] = total
+                        if total > largest:
+                            largest = total
+                norm = np.float32(0.0)
+                for t in range(taps):
+                    value = np.exp(weights[t] - largest)
+                    weights[t] = value
+                    norm += value
+                scaled = np.float32(0.0)
+                for t in range(taps):
+                    value = weights[t] / norm * spatial[t]
+                    weights[t] = value
+                    scaled += value
+                if scaled < 1e-7:
+                    scaled = np.float32(1e-7)
+                for t in range(taps):
+                    weights[t] = weights[t] / scaled
+                for e in range(extra):
+                    weights[taps + e] = guidance[b, y, x, e]
+
+    @njit(parallel=True, fastmath={"contract"}, cache=True)
+    def bicubic_x2(source: np.ndarray, out: np.ndarray) -> None:
+        """x2 bicubic upsampling as torch's (A = -0.75, align_corners=False, clamped borders).
+
+        Output row ``2m`` samples source position ``m - 0.25``, row ``2m + 1``
+        position ``m + 0.25``; the same along columns.
+        """
+        batch, height, width, channels = source.shape
+        # Cubic-convolution weights for fractional offsets 0.75 (even) and 0.25 (odd).
+        even = np.array([-0.03515625, 0.26171875, 0.87890625, -0.10546875], dtype=np.float32)
+        odd = np.array([-0.10546875, 0.87890625, 0.26171875, -0.03515625], dtype=np.float32)
+        for line in prange(batch * 2 * height):
+            b = line // (2 * height)
+            oy = line - b * 2 * height
+            base_y = oy // 2 - 1 if oy % 2 == 0 else oy // 2
+            wy = even if oy % 2 == 0 else odd
+            for ox in range(2 * width):
+                base_x = ox // 2 - 1 if ox % 2 == 0 else ox // 2
+                wx = even if ox % 2 == 0 else odd
+                acc = out[b, oy, ox]
+                for c in range(channels):
+                    acc[c] = 0.0
+                for i in range(4):
+                    sy = min(max(base_y - 1 + i, 0), height - 1)
+                    for j in range(4):
+                        sx = min(max(base_x - 1 + j, 0), width - 1)
+                        weight = wy[i] * wx[j]
+                        pixel = source[b, sy, sx]
+                        for c in range(channels):
+                            acc[c] += weight * pixel[c]
