@@ -11,8 +11,18 @@ __version__ = "0.1.0"
 
 from .classes import ClassSet, parse_classes
 from .config import EngineConfig
-from .errors import (CheckpointError, ClassListError, DeviceError, ImageError, InputError, ModelConfigError,
-                     ParameterError, SegEarthError, WeightsError, WeightsNotFoundError)
+from .errors import (
+                     CheckpointError,
+                     ClassListError,
+                     DeviceError,
+                     ImageError,
+                     InputError,
+                     ModelConfigError,
+                     ParameterError,
+                     SegEarthError,
+                     WeightsError,
+                     WeightsNotFoundError,
+)
 from .segmenter import Prediction, Segmenter, load_segmenter
 
 __all__ = [

@@ -30,7 +30,7 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 class LoadedClip:
     """A CLIP model in eval mode on the CPU, its tokenizer and where it came from."""
 
-    model: torch.nn.Module
+    model: Any  # an open_clip CLIP; its attributes are only known at run time
     tokenizer: Tokenizer
     model_name: str
     weights_source: str
@@ -142,7 +142,8 @@ def load_clip(model: str, weights: str, cache_dir: Optional[Path] = None) -> Loa
 
     weights_path = Path(weights).expanduser()
     weights_is_file = weights_path.is_file()
-    if not weights_is_file and (os.path.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))):
+    looks_like_file = os.path.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    if not weights_is_file and looks_like_file:
         raise WeightsNotFoundError(
             f"CLIP weights file '{weights}' does not exist: check the path, or give an "
             "open_clip pretrained tag such as 'openai'."

@@ -69,7 +69,7 @@ class EngineConfig:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: object) -> "EngineConfig":
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: object) -> EngineConfig:
         """Defaults, then ``SEGEARTH_*`` variables, then explicit ``overrides`` (None = not given)."""
         values: dict[str, object] = {}
         for key, name in (("model", ENV_MODEL), ("clip_weights", ENV_CLIP_WEIGHTS),

@@ -77,7 +77,7 @@ else:
             for x in range(width):
                 center = keys[b, y, x]
                 weights = out[b, y, x]
-                largest = -np.inf
+                largest = np.float32(-np.inf)
                 for i in range(diameter):
                     source_row = keys[b, rows[y + i]]
                     for j in range(diameter):

@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class _Timer:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
 
-    def stage(self, name: str) -> "_Stage":
+    def stage(self, name: str) -> _Stage:
         return _Stage(self, name)
 
 
@@ -144,7 +144,7 @@ class Segmenter:
                  precision: str = "auto", upsampler_source: str = "none") -> None:
         self.clip = clip
         self.device = device
-        self.visual = clip.model.visual.to(device)
+        self.visual: Any = clip.model.visual.to(device)
         self.upsampler = upsampler.to(device) if upsampler is not None else None
         self.upsampler_source = upsampler_source
         self.dtype = autocast_dtype(device, precision)

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def _is_plain_causal_clip(model: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def encode_sentences(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_sentences(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Text features of tokenised sentences, ``S x L`` int64 -> ``S x D`` float32.
 
     For open_clip's standard causal text tower, sequences are cut after the
@@ -99,7 +99,7 @@ def encode_sentences(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 class TextEmbedder:
     """Embeds class queries with the template ensemble; caches in memory and on disk."""
 
-    def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
+    def __init__(self, model: Any, tokenizer: Callable[[list[str]], torch.Tensor],
                  device: torch.device, cache_dir: Optional[Path] = None) -> None:
         self.model = model
         self.tokenizer = tokenizer

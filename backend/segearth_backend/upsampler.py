@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +92,8 @@ class JointBilateralStep(nn.Module):
         temperature = self.range_temp.exp().clamp(1e-4, 1e4)
         fixup_input = kernels.range_weights(keys, guidance, temperature, self.spatial_kernel(), RADIUS)
         hidden = pointwise(self.fixup_proj[:-1], fixup_input)
-        last = self.fixup_proj[-1]
-        fixup = F.linear(hidden, 0.1 * last.weight.reshape(TAPS, TAPS), 0.1 * last.bias)
+        last = cast(nn.Conv2d, self.fixup_proj[-1])
+        fixup = F.linear(hidden, 0.1 * last.weight.reshape(TAPS, TAPS), 0.1 * cast(torch.Tensor, last.bias))
         return fixup.add_(fixup_input[..., :TAPS])
 
 
@@ -113,7 +113,8 @@ def upsample_with_kernel(source: torch.Tensor, kernel: torch.Tensor) -> torch.Te
         ``B x 2h x 2w x C``.
     """
     if tuple(kernel.shape[1:3]) != (2 * source.shape[1], 2 * source.shape[2]):
-        raise ValueError(f"kernel grid {tuple(kernel.shape[1:3])} is not twice the source grid {tuple(source.shape[1:3])}")
+        raise ValueError(
+            f"kernel grid {tuple(kernel.shape[1:3])} is not twice the source grid {tuple(source.shape[1:3])}")
     return kernels.adaptive_conv(kernels.upsample_bicubic_x2(source), kernel, RADIUS)
 
 
@@ -153,7 +154,7 @@ class JBUOne(nn.Module):
 
     def final_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, c)`` with ``F + 0.1 * conv1x1(F) = A F + c``: ``A`` is ``D x D``, ``c`` is ``D``."""
-        conv = self.fixup_proj[1]
+        conv = cast(nn.Conv2d, self.fixup_proj[1])
         weight = conv.weight.reshape(self.feature_dim, self.feature_dim)
         eye = torch.eye(self.feature_dim, dtype=weight.dtype, device=weight.device)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(weight[0])

@@ -7,6 +7,7 @@ float tensors with H and W multiples of the patch size.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ def segearth_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Te
     return attn.out_proj(out)
 
 
-def image_features(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def image_features(visual: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS feature and patch features of SegEarth-OV's image tower.
 
     Args:

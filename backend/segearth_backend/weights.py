@@ -108,7 +108,8 @@ def resolve_upsampler_weights(spec: str, cache_dir: Path, url: str = SIMFEATUP_U
         "or use 'none' for bilinear upsampling."
     )
     if offline():
-        raise WeightsNotFoundError(f"The SimFeatUp checkpoint is not cached and downloads are off (offline mode). {manual}")
+        raise WeightsNotFoundError(
+            f"The SimFeatUp checkpoint is not cached and downloads are off (offline mode). {manual}")
     log.info("downloading SimFeatUp checkpoint from %s to %s", url, target)
     try:
         return download(url, target, progress=progress)
