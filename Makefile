@@ -18,7 +18,7 @@ $(STAMP): backend/pyproject.toml
 	# Keep the system numpy: QGIS's and GDAL's bindings are built against it.
 	$(SYSTEM_PYTHON) -c "import numpy; print('numpy==' + numpy.__version__)" > $(VENV)/constraints.txt \
 		|| : > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt setuptools wheel
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt "setuptools>=68" wheel
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-build-isolation -e "backend[test]"
 	touch $(STAMP)
 
