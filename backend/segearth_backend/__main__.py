@@ -1,14 +1,18 @@
-"""Command line: ``segearth-backend info`` / ``bench`` (``serve`` comes with the service)."""
+"""Command line: ``segearth-backend serve`` / ``info`` / ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import SegEarthError
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,14 +25,33 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _info(args: argparse.Namespace) -> int:
+def _engine_config(args: argparse.Namespace) -> "EngineConfig":
     from .config import EngineConfig
+
+    return EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,
+                                 upsampler_weights=args.upsampler_weights, device=args.device,
+                                 cache_dir=args.cache_dir)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .service import ENV_TOKEN, ServiceSettings, serve
+
+    settings = ServiceSettings(
+        engine=_engine_config(args), host=args.host, port=args.port,
+        token=args.token or os.environ.get(ENV_TOKEN) or None,
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        ready_file=Path(args.ready_file) if args.ready_file else None,
+        warmup=not args.no_warmup,
+    )
+    return serve(settings)
+
+
+def _info(args: argparse.Namespace) -> int:
     from .segmenter import load_segmenter
 
-    config = EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,
-                                   upsampler_weights=args.upsampler_weights, device=args.device,
-                                   cache_dir=args.cache_dir)
-    segmenter = load_segmenter(config=config)
+    segmenter = load_segmenter(config=_engine_config(args))
     print(json.dumps(segmenter.describe(), indent=2))
     return 0
 
@@ -36,6 +59,15 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP inference service")
+    _engine_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0: pick a free one and report it)")
+    serve.add_argument("--token", help="require this token (default: $SEGEARTH_BACKEND_TOKEN); "
+                       "needed to listen beyond loopback")
+    serve.add_argument("--max-request-mb", type=float, default=512, help="largest request body (default 512)")
+    serve.add_argument("--ready-file", help="write {url, pid} here (JSON) once the model is loaded")
+    serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
     info = commands.add_parser("info", help="load the model and print what was loaded where")
     _engine_arguments(info)
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
@@ -48,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _info(args)
+        return _serve(args) if args.command == "serve" else _info(args)
     except SegEarthError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
