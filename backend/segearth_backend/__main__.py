@@ -25,7 +25,7 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _engine_config(args: argparse.Namespace) -> "EngineConfig":
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
     from .config import EngineConfig
 
     return EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,

@@ -1,0 +1,128 @@
+"""The plugin's backend client against a real backend process it starts itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from segearth_qgis.backend_client import (
+    BackendClient,
+    BackendError,
+    BackendSettings,
+    BackendStartError,
+    start_local_backend,
+)
+
+CLASSES = ["background", "building,roof", "road", "water"]
+
+
+@pytest.fixture(scope="module")
+def tiny_args(parity_dir, tmp_path_factory):
+    return ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),
+            "--upsampler-weights", str(parity_dir / "tiny-simfeatup.ckpt"), "--device", "cpu",
+            "--cache-dir", str(tmp_path_factory.mktemp("cache"))]
+
+
+@pytest.fixture(scope="module")
+def local_backend(tiny_args):
+    backend = start_local_backend(sys.executable, tiny_args, timeout=120)
+    yield backend
+    backend.stop()
+
+
+def test_start_health_segment_embed_stop(local_backend, parity_dir, tmp_path):
+    from segearth_backend import load_segmenter
+
+    client = local_backend.client()
+    health = client.health()
+    assert health["status"] == "ready" and health["auth"] is True and health["model"] == "tiny-clip"
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=(130, 170, 3), dtype=np.uint8)
+    valid = np.ones((130, 170), bool)
+    valid[-10:] = False
+    result = client.segment(image, CLASSES, prob_threshold=0.2, valid=valid, probabilities=True)
+    engine = load_segmenter(model=str(parity_dir / "tiny-clip.json"), clip_weights=str(parity_dir / "tiny-clip.pt"),
+                            upsampler_weights=str(parity_dir / "tiny-simfeatup.ckpt"), device="cpu",
+                            cache_dir=tmp_path)
+    expected = engine.predict(image, CLASSES, prob_threshold=0.2, valid=valid)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-3)
+    assert result.meta["names"] == ["background", "building", "road", "water"]
+    assert client.embed_classes(["pond", "lake,reservoir"]) ["queries"] == 3
+
+
+def test_bad_request_is_a_readable_error(local_backend):
+    with pytest.raises(BackendError, match=r"refused the request \(422\): .*uint8") as caught:
+        local_backend.client().segment(np.zeros((5, 5, 3), np.uint16), CLASSES)
+    assert caught.value.status == 422 and caught.value.code == "bad_image"
+
+
+def test_wrong_token(local_backend):
+    client = BackendClient(local_backend.url, token="not-it")
+    with pytest.raises(BackendError, match="token is wrong") as caught:
+        client.segment(np.zeros((5, 5, 3), np.uint8), CLASSES)
+    assert caught.value.status == 401
+
+
+def test_unreachable_url_is_clear_and_quick():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="Cannot reach the SegEarth-OV backend at http://127.0.0.1"):
+        BackendClient(f"http://127.0.0.1:{port}").health()
+    assert time.monotonic() - start < 5
+
+
+def test_stop_leaves_no_process(tiny_args):
+    backend = start_local_backend(sys.executable, [*tiny_args, "--no-warmup", "--upsampler-weights", "none"],
+                                  timeout=120)
+    pid = backend.process.pid
+    backend.stop()
+    assert not backend.running()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_wrong_interpreter():
+    with pytest.raises(BackendStartError, match="Cannot run the backend interpreter '/no/such/python'"):
+        start_local_backend("/no/such/python", timeout=10)
+
+
+def test_interpreter_without_the_backend_exits_with_its_message():
+    start = time.monotonic()
+    with pytest.raises(BackendStartError, match=r"(?s)exited during start-up .*No module named segearth_backend"):
+        start_local_backend("/usr/bin/python3", timeout=60, env={"PATH": "/usr/bin"})
+    assert time.monotonic() - start < 30
+
+
+def test_model_that_cannot_load(tiny_args):
+    args = [*tiny_args, "--clip-weights", "/no/such/weights.pt"]
+    with pytest.raises(BackendStartError, match="could not load the model: CLIP weights file '/no/such/weights.pt'"):
+        start_local_backend(sys.executable, args, timeout=120)
+
+
+def test_start_timeout_and_cancel_stop_the_process(tiny_args):
+    with pytest.raises(BackendStartError, match="did not become ready within 0 s"):
+        start_local_backend(sys.executable, tiny_args, timeout=0.2)
+    with pytest.raises(BackendStartError, match="cancelled"):
+        start_local_backend(sys.executable, tiny_args, timeout=60, cancelled=lambda: True)
+
+
+def test_no_interpreter_configured():
+    with pytest.raises(BackendStartError, match="SEGEARTH_BACKEND_PYTHON"):
+        start_local_backend(None, env={})
+
+
+def test_settings_from_environment():
+    env = {"SEGEARTH_BACKEND_URL": "http://gpu-box:8765", "SEGEARTH_BACKEND_TOKEN": "t",
+           "SEGEARTH_BACKEND_PYTHON": "/opt/py"}
+    settings = BackendSettings.from_env(env, timeout=30.0)
+    assert (settings.url, settings.token) == ("http://gpu-box:8765", "t")
+    assert (settings.python, settings.timeout) == ("/opt/py", 30)
+    assert BackendSettings.from_env({}, url="http://x").url == "http://x"
