@@ -50,7 +50,8 @@ def _reflect_pad(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def neighbour_similarity(keys: torch.Tensor, radius: int) -> torch.Tensor:
-    """Dot products of every pixel's key with its neighbours' keys.
+    """Dot products of every pixel's key with its neighbours' keys (tensor code; the
+    numba path computes them inside :func:`range_weights`).
 
     Args:
         keys: ``B x H x W x K``.
@@ -59,15 +60,8 @@ def neighbour_similarity(keys: torch.Tensor, radius: int) -> torch.Tensor:
         ``B x H x W x (2r+1)^2``: ``out[b, y, x, t] = sum_k keys[b, y, x, k] *
         keys[b, y + dy_t, x + dx_t, k]`` (reflected at the border).
     """
-    batch, height, width, _ = keys.shape
+    height, width = keys.shape[1:3]
     diameter = 2 * radius + 1
-    if _use_numba(keys):
-        keys = keys.contiguous()
-        out = torch.empty(batch, height, width, diameter * diameter)
-        numba_kernels.similarity(
-            keys.numpy(), _reflect_index_cpu(height, radius).numpy(),
-            _reflect_index_cpu(width, radius).numpy(), out.numpy())
-        return out
     padded = _reflect_pad(keys, radius)
     taps = [
         (padded[:, dy:dy + height, dx:dx + width] * keys).sum(dim=-1)

@@ -21,26 +21,6 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 else:
     AVAILABLE = True
 
-    # Reassociation lets the 32-long dot products vectorise; no other fast-math liberties.
-    @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
-    def similarity(keys: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
-        batch, height, width, taps = out.shape
-        depth = keys.shape[3]
-        diameter = rows.shape[0] - height + 1
-        for line in prange(batch * height):
-            b = line // height
-            y = line - b * height
-            for x in range(width):
-                center = keys[b, y, x]
-                for i in range(diameter):
-                    source_row = keys[b, rows[y + i]]
-                    for j in range(diameter):
-                        neighbour = source_row[cols[x + j]]
-                        total = np.float32(0.0)
-                        for k in range(depth):
-                            total += center[k] * neighbour[k]
-                        out[b, y, x, i * diameter + j] = total
-
     @njit(parallel=True, fastmath={"contract"}, cache=True)
     def adaptive_conv(source: np.ndarray, kernel: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                       out: np.ndarray) -> None:
@@ -62,6 +42,7 @@ else:
                         for c in range(channels):
                             acc[c] += weight * neighbour[c]
 
+    # Reassociation lets the key dot products vectorise; no other fast-math liberties.
     @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
     def range_weights(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                       temperature: float, spatial: np.ndarray, out: np.ndarray) -> None:

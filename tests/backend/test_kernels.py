@@ -69,7 +69,7 @@ def test_adaptive_conv_matches_definition(path, rng, radius):
     np.testing.assert_allclose(got.numpy(), loop_adaptive_conv(source, kernel, radius), rtol=1e-5, atol=1e-4)
 
 
-def test_similarity_matches_definition(path, rng):
+def test_similarity_matches_definition(rng):
     keys = rng.standard_normal((1, 8, 6, 4)).astype(np.float32)
     got = kernels.neighbour_similarity(torch.from_numpy(keys), 5)
     np.testing.assert_allclose(got.numpy(), loop_similarity(keys, 5), rtol=1e-5, atol=1e-4)
