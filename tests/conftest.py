@@ -18,3 +18,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     return PARITY
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(parity_dir: Path) -> dict[str, str]:
+    return {
+        "model": str(parity_dir / "tiny-clip.json"),
+        "clip_weights": str(parity_dir / "tiny-clip.pt"),
+        "upsampler_weights": str(parity_dir / "tiny-simfeatup.ckpt"),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tiny_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """The engine in this process (the reference the service and plugin results are compared with)."""
+    from segearth_backend import load_segmenter
+
+    return load_segmenter(device="cpu", cache_dir=tmp_path_factory.mktemp("cache"), **tiny_paths)

@@ -1,0 +1,1 @@
+"""Pure functions of the plugin (no QGIS, no torch): block plans, stretches, class presets, grids."""

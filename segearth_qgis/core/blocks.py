@@ -1,0 +1,86 @@
+"""Splitting a large processing grid into blocks whose stitched results equal a single run.
+
+The backend averages the logits of 224-pixel windows placed every 112 pixels.
+A block whose origin and interior edges sit on that 112-pixel grid sees, for
+every pixel of its *core*, exactly the windows a run over the whole area would
+place there, provided the core stays 112 pixels away from the block's interior
+edges and the pixels of the last, border-shifted window all lie in the last
+block. So each block is its core plus a 112-pixel margin on every side that
+is not the area's border; cores tile the area without overlap.
+
+Coordinates are (row, column) pixels of the processing grid, half-open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STRIDE = 112
+CROP = 224
+
+
+@dataclass(frozen=True)
+class Span:
+    """One axis of a block: read ``[start, stop)``, keep ``[core_start, core_stop)``."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle to send to the backend and the part of its answer to keep."""
+
+    rows: Span
+    cols: Span
+
+    @property
+    def height(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    @property
+    def width(self) -> int:
+        return self.cols.stop - self.cols.start
+
+    def core_in_block(self) -> tuple[slice, slice]:
+        """Slices of the block's own array that hold its core."""
+        return (slice(self.rows.core_start - self.rows.start, self.rows.core_stop - self.rows.start),
+                slice(self.cols.core_start - self.cols.start, self.cols.core_stop - self.cols.start))
+
+
+def plan_axis(size: int, block: int, stride: int = STRIDE, crop: int = CROP) -> list[Span]:
+    """Spans covering ``size`` pixels with blocks of at most about ``block`` pixels.
+
+    ``block`` is rounded down to a multiple of ``stride`` (at least ``crop +
+    stride``). The last core holds every pixel of the border-shifted last
+    window (``size - crop`` onwards), so the last block may exceed ``block``
+    by less than ``crop``.
+
+    Raises:
+        ValueError: ``size`` below 1.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    block = max(block // stride * stride, crop + stride)
+    if size <= block:
+        return [Span(0, size, 0, size)]
+    cores = []
+    core_start = 0
+    while True:
+        margin_before = stride if core_start else 0
+        core_stop = core_start + block - margin_before - stride
+        # The last window is shifted back to end on the border (it starts at
+        # size - crop): every pixel it covers must belong to the last block.
+        if core_stop > size - crop:
+            cores.append((core_start, size))
+            break
+        cores.append((core_start, core_stop))
+        core_start = core_stop
+    return [Span(max(c0 - stride, 0), min(c1 + stride, size), c0, c1) for c0, c1 in cores]
+
+
+def plan_blocks(height: int, width: int, block: int = 1024) -> list[Block]:
+    """Row-major blocks tiling a ``height x width`` grid (see :func:`plan_axis`)."""
+    return [Block(rows, cols) for rows in plan_axis(height, block) for cols in plan_axis(width, block)]
