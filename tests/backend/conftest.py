@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 
-
 @pytest.fixture(scope="session")
 def parity_classes(parity_dir: Path) -> list[str]:
     return (parity_dir / "classes.txt").read_text().splitlines()

@@ -1,0 +1,92 @@
+"""Class lists for the panel: the paper's presets and a colour for every class (no QGIS)."""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+RGBA = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A class list with the settings the paper used for it."""
+
+    name: str
+    classes: tuple[str, ...]
+    threshold: float
+    background_index: int = 0
+
+
+#: The class sets and thresholds SegEarth-OV uses on its benchmarks.
+PRESETS: tuple[Preset, ...] = (
+    Preset("OpenEarthMap", ("background", "bareland,barren", "grass", "pavement", "road", "tree,forest",
+                            "water,river", "cropland", "building,roof,house"), 0.1),
+    Preset("LoveDA", ("background", "building,roof,house", "road", "water", "barren", "forest", "agricultural"), 0.3),
+    Preset("Buildings", ("background", "building"), 0.6),
+    Preset("Roads", ("background", "road"), 0.7),
+    Preset("Water", ("background", "water"), 0.6),
+)
+
+#: Canonical colours by keyword, checked against every synonym of a class.
+_KEYWORD_COLOURS: tuple[tuple[tuple[str, ...], RGBA], ...] = (
+    (("water", "river", "lake", "sea", "pond", "reservoir", "canal", "ocean", "swimming pool"), (31, 120, 220, 255)),
+    (("tree", "forest", "woodland", "orchard"), (20, 110, 40, 255)),
+    (("grass", "meadow", "lawn", "park", "vegetation", "shrub"), (110, 190, 70, 255)),
+    (("cropland", "agricultural", "farmland", "crop", "field"), (200, 215, 90, 255)),
+    (("building", "roof", "house"), (220, 40, 40, 255)),
+    (("road", "street", "highway", "railway"), (110, 110, 110, 255)),
+    (("pavement", "parking", "sidewalk", "impervious"), (170, 170, 170, 255)),
+    (("bareland", "barren", "soil", "sand", "desert", "quarry"), (190, 150, 100, 255)),
+    (("snow", "ice", "glacier"), (235, 245, 255, 255)),
+    (("cloud",), (245, 245, 245, 255)),
+)
+BACKGROUND_COLOUR: RGBA = (0, 0, 0, 0)
+
+
+def class_lines(text: str) -> list[str]:
+    """The non-blank lines of the class text box, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_name(line: str) -> str:
+    """A class line's display name: its synonyms joined with ', '."""
+    return ", ".join(part.strip() for part in line.split(",") if part.strip())
+
+
+def _canonical(line: str) -> RGBA | None:
+    synonyms = [part.strip().lower() for part in line.split(",")]
+    for keywords, colour in _KEYWORD_COLOURS:
+        if any(keyword == s or keyword in s.split() or s.startswith(keyword) for s in synonyms for keyword in keywords):
+            return colour
+    return None
+
+
+def _distinct(index: int) -> RGBA:
+    """Well-separated hues (golden-ratio steps), saturated, not too dark."""
+    hue = (0.12 + index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.9)
+    return int(r * 255), int(g * 255), int(b * 255), 255
+
+
+def class_colours(lines: list[str], background_index: int | None = 0) -> list[RGBA]:
+    """An RGBA colour per class: canonical colours by keyword, distinct hues otherwise.
+
+    The background class (``background_index``; None for none) is transparent.
+    Two classes never share a colour: a repeated canonical colour falls back to
+    a distinct hue.
+    """
+    colours: list[RGBA] = []
+    used: set[RGBA] = set()
+    spare = 0
+    for index, line in enumerate(lines):
+        if index == background_index:
+            colours.append(BACKGROUND_COLOUR)
+            continue
+        colour = _canonical(line)
+        while colour is None or colour in used:
+            colour = _distinct(spare)
+            spare += 1
+        used.add(colour)
+        colours.append(colour)
+    return colours
