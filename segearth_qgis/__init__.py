@@ -1,5 +1,11 @@
 """SegEarth-OV for QGIS: the QGIS plugin package (runs inside QGIS's Python; never imports torch).
 
-The dock panel, the QgsTask job and the Processing provider are built on the
-inference backend in ``backend/`` (package ``segearth_backend``).
+The dock panel and the job run the inference through a backend process
+(``segearth_backend``, see ``backend_client.py``).
 """
+
+
+def classFactory(iface):  # noqa: N802 - the name QGIS looks for
+    from .plugin import SegEarthPlugin
+
+    return SegEarthPlugin(iface)

@@ -1,0 +1,54 @@
+"""The QGIS plugin object: a toolbar button and Raster-menu entry that show the dock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QToolBar
+
+from .dock import SegEarthDock
+
+MENU = "SegEarth-OV"
+ICON = Path(__file__).with_name("icon.svg")
+
+
+class SegEarthPlugin:
+    def __init__(self, iface: Any) -> None:
+        self.iface = iface
+        self.action: Optional[QAction] = None
+        self.toolbar: Optional[QToolBar] = None
+        self.dock: Optional[SegEarthDock] = None
+
+    def initGui(self) -> None:  # noqa: N802 - QGIS's name
+        self.dock = SegEarthDock(self.iface, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        self.action = QAction(QIcon(str(ICON)), "SegEarth-OV segmentation", self.iface.mainWindow())
+        self.action.setObjectName("SegEarthOVAction")
+        self.action.setCheckable(True)
+        self.action.setToolTip("Open-vocabulary segmentation of the raster: type classes, click Segment")
+        self.action.toggled.connect(self.dock.setVisible)
+        self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.toolbar = self.iface.addToolBar(MENU)
+        self.toolbar.setObjectName("SegEarthOVToolbar")
+        self.toolbar.addAction(self.action)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+
+    def unload(self) -> None:
+        if self.dock is not None:
+            self.dock.shutdown()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(self.action)
+            self.action.deleteLater()
+            self.action = None
+        if self.toolbar is not None:
+            self.toolbar.deleteLater()
+            self.toolbar = None

@@ -1,0 +1,53 @@
+"""The panel's persistent state (QgsSettings under ``segearth_ov/``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qgis.core import QgsSettings
+
+PREFIX = "segearth_ov/"
+DEFAULTS: dict[str, Any] = {
+    "classes": "background\nbuilding, roof, house\nroad\ntree, forest\nwater",
+    "background_first": True,
+    "threshold": 0.0,
+    "background_index": 0,
+    "bias_lambda": -0.3,
+    "probabilities": False,
+    "block_size": 1024,
+    "large_job_megapixels": 50.0,
+    "backend_url": "",
+    "backend_token": "",
+    "backend_python": "",
+    "user_presets": "{}",
+}
+
+
+def load(key: str) -> Any:
+    default = DEFAULTS[key]
+    value = QgsSettings().value(PREFIX + key, default)
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+        return type(default)(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def save(key: str, value: Any) -> None:
+    QgsSettings().setValue(PREFIX + key, value)
+
+
+def user_presets() -> dict[str, str]:
+    try:
+        presets = json.loads(load("user_presets"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in presets.items()} if isinstance(presets, dict) else {}
+
+
+def save_user_preset(name: str, classes: str) -> None:
+    presets = user_presets()
+    presets[name] = classes
+    save("user_presets", json.dumps(presets))

@@ -1,0 +1,37 @@
+"""Showing a result: a paletted renderer whose legend reads like the class list."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from qgis.core import QgsLayerTreeGroup, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtGui import QColor
+
+GROUP_NAME = "SegEarth-OV"
+
+
+def apply_class_style(layer: QgsRasterLayer, names: Sequence[str],
+                      colours: Sequence[tuple[int, int, int, int]]) -> None:
+    """One palette entry per class: its name as label, its colour (alpha 0 = transparent)."""
+    classes = [QgsPalettedRasterRenderer.Class(index, QColor(*colour), name)
+               for index, (name, colour) in enumerate(zip(names, colours))]
+    renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
+                     project: Optional[QgsProject] = None) -> QgsRasterLayer:
+    """Load ``path`` styled, into the project's "SegEarth-OV" group (created on first use)."""
+    project = project or QgsProject.instance()
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise OSError(f"QGIS cannot open the result {path}")
+    apply_class_style(layer, names, colours)
+    root = project.layerTreeRoot()
+    group = root.findGroup(GROUP_NAME)
+    if not isinstance(group, QgsLayerTreeGroup):
+        group = root.insertGroup(0, GROUP_NAME)
+    project.addMapLayer(layer, False)
+    group.insertLayer(0, layer)
+    return layer

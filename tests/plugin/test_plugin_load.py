@@ -1,0 +1,53 @@
+"""Loading and unloading the plugin in a real QGIS leaves nothing behind."""
+
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QToolBar
+
+import segearth_qgis
+
+
+def test_load_unload_leaves_nothing(qgis_iface):
+    toolbars_before = set(qgis_iface.mainWindow().findChildren(QToolBar))
+    plugin = segearth_qgis.classFactory(qgis_iface)
+    plugin.initGui()
+    assert plugin.action in plugin.toolbar.actions()
+    assert plugin.dock.objectName() == "SegEarthOVDock" and plugin.dock.isHidden()
+    plugin.action.setChecked(True)  # the main window is not shown in tests: check the dock's own state
+    assert not plugin.dock.isHidden()
+    qgis_iface.addPluginToRasterMenu.assert_called_with("SegEarth-OV", plugin.action)
+    dock, action, toolbar = plugin.dock, plugin.action, plugin.toolbar
+    dock.start_drawing()
+    assert qgis_iface.mapCanvas().mapTool() is dock.map_tool
+
+    plugin.unload()
+    QCoreApplication.sendPostedEvents(None, 0)  # run deleteLater
+    assert sip.isdeleted(dock) and sip.isdeleted(action) and sip.isdeleted(toolbar)
+    qgis_iface.removePluginRasterMenu.assert_called_with("SegEarth-OV", action)
+    assert qgis_iface.mapCanvas().mapTool() is None
+    assert set(qgis_iface.mainWindow().findChildren(QToolBar)) == toolbars_before
+    assert plugin.dock is None and plugin.action is None and plugin.toolbar is None
+
+
+def test_panel_state_persists(qgis_iface):
+    from segearth_qgis.dock import SegEarthDock
+
+    first = SegEarthDock(qgis_iface)
+    first.classes_edit.setPlainText("road\nriver, canal")
+    first.threshold_spin.setValue(0.35)
+    first.lambda_spin.setValue(-0.2)
+    first.save_state()
+    second = SegEarthDock(qgis_iface)
+    assert second.classes_edit.toPlainText() == "road\nriver, canal"
+    assert second.threshold_spin.value() == 0.35 and second.lambda_spin.value() == -0.2
+
+
+def test_presets_fill_the_panel(qgis_iface):
+    from segearth_qgis.dock import SegEarthDock
+
+    dock = SegEarthDock(qgis_iface)
+    dock._fill_presets()
+    loveda = next(a for a in dock.presets_menu.actions() if a.text() == "LoveDA")
+    loveda.trigger()
+    assert dock.classes_edit.toPlainText().splitlines()[1] == "building,roof,house"
+    assert dock.threshold_spin.value() == 0.3 and dock.background_check.isChecked()
