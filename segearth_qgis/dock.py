@@ -7,14 +7,46 @@ import os
 import tempfile
 from typing import Callable, Optional
 
-from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsMapLayerProxyModel, QgsMessageLog,
-                       QgsRasterLayer, QgsRectangle, QgsTask, QgsUnitTypes, QgsVectorLayer)
-from qgis.gui import (QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent,
-                      QgsRasterBandComboBox, QgsSpinBox)
-from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import (QAction, QCheckBox, QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout,
-                                 QInputDialog, QLabel, QMenu, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton,
-                                 QToolButton, QVBoxLayout, QWidget)
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsTask,
+    QgsUnitTypes,
+    QgsVectorLayer,
+)
+from qgis.gui import (
+    QgsDoubleSpinBox,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsMapToolExtent,
+    QgsRasterBandComboBox,
+    QgsSpinBox,
+)
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QAction,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from . import settings
 from .aoi import AoiError, AoiKind, AreaOfInterest, resolve, selected_polygons

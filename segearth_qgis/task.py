@@ -20,7 +20,7 @@ class SegmentTask(QgsTask):
     """Runs :func:`~segearth_qgis.job.run_job`; ``on_done(task)`` is called on the GUI thread."""
 
     def __init__(self, description: str, manager: BackendManager, params: JobParams, grid: Grid, crs_wkt: str,
-                 source_factory: Callable[[], PixelSource], on_done: Callable[["SegmentTask"], None]) -> None:
+                 source_factory: Callable[[], PixelSource], on_done: Callable[[SegmentTask], None]) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self.manager, self.params, self.grid, self.crs_wkt = manager, params, grid, crs_wkt
         self.source_factory, self.on_done = source_factory, on_done

@@ -1,7 +1,7 @@
 """Loading and unloading the plugin in a real QGIS leaves nothing behind."""
 
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QToolBar
 
 import segearth_qgis
@@ -21,7 +21,7 @@ def test_load_unload_leaves_nothing(qgis_iface):
     assert qgis_iface.mapCanvas().mapTool() is dock.map_tool
 
     plugin.unload()
-    QCoreApplication.sendPostedEvents(None, 0)  # run deleteLater
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # run deleteLater
     assert sip.isdeleted(dock) and sip.isdeleted(action) and sip.isdeleted(toolbar)
     qgis_iface.removePluginRasterMenu.assert_called_with("SegEarth-OV", action)
     assert qgis_iface.mapCanvas().mapTool() is None
