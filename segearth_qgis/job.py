@@ -21,7 +21,7 @@ from .core.grid import Grid
 from .raster_io import NODATA_LABEL, LabelWriter, PixelSource, ProbabilityWriter
 
 
-class JobCancelled(Exception):
+class JobCancelledError(Exception):
     """The user cancelled; no output was kept."""
 
 
@@ -57,7 +57,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     """Segment ``grid`` block by block through ``client`` (a BackendClient) and write the outputs.
 
     Raises:
-        JobCancelled: ``cancelled()`` became true (outputs removed).
+        JobCancelledError: ``cancelled()`` became true (outputs removed).
         BackendError, OutputError, OSError: the failure (outputs removed).
     """
     start = time.monotonic()
@@ -74,7 +74,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
         blocks = plan_blocks(grid.height, grid.width, params.block_size)
         for number, block in enumerate(blocks):
             if cancelled():
-                raise JobCancelled("Cancelled: no output was written.")
+                raise JobCancelledError("Cancelled: no output was written.")
             rows, cols = (block.rows.start, block.rows.stop), (block.cols.start, block.cols.stop)
             rgb, valid = source.read(rows, cols)
             core_rows, core_cols = block.core_in_block()
@@ -94,7 +94,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             counts += np.bincount(labels.ravel(), minlength=256)
             progress(100.0 * (number + 1) / len(blocks))
         if cancelled():
-            raise JobCancelled("Cancelled: no output was written.")
+            raise JobCancelledError("Cancelled: no output was written.")
         output = labels_out.commit()
         probabilities = probs_out.commit() if probs_out is not None else None
     except BaseException:

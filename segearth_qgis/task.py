@@ -10,7 +10,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from .backend_client import BackendError
 from .backend_manager import BackendManager
 from .core.grid import Grid
-from .job import JobCancelled, JobParams, JobResult, run_job
+from .job import JobCancelledError, JobParams, JobResult, run_job
 from .raster_io import OutputError, PixelSource
 
 LOG_TAG = "SegEarth-OV"
@@ -34,7 +34,7 @@ class SegmentTask(QgsTask):
             self.result = run_job(self.params, self.grid, self.crs_wkt, self.source_factory(), client,
                                   progress=self.setProgress, cancelled=self.isCanceled)
             return True
-        except JobCancelled:
+        except JobCancelledError:
             self.was_cancelled = True
         except BackendError as error:
             self.was_cancelled = error.code == "cancelled"
