@@ -27,6 +27,7 @@ from qgis.gui import (
     QgsRasterBandComboBox,
     QgsSpinBox,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAction,
@@ -55,7 +56,7 @@ from .backend_manager import BackendManager, status_line
 from .core.classes import PRESETS, class_lines
 from .core.grid import Grid, GridError, estimate, processing_grid
 from .job import JobParams, default_output_path
-from .layer_input import LayerError, build_recipe, default_bands, make_reader, native_grid
+from .layer_input import LayerError, build_recipe, default_bands, native_grid, reader_factory
 from .raster_io import OutputError, PixelSource, check_output_path, polygon_mask
 from .styling import add_result_layer
 from .task import LOG_TAG, SegmentTask
@@ -78,6 +79,7 @@ class SegEarthDock(QDockWidget):
         self.previous_tool = None
         self.backend = BackendManager(self.backend_settings)
         self.confirm: Callable[[str], bool] = self._ask
+        self._helpers: list[QgsTask] = []
         self._build()
         self._restore()
         self.layer_changed(self.layer_combo.currentLayer())
@@ -121,7 +123,7 @@ class SegEarthDock(QDockWidget):
         self.aoi_combo = QComboBox()
         for text, kind in (("Whole layer", AoiKind.LAYER), ("Current map view", AoiKind.MAP_VIEW),
                            ("Drawn rectangle", AoiKind.RECTANGLE), ("Selected features", AoiKind.SELECTED_FEATURES)):
-            self.aoi_combo.addItem(text, kind)
+            self.aoi_combo.addItem(text, kind.value)
         self.draw_button = QPushButton("Draw")
         self.draw_button.clicked.connect(self.start_drawing)
         aoi_row = QHBoxLayout()
@@ -299,7 +301,7 @@ class SegEarthDock(QDockWidget):
     def set_drawn_rectangle(self, rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
         """Use ``rectangle`` (in ``crs``) as the AOI; called by the map tool."""
         self.drawn = AreaOfInterest(AoiKind.RECTANGLE, QgsRectangle(rectangle), QgsCoordinateReferenceSystem(crs))
-        self.aoi_combo.setCurrentIndex(self.aoi_combo.findData(AoiKind.RECTANGLE))
+        self.aoi_combo.setCurrentIndex(self.aoi_combo.findData(AoiKind.RECTANGLE.value))
         self.update_estimate()
 
     def start_drawing(self) -> None:
@@ -392,11 +394,11 @@ class SegEarthDock(QDockWidget):
             return None
 
         crs_wkt = layer.crs().toWkt()
-        reader = make_reader(layer)
+        make_reader = reader_factory(layer)
 
-        def source() -> PixelSource:
+        def source() -> PixelSource:  # runs on the task's thread
             mask = polygon_mask(polygons, grid, crs_wkt) if polygons else None
-            return PixelSource(reader, recipe, grid, mask)
+            return PixelSource(make_reader(), recipe, grid, mask)
 
         self.task = SegmentTask(f"SegEarth-OV: {layer.name()}", self.backend, params, grid, crs_wkt, source,
                                 self._finished)
@@ -445,9 +447,7 @@ class SegEarthDock(QDockWidget):
             except BackendError as error:
                 return status_line({}, self.backend.is_remote(), error.message)
 
-        self._status_task = QgsTask.fromFunction("SegEarth-OV backend status", work,
-                                                 on_finished=self._status_ready)
-        QgsApplication.taskManager().addTask(self._status_task)
+        self._run_helper(QgsTask.fromFunction("SegEarth-OV backend status", work, on_finished=self._status_ready))
 
     def _status_ready(self, exception: Optional[Exception], text: Optional[str] = None) -> None:
         if text:
@@ -466,9 +466,14 @@ class SegEarthDock(QDockWidget):
                 return status_line({}, self.backend.is_remote(), error.message)
 
         self.status_label.setText(f"Backend: {action}ing…")
-        self._backend_task = QgsTask.fromFunction(f"SegEarth-OV backend {action}", work,
-                                                  on_finished=self._status_ready)
-        QgsApplication.taskManager().addTask(self._backend_task)
+        self._run_helper(QgsTask.fromFunction(f"SegEarth-OV backend {action}", work, on_finished=self._status_ready))
+
+    def _run_helper(self, task: QgsTask) -> None:
+        """Run a small background task, keeping it referenced until it ends (and waited for on unload)."""
+        self._helpers = [t for t in self._helpers if not sip.isdeleted(t) and t.status() not in
+                         (QgsTask.Complete, QgsTask.Terminated)]
+        self._helpers.append(task)
+        QgsApplication.taskManager().addTask(task)
 
     # ----------------------------------------------------------- helpers
     def report(self, text: str, level: int) -> None:
@@ -485,6 +490,10 @@ class SegEarthDock(QDockWidget):
         if self.task is not None:
             self.task.cancel()
             self.task.waitForFinished(30000)
+        for helper in self._helpers:
+            if not sip.isdeleted(helper):
+                helper.waitForFinished(30000)
+        self._helpers = []
         self.stop_drawing()
         self.backend.stop()
 

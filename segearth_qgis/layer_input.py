@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
+from osgeo import gdal
 from qgis.core import Qgis, QgsRaster, QgsRasterLayer, QgsRectangle
 
 from .core.grid import Grid, Rect
@@ -126,12 +127,19 @@ class ProviderBandReader:
             out[band] = np.frombuffer(bytes(block.data()), dtype=dtype).reshape(height, width).copy()
         return out
 
+    def close(self) -> None:
+        self.provider = None
 
-def make_reader(layer: QgsRasterLayer) -> BandReader:
-    """GDAL windowed reads for files GDAL can open; the provider's blocks for anything else."""
+
+def reader_factory(layer: QgsRasterLayer) -> Callable[[], BandReader]:
+    """Builds the reader on the thread that will use it: GDAL windowed reads for files GDAL
+    can open, the provider's blocks for anything else (the provider is cloned here, on the
+    GUI thread)."""
     if layer.providerType() == "gdal":
-        try:
-            return GdalBandReader(layer.source(), native_grid(layer))
-        except RuntimeError:
-            pass
-    return ProviderBandReader(layer)
+        source, native = layer.source(), native_grid(layer)
+        probe = gdal.OpenEx(source, gdal.OF_RASTER) if source else None
+        if probe is not None:
+            probe = None
+            return lambda: GdalBandReader(source, native)
+    reader = ProviderBandReader(layer)
+    return lambda: reader

@@ -34,6 +34,9 @@ class BandReader(Protocol):
              ) -> dict[int, np.ndarray]:
         """Bands resampled onto ``grid``'s cells ``rows x cols``."""
 
+    def close(self) -> None:
+        """Release the data source (called when the job ends)."""
+
 
 class GdalBandReader:
     """Windowed reads from a GDAL dataset (average when shrinking, bilinear when enlarging)."""
@@ -59,6 +62,9 @@ class GdalBandReader:
         return {b: self.dataset.GetRasterBand(b).ReadAsArray(xoff, yoff, xsize, ysize, width, height,
                                                              resample_alg=algorithm) for b in bands}
 
+    def close(self) -> None:
+        self.dataset = None
+
 
 class PixelSource:
     """Bands -> uint8 RGB + valid mask for any block, with an optional polygon mask."""
@@ -74,6 +80,11 @@ class PixelSource:
             valid &= self.mask(rows, cols)
             rgb[~valid] = 0
         return rgb, valid
+
+    def close(self) -> None:
+        """Close the reader and drop the mask's layer (GDAL objects must not outlive the job)."""
+        self.reader.close()
+        self.mask = None
 
 
 def polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str

@@ -29,9 +29,11 @@ class SegmentTask(QgsTask):
         self.was_cancelled = False
 
     def run(self) -> bool:
+        source = None
         try:
             client = self.manager.client(cancelled=self.isCanceled)
-            self.result = run_job(self.params, self.grid, self.crs_wkt, self.source_factory(), client,
+            source = self.source_factory()
+            self.result = run_job(self.params, self.grid, self.crs_wkt, source, client,
                                   progress=self.setProgress, cancelled=self.isCanceled)
             return True
         except JobCancelledError:
@@ -44,6 +46,10 @@ class SegmentTask(QgsTask):
         except Exception as error:  # noqa: BLE001 - any failure must reach the user as a message
             self.error = f"Unexpected error: {type(error).__name__}: {error}"
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+        finally:
+            if source is not None:
+                source.close()
+            self.source_factory = None  # nothing of GDAL's may outlive the job
         return False
 
     def finished(self, result: bool) -> None:  # noqa: FBT001 - QgsTask's signature

@@ -42,6 +42,22 @@ def smooth_image(rows: int, cols: int, bands: int = 3, seed: int = 0) -> np.ndar
     return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_panel_settings(qgis_app):
+    """The panel's QgsSettings start empty in tests; the developer's own values come back afterwards."""
+    from qgis.core import QgsSettings
+
+    from segearth_qgis.settings import PREFIX
+
+    store = QgsSettings()
+    saved = {key: store.value(key) for key in store.allKeys() if key.startswith(PREFIX)}
+    store.remove(PREFIX.rstrip("/"))
+    yield
+    store.remove(PREFIX.rstrip("/"))
+    for key, value in saved.items():
+        store.setValue(key, value)
+
+
 @pytest.fixture(scope="session")
 def backend_environment(parity_dir, tmp_path_factory):
     """The dock auto-starts `python -m segearth_backend serve` with the tiny weights."""

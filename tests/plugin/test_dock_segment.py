@@ -1,0 +1,281 @@
+"""End to end through the dock's own code path: real QGIS, real backend process, GeoTIFFs read back with GDAL."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from segearth_qgis import settings
+from segearth_qgis.core.classes import class_colours
+from segearth_qgis.core.pixels import to_rgb
+from segearth_qgis.dock import SegEarthDock
+from segearth_qgis.layer_input import build_recipe
+from tests.plugin.conftest import smooth_image, wait_until, write_geotiff
+
+CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"
+CLASS_LIST = ["background", "building, roof", "road", "tree, forest", "water"]
+UTM = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+
+
+@pytest.fixture(scope="module")
+def dock(qgis_iface, backend_environment):
+    settings.save("block_size", 1024)
+    panel = SegEarthDock(qgis_iface)
+    panel.confirm = lambda question: False  # never overwrite, never accept huge jobs silently
+    yield panel
+    panel.shutdown()
+
+
+@pytest.fixture
+def messages(qgis_iface):
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    return bar
+
+
+def load(path, name="input"):
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def prepare(dock, layer, output=None, classes=CLASSES, aoi="layer"):
+    """Fill the panel as a user would."""
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText(classes)
+    dock.background_check.setChecked(True)
+    dock.background_spin.setValue(0)
+    dock.threshold_spin.setValue(0.0)
+    dock.lambda_spin.setValue(-0.3)
+    dock.probabilities_check.setChecked(False)
+    dock.output_widget.setFilePath(str(output) if output else "")
+    dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData(aoi))
+
+
+def run(dock, layer, output=None, classes=CLASSES, aoi="layer", timeout=240):
+    """Fill the panel, click Segment, wait for the job to end."""
+    prepare(dock, layer, output, classes, aoi)
+    task = dock.segment()
+    if task is not None:
+        wait_until(lambda: dock.task is None, timeout)
+    else:
+        bar = dock.iface.messageBar()
+        print("segment() refused:", bar.get_messages(Qgis.Warning), bar.get_messages(Qgis.Critical))
+    return task
+
+
+def expected_labels(tiny_segmenter, layer, bands=(1, 2, 3)):
+    """What the engine says for the whole layer, with the plugin's own pixel conversion."""
+    dataset = gdal.Open(layer.source())
+    recipe = build_recipe(layer, list(bands))
+    arrays = {b: dataset.GetRasterBand(b).ReadAsArray() for b in recipe.bands_needed}
+    rgb, valid = to_rgb(arrays, recipe)
+    return tiny_segmenter.predict(rgb, CLASSES.splitlines(), valid=valid).labels
+
+
+def check_output(path, layer, crs_authid, geotransform, size):
+    dataset = gdal.Open(str(path))
+    assert dataset.RasterXSize == size[1] and dataset.RasterYSize == size[0]
+    assert dataset.GetGeoTransform() == pytest.approx(geotransform)
+    reference = QgsCoordinateReferenceSystem.fromWkt(dataset.GetProjection())
+    assert reference.authid() == crs_authid
+    band = dataset.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
+    assert band.GetCategoryNames()[:5] == CLASS_LIST
+    colours = class_colours(CLASSES.splitlines())
+    # TIFF palettes hold RGB only; transparency of the background lives in the layer style.
+    assert band.GetColorTable().GetColorEntry(1)[:3] == colours[1][:3]
+    return band.ReadAsArray()
+
+
+def result_layer(name_prefix):
+    group = QgsProject.instance().layerTreeRoot().findGroup("SegEarth-OV")
+    assert group is not None
+    layers = [node.layer() for node in group.findLayers() if node.layer().name().startswith(name_prefix)]
+    assert layers
+    return layers[0]
+
+
+def check_renderer(layer):
+    renderer = layer.renderer()
+    assert renderer.type() == "paletted"
+    assert [c.label for c in renderer.classes()] == CLASS_LIST
+    assert renderer.classes()[0].color.alpha() == 0 and renderer.classes()[1].color.alpha() == 255
+
+
+def test_projected_uint8_with_nodata(dock, tmp_path, tiny_segmenter, messages):
+    image = smooth_image(300, 260)
+    image[:, :20, :30] = 0
+    layer = load(write_geotiff(tmp_path / "utm.tif", image, 32633, UTM, nodata=0), "utm8")
+    output = tmp_path / "out.tif"
+    task = run(dock, layer, output)
+    assert task.result is not None, task.error
+    labels = check_output(output, layer, "EPSG:32633", UTM, (300, 260))
+    expected = expected_labels(tiny_segmenter, layer)
+    assert (labels[:20, :30] == 255).all()
+    np.testing.assert_array_equal(labels, expected)
+    check_renderer(result_layer("utm8"))
+    assert any("Segmented" in m for m in messages.get_messages(Qgis.Success))
+
+
+def test_geographic_uint16_single_band(dock, tmp_path, tiny_segmenter):
+    rng = np.random.default_rng(5)
+    image = (smooth_image(200, 240, bands=1).astype(np.uint16) * 40 + rng.integers(0, 30, (1, 200, 240))).astype(
+        np.uint16)
+    geotransform = (13.0, 0.00002, 0.0, 52.5, 0.0, -0.00002)
+    layer = load(write_geotiff(tmp_path / "geo.tif", image, 4326, geotransform), "geo16")
+    dock.layer_combo.setLayer(layer)
+    assert dock.resolution_label.text() == "m (converted)"
+    assert dock.resolution_spin.value() == pytest.approx(0.00002 * 111320 * np.cos(np.radians(52.498)), rel=1e-3)
+    task = run(dock, layer, tmp_path / "geo_out.tif")
+    assert task.result is not None, task.error
+    labels = check_output(tmp_path / "geo_out.tif", layer, "EPSG:4326", geotransform, (200, 240))
+    np.testing.assert_array_equal(labels, expected_labels(tiny_segmenter, layer, (1, 1, 1)))
+
+
+def test_rgba_alpha_becomes_nodata(dock, tmp_path):
+    image = np.concatenate([smooth_image(150, 150), np.full((1, 150, 150), 255, np.uint8)])
+    image[3, 100:, :] = 0
+    layer = load(write_geotiff(tmp_path / "rgba.tif", image, 32633, UTM, alpha_band=4), "rgba")
+    task = run(dock, layer, tmp_path / "rgba_out.tif")
+    assert task.result is not None, task.error
+    labels = gdal.Open(str(tmp_path / "rgba_out.tif")).ReadAsArray()
+    assert (labels[100:] == 255).all() and (labels[:100] < 5).all()
+
+
+def test_rectangle_drawn_in_another_crs(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "big.tif", smooth_image(400, 400), 32633, UTM), "big")
+    # The canvas is in WGS 84: draw the rectangle there.
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    from qgis.core import QgsCoordinateTransform
+
+    to_wgs84 = QgsCoordinateTransform(layer.crs(), wgs84, QgsProject.instance())
+    drawn = to_wgs84.transformBoundingBox(QgsRectangle(500100.0, 5599300.0, 500400.0, 5599700.0))
+    dock.layer_combo.setLayer(layer)
+    dock.set_drawn_rectangle(drawn, wgs84)
+    task = run(dock, layer, tmp_path / "rect_out.tif", aoi="rectangle")
+    assert task.result is not None, task.error
+    dataset = gdal.Open(str(tmp_path / "rect_out.tif"))
+    x0, px, _, y0, _, py = dataset.GetGeoTransform()
+    back = QgsCoordinateTransform(wgs84, layer.crs(), QgsProject.instance()).transformBoundingBox(drawn)
+    # The grid covers the drawn rectangle, snapped outwards to whole 2 m source pixels.
+    assert x0 <= back.xMinimum() < x0 + 2 and y0 >= back.yMaximum() > y0 - 2
+    assert x0 + dataset.RasterXSize * px >= back.xMaximum() and (x0 - 500000.0) % 2 == 0
+    assert dataset.RasterXSize < 400 and dataset.RasterYSize < 400
+
+
+def test_selected_polygon_aoi_masks_outside(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "poly.tif", smooth_image(300, 300), 32633, UTM), "poly")
+    polygons = QgsVectorLayer("Polygon?crs=EPSG:32633", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(500100, 5599900), QgsPointXY(500500, 5599900),
+                                                    QgsPointXY(500100, 5599500), QgsPointXY(500100, 5599900)]]))
+    polygons.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(polygons)
+    polygons.selectAll()
+    dock.polygon_combo.setLayer(polygons)
+    task = run(dock, layer, tmp_path / "poly_out.tif", aoi="selected_features")
+    assert task.result is not None, task.error
+    dataset = gdal.Open(str(tmp_path / "poly_out.tif"))
+    labels = dataset.ReadAsArray()
+    assert dataset.GetGeoTransform()[0] == 500100.0 and labels.shape == (200, 200)
+    assert labels[5, 5] < 5 and labels[190, 190] == 255  # inside the triangle / outside it
+    assert 0.3 < (labels < 5).mean() < 0.7
+
+
+def test_multi_block_equals_single_block(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "multi.tif", smooth_image(520, 470), 32633, UTM), "multi")
+    assert run(dock, layer, tmp_path / "single.tif").result is not None
+    settings.save("block_size", 336)
+    try:
+        task = run(dock, layer, tmp_path / "blocks.tif")
+    finally:
+        settings.save("block_size", 1024)
+    assert task.result.blocks >= 4
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "blocks.tif")).ReadAsArray(),
+                                  gdal.Open(str(tmp_path / "single.tif")).ReadAsArray())
+
+
+def test_cancel_mid_job_keeps_nothing(dock, tmp_path, messages):
+    layer = load(write_geotiff(tmp_path / "cancel.tif", smooth_image(900, 900), 32633, UTM), "cancel")
+    settings.save("block_size", 336)
+    try:
+        prepare(dock, layer, tmp_path / "cancel_out.tif")
+        task = dock.segment()
+        wait_until(lambda: dock.progress.value() > 0 or dock.task is None)
+        dock.cancel()
+        wait_until(lambda: dock.task is None)
+    finally:
+        settings.save("block_size", 1024)
+    assert task.was_cancelled and task.result is None
+    assert sorted(os.listdir(tmp_path)) == ["cancel.tif"]
+    assert any("cancelled" in m for m in messages.get_messages(Qgis.Info))
+
+
+def test_backend_killed_mid_job_then_restart(dock, tmp_path, messages):
+    layer = load(write_geotiff(tmp_path / "kill.tif", smooth_image(900, 900), 32633, UTM), "kill")
+    settings.save("block_size", 336)
+    try:
+        prepare(dock, layer, tmp_path / "kill_out.tif")
+        task = dock.segment()
+        wait_until(lambda: dock.progress.value() > 0 or dock.task is None)
+        os.kill(dock.backend.local.process.pid, signal.SIGKILL)
+        wait_until(lambda: dock.task is None)
+    finally:
+        settings.save("block_size", 1024)
+    assert task.result is None and "Cannot reach the SegEarth-OV backend" in task.error
+    assert any("Segmentation failed" in m for m in messages.get_messages(Qgis.Critical))
+    assert not (tmp_path / "kill_out.tif").exists()
+    dock._backend_action("restart")
+    wait_until(lambda: "ready" in dock.status_label.text())
+    assert run(dock, layer, tmp_path / "after.tif", aoi="layer").result is not None
+
+
+def test_existing_output_is_never_overwritten(dock, tmp_path, messages):
+    layer = load(write_geotiff(tmp_path / "keep.tif", smooth_image(60, 60), 32633, UTM), "keep")
+    existing = tmp_path / "mine.tif"
+    existing.write_bytes(b"precious")
+    assert run(dock, layer, existing) is None
+    assert existing.read_bytes() == b"precious"
+    assert any("already exists" in m for m in messages.get_messages(Qgis.Warning))
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing folder", "does not exist"),
+    ("aoi outside", "does not overlap"),
+    ("no classes", "at least one class"),
+    ("duplicate classes", "unique"),
+])
+def test_bad_inputs_are_messages_not_tracebacks(dock, tmp_path, messages, case, fragment):
+    layer = load(write_geotiff(tmp_path / "bad.tif", smooth_image(60, 60), 32633, UTM), "bad")
+    output, classes, aoi = tmp_path / "out.tif", CLASSES, "layer"
+    if case == "missing folder":
+        output = tmp_path / "nope" / "out.tif"
+    if case == "aoi outside":
+        dock.set_drawn_rectangle(QgsRectangle(0, 0, 10, 10), layer.crs())
+        aoi = "rectangle"
+    if case == "no classes":
+        classes = "\n  \n"
+    if case == "duplicate classes":
+        classes = "road\nRoad"
+    task = run(dock, layer, output, classes=classes, aoi=aoi)
+    text = " ".join(messages.get_messages(Qgis.Warning) + messages.get_messages(Qgis.Critical))
+    assert fragment in text
+    assert task is None or task.result is None
+    assert not output.exists()
