@@ -56,6 +56,9 @@ def isolated_panel_settings(qgis_app):
     store.remove(PREFIX.rstrip("/"))
     for key, value in saved.items():
         store.setValue(key, value)
+    import gc
+
+    gc.collect()  # free Qt/GDAL wrappers while QGIS still runs (it exits after this fixture)
 
 
 @pytest.fixture(scope="session")

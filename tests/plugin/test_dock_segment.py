@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -279,3 +280,91 @@ def test_bad_inputs_are_messages_not_tracebacks(dock, tmp_path, messages, case, 
     assert fragment in text
     assert task is None or task.result is None
     assert not output.exists()
+
+
+def test_probabilities_output_and_metadata(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "probs.tif", smooth_image(120, 140), 32633, UTM), "probs")
+    prepare(dock, layer, tmp_path / "labels.tif")
+    dock.probabilities_check.setChecked(True)
+    task = dock.segment()
+    wait_until(lambda: dock.task is None)
+    dock.probabilities_check.setChecked(False)
+    assert task.result.probabilities_path == tmp_path / "labels_probabilities.tif"
+    probs = gdal.Open(str(tmp_path / "labels_probabilities.tif"))
+    assert probs.RasterCount == 5 and probs.GetGeoTransform() == pytest.approx(UTM)
+    assert [probs.GetRasterBand(i + 1).GetDescription() for i in range(5)] == CLASS_LIST
+    values = probs.ReadAsArray()
+    labels = gdal.Open(str(tmp_path / "labels.tif")).ReadAsArray()
+    # Probabilities travel as float16: the label's probability is the top one up to that rounding.
+    top = np.take_along_axis(values, labels[None].astype(np.int64), axis=0)[0]
+    assert (top >= values.max(axis=0) - 1e-3).all()
+    np.testing.assert_allclose(values.sum(axis=0) <= 1.001, True)
+    metadata = gdal.Open(str(tmp_path / "labels.tif")).GetMetadataItem("SEGEARTH_CLASSES")
+    assert json.loads(metadata) == CLASS_LIST
+
+
+def test_large_jobs_ask_first_and_estimate_uses_measured_speed(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "large.tif", smooth_image(200, 200), 32633, UTM), "large")
+    settings.save("large_job_megapixels", 0.01)
+    asked = []
+    try:
+        dock.confirm = lambda question: asked.append(question) or False
+        assert run(dock, layer, tmp_path / "large_out.tif") is None and "megapixels" in asked[0]
+        assert not (tmp_path / "large_out.tif").exists()
+        dock.confirm = lambda question: True
+        assert run(dock, layer, tmp_path / "large_out.tif").result is not None
+    finally:
+        settings.save("large_job_megapixels", 50.0)
+        dock.confirm = lambda question: False
+    wait_until(lambda: "ready" in dock.status_label.text())
+    assert "CPU" in dock.status_label.text() and "SimFeatUp" in dock.status_label.text()
+    assert "local" in dock.status_label.text()
+    dock.update_estimate()
+    assert "200 x 200 px" in dock.estimate_label.text() and "about" in dock.estimate_label.text()
+
+
+def test_map_view_aoi(dock, qgis_iface, tmp_path):
+    layer = load(write_geotiff(tmp_path / "view.tif", smooth_image(100, 100), 32633, UTM), "view")
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(QgsRectangle(500050.0, 5599850.0, 500100.0, 5599900.0))
+    dock.layer_combo.setLayer(layer)
+    dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData("map_view"))
+    _, grid, polygons = dock.plan()
+    view = canvas.extent().intersect(layer.extent())
+    assert grid.x0 <= view.xMinimum() and grid.x0 + grid.width * 2 >= view.xMaximum()
+    assert grid.y0 >= view.yMaximum() and grid.y0 - grid.height * 2 <= view.yMinimum()
+    assert grid.width < 100 and grid.height < 100 and polygons == ()
+
+
+def test_provider_reader_matches_gdal_reader(tmp_path):
+    """Any provider's blocks (here the GDAL provider through QgsRasterDataProvider.block) read the same pixels."""
+    from segearth_qgis.core.grid import processing_grid
+    from segearth_qgis.layer_input import ProviderBandReader, native_grid
+    from segearth_qgis.raster_io import GdalBandReader
+
+    layer = load(write_geotiff(tmp_path / "both.tif", smooth_image(90, 110), 32633, UTM), "both")
+    grid = processing_grid(native_grid(layer), (500010.0, 5599850.0, 500150.0, 5599990.0), None)
+    provider_reader, gdal_reader = ProviderBandReader(layer), GdalBandReader(layer.source(), native_grid(layer))
+    by_provider = provider_reader.read([1, 3], grid, (5, 40), (10, 60))
+    by_gdal = gdal_reader.read([1, 3], grid, (5, 40), (10, 60))
+    provider_reader.close()
+    gdal_reader.close()
+    for band in (1, 3):
+        assert by_provider[band].shape == (35, 50)
+        np.testing.assert_array_equal(by_provider[band], by_gdal[band])
+
+
+def test_virtual_raster_provider_end_to_end(dock, tmp_path):
+    """A non-file provider (QGIS's virtual raster, float32) goes through provider blocks and a stretch."""
+    base = write_geotiff(tmp_path / "base.tif", smooth_image(80, 90, bands=1), 32633, UTM)
+    extent = "500000,5599840,500180,5600000"
+    uri = (f"?crs=EPSG:32633&extent={extent}&width=90&height=80&formula=%22base@1%22%20*%200.01"
+           f"&base:uri={base}&base:provider=gdal")
+    layer = QgsRasterLayer(uri, "virtual", "virtualraster")
+    assert layer.isValid() and layer.providerType() == "virtualraster"
+    QgsProject.instance().addMapLayer(layer)
+    task = run(dock, layer, tmp_path / "virtual_out.tif")
+    assert task.result is not None, task.error
+    labels = gdal.Open(str(tmp_path / "virtual_out.tif")).ReadAsArray()
+    assert labels.shape == (80, 90) and (labels < 5).all()
