@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install test bench lint clean
+.PHONY: help install test bench lint screenshot clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 install: $(STAMP) ## venv from /usr/bin/python3 (sees QGIS, GDAL, Debian numpy) + backend and test tools
 $(STAMP): backend/pyproject.toml
@@ -31,6 +31,9 @@ bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/b
 lint: install ## ruff on everything, mypy on the backend
 	$(PY) -m ruff check backend segearth_qgis tests
 	$(PY) -m mypy backend/segearth_backend
+
+screenshot: install ## docs/screenshot.png: the dock and a styled result on the sample raster, under Xvfb
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/screenshot.py
 
 clean: ## remove caches and reports (keeps the venv)
 	rm -rf bench_out .pytest_cache .mypy_cache .ruff_cache

@@ -72,10 +72,12 @@ def status_line(health: dict[str, Any], remote: bool, error: Optional[str] = Non
     if status in ("stopped", "unknown"):
         return f"Backend ({where}): {'not started (starts with the first job)' if status == 'stopped' else status}"
     device = health.get("device") or {}
-    name = device.get("name", "?")
+    kind = str(device.get("type", "?")).upper()
+    name = str(device.get("name", ""))
+    label = kind if name.upper() in ("", kind) else f"{kind} {name}"
     if device.get("type") == "cuda" and "memory_free_mb" in device:
-        name += f", {device['memory_free_mb'] / 1024:.1f} GB free"
-    return f"Backend ({where}): {status} — {device.get('type', '?').upper()} {name} — {health.get('upsampler', '?')}"
+        label += f", {device['memory_free_mb'] / 1024:.1f} GB free"
+    return f"Backend ({where}): {status} — {label} — {health.get('upsampler', '?')}"
 
 
 __all__ = ["BackendManager", "BackendError", "status_line"]
