@@ -50,14 +50,15 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings
-from .aoi import AoiError, AoiKind, AreaOfInterest, resolve, selected_polygons
+from .aoi import AoiError, AoiKind, AreaOfInterest, selected_polygons
 from .backend_client import BackendError, BackendSettings
 from .backend_manager import BackendManager, status_line
 from .core.classes import PRESETS, class_lines
-from .core.grid import Grid, GridError, estimate, processing_grid
+from .core.grid import estimate
 from .job import JobParams, default_output_path
-from .layer_input import LayerError, build_recipe, default_bands, native_grid, reader_factory
-from .raster_io import OutputError, PixelSource, check_output_path, polygon_mask
+from .job_setup import PreparedJob, prepare
+from .layer_input import LayerError, default_bands, native_grid
+from .raster_io import OutputError, check_output_path
 from .styling import add_result_layer
 from .task import LOG_TAG, SegmentTask
 
@@ -328,19 +329,18 @@ class SegEarthDock(QDockWidget):
         self.previous_tool = None
 
     # --------------------------------------------------------- planning
-    def plan(self) -> tuple[QgsRasterLayer, Grid, tuple[str, ...]]:
-        """Validate the panel and return (layer, processing grid, mask polygons); raises ValueError."""
+    def plan(self) -> PreparedJob:
+        """Validate the panel's layer, bands, area and resolution; raises ValueError with a message."""
         layer = self.current_layer()
         if layer is None:
             raise LayerError("Choose a raster layer to segment.")
-        resolved = resolve(self.aoi(), layer.crs())
-        grid = processing_grid(native_grid(layer), resolved.rect, self.resolution_in_map_units(layer))
-        return layer, grid, resolved.polygons_wkt
+        bands = [combo.currentBand() for combo in self.band_combos]
+        return prepare(layer, bands, self.aoi(), self.resolution_in_map_units(layer))
 
     def update_estimate(self) -> None:
         try:
-            layer, grid, _ = self.plan()
-        except (ValueError, AoiError) as error:
+            grid = self.plan().grid
+        except ValueError as error:
             self.estimate_label.setText(str(error))
             return
         speed = self.backend.last_health.get("seconds_per_megapixel")
@@ -361,13 +361,11 @@ class SegEarthDock(QDockWidget):
             lines = class_lines(self.classes_edit.toPlainText())
             if not lines:
                 raise ValueError("Type at least one class (one per line).")
-            layer, grid, polygons = self.plan()
-            megapixels = grid.width * grid.height / 1e6
+            job = self.plan()
+            megapixels = job.grid.width * job.grid.height / 1e6
             if megapixels > settings.load("large_job_megapixels") and not self.confirm(
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
                 return None
-            bands = [combo.currentBand() for combo in self.band_combos]
-            recipe = build_recipe(layer, bands, grid.extent)
             output = self.output_widget.filePath().strip()
             overwrite = False
             if output:
@@ -378,7 +376,7 @@ class SegEarthDock(QDockWidget):
             else:
                 folder = os.path.join(tempfile.gettempdir(), "segearth-ov")
                 os.makedirs(folder, exist_ok=True)
-                output = default_output_path(folder, layer.name())
+                output = default_output_path(folder, job.layer_name)
             probabilities = None
             if self.probabilities_check.isChecked():
                 probabilities = output[: output.rfind(".")] + "_probabilities.tif"
@@ -389,21 +387,13 @@ class SegEarthDock(QDockWidget):
             params = JobParams(tuple(lines), output, self.threshold_spin.value(),
                                background, self.lambda_spin.value(), probabilities, overwrite,
                                settings.load("block_size"))
-        except (ValueError, AoiError, GridError, LayerError, OutputError) as error:
+        except (ValueError, OutputError) as error:
             self.report(str(error), Qgis.Warning)
             return None
 
-        crs_wkt = layer.crs().toWkt()
-        make_reader = reader_factory(layer)
-
-        def source() -> PixelSource:  # runs on the task's thread
-            mask = polygon_mask(polygons, grid, crs_wkt) if polygons else None
-            return PixelSource(make_reader(), recipe, grid, mask)
-
-        self.task = SegmentTask(f"SegEarth-OV: {layer.name()}", self.backend, params, grid, crs_wkt, source,
-                                self._finished)
+        self.task = SegmentTask(f"SegEarth-OV: {job.layer_name}", self.backend, params, job, self._finished)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        self.layer_name = layer.name()
+        self.layer_name = job.layer_name
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -106,6 +106,16 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                      len(blocks), {k: int(v) for k, v in enumerate(counts) if v})
 
 
+def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
+            cancelled: Callable[[], bool] = lambda: False) -> JobResult:
+    """:func:`run_job` on a :class:`~segearth_qgis.job_setup.PreparedJob`, opening and closing its source here."""
+    source = job.source()
+    try:
+        return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled)
+    finally:
+        source.close()
+
+
 def default_output_path(folder: str, stem: str) -> str:
     """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
@@ -115,6 +125,3 @@ def default_output_path(folder: str, stem: str) -> str:
             return str(candidate)
     raise OSError(f"no free output name in {folder}")
 
-
-def names_for(lines: Sequence[str]) -> list[str]:
-    return [class_name(line) for line in lines]

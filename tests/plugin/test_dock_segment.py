@@ -330,7 +330,8 @@ def test_map_view_aoi(dock, qgis_iface, tmp_path):
     canvas.setExtent(QgsRectangle(500050.0, 5599850.0, 500100.0, 5599900.0))
     dock.layer_combo.setLayer(layer)
     dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData("map_view"))
-    _, grid, polygons = dock.plan()
+    job = dock.plan()
+    grid, polygons = job.grid, job.polygons
     view = canvas.extent().intersect(layer.extent())
     assert grid.x0 <= view.xMinimum() and grid.x0 + grid.width * 2 >= view.xMaximum()
     assert grid.y0 >= view.yMaximum() and grid.y0 - grid.height * 2 <= view.yMinimum()
