@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 from typing import Any, Callable, Optional
 
@@ -80,4 +81,24 @@ def status_line(health: dict[str, Any], remote: bool, error: Optional[str] = Non
     return f"Backend ({where}): {status} — {label} — {health.get('upsampler', '?')}"
 
 
-__all__ = ["BackendManager", "BackendError", "status_line"]
+__all__ = ["BackendManager", "BackendError", "status_line", "shared_manager"]
+
+
+_shared: Optional[BackendManager] = None
+_shared_lock = threading.Lock()
+
+
+def shared_manager() -> BackendManager:
+    """The process-wide manager used by the dock and the Processing algorithms (one local backend).
+
+    A local backend it started is stopped when the process exits, so a
+    headless ``qgis_process`` run leaves no backend behind.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            from .settings import backend_settings
+
+            _shared = BackendManager(backend_settings)
+            atexit.register(_shared.stop)
+        return _shared

@@ -51,8 +51,8 @@ from qgis.PyQt.QtWidgets import (
 
 from . import settings
 from .aoi import AoiError, AoiKind, AreaOfInterest, selected_polygons
-from .backend_client import BackendError, BackendSettings
-from .backend_manager import BackendManager, status_line
+from .backend_client import BackendError
+from .backend_manager import shared_manager, status_line
 from .core.classes import PRESETS, class_lines
 from .core.grid import estimate
 from .job import JobParams, default_output_path
@@ -78,7 +78,7 @@ class SegEarthDock(QDockWidget):
         self.drawn: Optional[AreaOfInterest] = None
         self.map_tool: Optional[QgsMapToolExtent] = None
         self.previous_tool = None
-        self.backend = BackendManager(self.backend_settings)
+        self.backend = shared_manager()
         self.confirm: Callable[[str], bool] = self._ask
         self._helpers: list[QgsTask] = []
         self._build()
@@ -249,12 +249,6 @@ class SegEarthDock(QDockWidget):
         settings.save("background_index", self.background_spin.value())
         settings.save("bias_lambda", self.lambda_spin.value())
         settings.save("probabilities", self.probabilities_check.isChecked())
-
-    def backend_settings(self) -> BackendSettings:
-        """Panel settings first, then the SEGEARTH_BACKEND_* environment."""
-        return BackendSettings.from_env(url=settings.load("backend_url") or None,
-                                        token=settings.load("backend_token") or None,
-                                        python=settings.load("backend_python") or None)
 
     # ------------------------------------------------------------ layer
     def current_layer(self) -> Optional[QgsRasterLayer]:

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence
 from qgis.core import QgsRasterLayer
 
 from .aoi import AreaOfInterest, resolve
-from .core.grid import Grid, processing_grid
+from .core.grid import Grid, GridError, Rect, intersect, processing_grid
 from .core.pixels import PixelRecipe
 from .layer_input import LayerError, build_recipe, default_bands, native_grid, reader_factory
 from .raster_io import BandReader, PixelSource, polygon_mask
@@ -43,8 +43,10 @@ def choose_bands(layer: QgsRasterLayer, bands: Sequence[int]) -> tuple[int, int,
 
 
 def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
-            resolution: Optional[float] = None) -> PreparedJob:
+            resolution: Optional[float] = None, clip: Optional[Rect] = None) -> PreparedJob:
     """Grid, pixel recipe and reader for ``layer`` over ``aoi`` at ``resolution`` map units per pixel.
+
+    ``clip`` (in the raster's CRS) further limits the area, e.g. an extent given with a mask.
 
     Raises:
         LayerError, AoiError, GridError (all ValueErrors) with a message for the user.
@@ -52,6 +54,11 @@ def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
     if layer is None or not layer.isValid():
         raise LayerError("Choose a valid raster layer to segment.")
     resolved = resolve(aoi, layer.crs())
-    grid = processing_grid(native_grid(layer), resolved.rect, resolution)
+    area = resolved.rect
+    if clip is not None:
+        area = intersect(area, clip) if area is not None else clip
+        if area is None:
+            raise GridError("The extent and the mask polygons do not overlap.")
+    grid = processing_grid(native_grid(layer), area, resolution)
     recipe = build_recipe(layer, choose_bands(layer, bands), grid.extent)
     return PreparedJob(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), resolved.polygons_wkt)

@@ -21,8 +21,19 @@ class SegEarthPlugin:
         self.action: Optional[QAction] = None
         self.toolbar: Optional[QToolBar] = None
         self.dock: Optional[SegEarthDock] = None
+        self.provider: Optional[Any] = None
+
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS's name (also called by qgis_process)
+        if self.provider is None:
+            from qgis.core import QgsApplication
+
+            from .processing.provider import SegEarthProvider
+
+            self.provider = SegEarthProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
+        self.initProcessing()
         self.dock = SegEarthDock(self.iface, self.iface.mainWindow())
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.dock.hide()
@@ -38,6 +49,11 @@ class SegEarthPlugin:
         self.iface.addPluginToRasterMenu(MENU, self.action)
 
     def unload(self) -> None:
+        if self.provider is not None:
+            from qgis.core import QgsApplication
+
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
         if self.dock is not None:
             self.dock.shutdown()
             self.iface.removeDockWidget(self.dock)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backend_client import BackendSettings
 
 from qgis.core import QgsSettings
 
@@ -51,3 +54,11 @@ def save_user_preset(name: str, classes: str) -> None:
     presets = user_presets()
     presets[name] = classes
     save("user_presets", json.dumps(presets))
+
+
+def backend_settings() -> BackendSettings:
+    """Plugin settings first, then the SEGEARTH_BACKEND_* environment."""
+    from .backend_client import BackendSettings
+
+    return BackendSettings.from_env(url=load("backend_url") or None, token=load("backend_token") or None,
+                                    python=load("backend_python") or None)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
-from qgis.core import QgsLayerTreeGroup, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsLayerTreeGroup,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRendererCategory,
+)
 from qgis.PyQt.QtGui import QColor
 
 GROUP_NAME = "SegEarth-OV"
@@ -35,3 +44,29 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     project.addMapLayer(layer, False)
     group.insertLayer(0, layer)
     return layer
+
+
+def save_default_style(path: str, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
+                       overwrite: bool = True) -> Optional[Path]:
+    """Write ``<path without suffix>.qml``: QGIS loads it as the default style whenever it opens ``path``."""
+    qml = Path(path).with_suffix(".qml")
+    if qml.exists() and not overwrite:
+        return None
+    layer = QgsRasterLayer(str(path), "style", "gdal")
+    if not layer.isValid():
+        raise OSError(f"QGIS cannot open {path} to style it")
+    apply_class_style(layer, names, colours)
+    message, ok = layer.saveNamedStyle(str(qml))
+    if not ok:
+        raise OSError(f"could not write the style {qml}: {message}")
+    return qml
+
+
+def class_vector_renderer(names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
+                          field: str = "class_name") -> QgsCategorizedSymbolRenderer:
+    """A categorized renderer on ``field`` with one category (and colour) per class."""
+    categories = []
+    for name, colour in zip(names, colours):
+        symbol = QgsFillSymbol.createSimple({"color": ",".join(map(str, colour)), "outline_style": "no"})
+        categories.append(QgsRendererCategory(name, symbol, name))
+    return QgsCategorizedSymbolRenderer(field, categories)

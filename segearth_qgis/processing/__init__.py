@@ -1,0 +1,1 @@
+"""The SegEarth-OV Processing provider: segment, segment and vectorize, class statistics."""

@@ -1,0 +1,145 @@
+"""``segearth:class_stats``: pixels, area and share per class, for the whole raster or per zone."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+from osgeo import gdal
+from qgis.core import (
+    QgsDistanceArea,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsPointXY,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsUnitTypes,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+NODATA = 255
+
+
+def class_names(layer: QgsRasterLayer) -> dict[int, str]:
+    """Class names by value: GDAL category names, our metadata, or the layer's palette labels.
+
+    Values without a name (a plain colour-table raster) are reported as "class N".
+    """
+    names: dict[int, str] = {}
+    if layer.providerType() == "gdal":
+        dataset = gdal.Open(layer.source())
+        if dataset is not None:
+            band = dataset.GetRasterBand(1)
+            names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
+            if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):
+                names.update(dict(enumerate(json.loads(dataset.GetMetadataItem("SEGEARTH_CLASSES")))))
+    renderer = layer.renderer()
+    if not names and renderer is not None and renderer.type() == "paletted":
+        names.update({int(c.value): c.label for c in renderer.classes() if c.label and c.label != str(int(c.value))})
+    return names
+
+
+def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float:
+    """Area of one pixel in m² (ellipsoidal, at the raster's centre, for geographic CRSs)."""
+    extent = layer.extent()
+    width, height = extent.width() / layer.width(), extent.height() / layer.height()
+    crs = layer.crs()
+    if not crs.isGeographic():
+        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+        return width * height * factor * factor
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(crs, context.transformContext())
+    measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
+    center = extent.center()
+    cell = QgsRectangle(center.x(), center.y(), center.x() + width, center.y() + height)
+    ring = [QgsPointXY(cell.xMinimum(), cell.yMinimum()), QgsPointXY(cell.xMaximum(), cell.yMinimum()),
+            QgsPointXY(cell.xMaximum(), cell.yMaximum()), QgsPointXY(cell.xMinimum(), cell.yMaximum())]
+    return measure.convertAreaMeasurement(measure.measurePolygon(ring), QgsUnitTypes.AreaSquareMeters)
+
+
+class ClassStatsAlgorithm(QgsProcessingAlgorithm):
+    INPUT, ZONES, OUTPUT = "INPUT", "ZONES", "OUTPUT"
+
+    def name(self) -> str:
+        return "class_stats"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Class statistics"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return ("<p>Pixel count, area (m²) and share of each class of a segmentation raster (SegEarth-OV's, or "
+                "any single-band class raster with a colour table or palette), for the whole raster or, with "
+                "<b>zones</b>, per polygon (native:zonalhistogram). Nodata (255) is not counted; shares are of "
+                "the counted pixels. Area is pixels times the pixel area (ellipsoidal at the raster's centre "
+                "for geographic CRSs).</p>")
+
+    def createInstance(self) -> ClassStatsAlgorithm:  # noqa: N802
+        return ClassStatsAlgorithm()
+
+    def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Segmentation raster"))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, "Zones (polygons)",
+                                                              [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", QgsProcessing.TypeVector))
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        import processing
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+        if layer.bandCount() != 1:
+            raise QgsProcessingException(f"INPUT has {layer.bandCount()} bands; a class raster has one.")
+        names = class_names(layer)
+        area = pixel_area_m2(layer, context)
+        fields = QgsFields()
+        for name, kind in (("zone", QVariant.LongLong), ("class_id", QVariant.Int), ("class_name", QVariant.String),
+                           ("pixels", QVariant.LongLong), ("area_m2", QVariant.Double), ("share", QVariant.Double)):
+            fields.append(QgsField(name, kind))
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
+        if sink is None:
+            raise QgsProcessingException("The output table could not be created: check the output path.")
+
+        rows: list[tuple[Optional[int], dict[int, int]]] = []
+        if parameters.get(self.ZONES):
+            histogram = processing.run("native:zonalhistogram", {
+                "INPUT_RASTER": layer, "RASTER_BAND": 1, "INPUT_VECTOR": parameters[self.ZONES],
+                "COLUMN_PREFIX": "HISTO_", "OUTPUT": "TEMPORARY_OUTPUT"},
+                context=context, feedback=feedback, is_child_algorithm=True)["OUTPUT"]
+            zones = QgsProcessingUtils.mapLayerFromString(histogram, context)
+            columns = [f.name() for f in zones.fields() if f.name().startswith("HISTO_") and f.name()[6:].isdigit()]
+            for feature in zones.getFeatures():
+                counts = {int(c[6:]): int(feature[c] or 0) for c in columns}
+                rows.append((int(feature.id()), {k: v for k, v in counts.items() if k != NODATA and v}))
+        else:
+            report = processing.run("native:rasterlayeruniquevaluesreport", {
+                "INPUT": layer, "BAND": 1, "OUTPUT_TABLE": "TEMPORARY_OUTPUT"},
+                context=context, feedback=feedback, is_child_algorithm=True)["OUTPUT_TABLE"]
+            table = QgsProcessingUtils.mapLayerFromString(report, context)
+            counts = {int(f["value"]): int(f["count"]) for f in table.getFeatures()
+                      if f["value"] is not None and not math.isnan(float(f["value"]))}
+            rows.append((None, {k: v for k, v in counts.items() if k != NODATA}))
+
+        for zone, counts in rows:
+            total = sum(counts.values())
+            for class_id in sorted(set(counts) | set(names)):
+                pixels = counts.get(class_id, 0)
+                feature = QgsFeature(fields)
+                feature.setAttributes([zone, class_id, names.get(class_id, f"class {class_id}"), pixels,
+                                       pixels * area, pixels / total if total else 0.0])
+                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        return {self.OUTPUT: dest}
