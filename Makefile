@@ -1,18 +1,21 @@
 # SegEarth-OV for QGIS: the one entry point. `make help` lists the targets.
 
 SYSTEM_PYTHON ?= /usr/bin/python3
+# Where `make install` links the plugin (QGIS's default profile); QGIS_PLUGINPATH=$(CURDIR) works too.
+QGIS_PLUGIN_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+QGIS_PROCESS ?= $(shell command -v qgis_process.bin || command -v qgis_process)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install test bench lint screenshot clean
+.PHONY: help install plugin test bench lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-install: $(STAMP) ## venv from /usr/bin/python3 (sees QGIS, GDAL, Debian numpy) + backend and test tools
+install: $(STAMP) plugin ## venv + backend and test tools; links the plugin into the QGIS profile
 $(STAMP): backend/pyproject.toml
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	# Keep the system numpy: QGIS's and GDAL's bindings are built against it.
@@ -21,6 +24,13 @@ $(STAMP): backend/pyproject.toml
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt "setuptools>=68" wheel
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-build-isolation -e "backend[test]"
 	touch $(STAMP)
+
+plugin: $(STAMP) ## link segearth_qgis into $(QGIS_PLUGIN_DIR) and enable it (QGIS and qgis_process)
+	mkdir -p "$(QGIS_PLUGIN_DIR)"
+	ln -sfn "$(CURDIR)/segearth_qgis" "$(QGIS_PLUGIN_DIR)/segearth_qgis"
+	echo "$(CURDIR)/$(PY)" > segearth_qgis/backend_python.txt
+	if [ -n "$(QGIS_PROCESS)" ]; then QT_QPA_PLATFORM=offscreen "$(QGIS_PROCESS)" plugins enable segearth_qgis \
+		> /dev/null 2>&1 || echo "note: could not enable the plugin with qgis_process; enable it in QGIS"; fi
 
 test: install ## the whole test suite (backend and plugin)
 	$(PY) -m pytest

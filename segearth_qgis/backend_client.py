@@ -197,7 +197,7 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
     workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))
     ready_file, log_path = workdir / "ready.json", workdir / "backend.log"
     command = [python, "-m", "segearth_backend", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(ready_file), *args]
+               "--ready-file", str(ready_file), "--exit-with-parent", *args]
     log_stream = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

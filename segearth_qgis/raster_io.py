@@ -23,6 +23,9 @@ gdal.UseExceptions()
 ogr.UseExceptions()
 
 NODATA_LABEL = 255
+#: Files are created private (mkstemp) and get the user's usual permissions when committed.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class OutputError(Exception):
@@ -146,6 +149,7 @@ class _AtomicGeoTiff:
         aux = Path(str(self.tmp) + ".aux.xml")
         if aux.exists():
             os.replace(aux, Path(str(self.target) + ".aux.xml"))
+        os.chmod(self.tmp, 0o666 & ~_UMASK)
         os.replace(self.tmp, self.target)
         return self.target
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,9 +57,18 @@ def save_user_preset(name: str, classes: str) -> None:
     save("user_presets", json.dumps(presets))
 
 
+#: Written by `make install`: the interpreter of the checkout's virtual environment.
+BACKEND_PYTHON_FILE = Path(__file__).with_name("backend_python.txt")
+
+
 def backend_settings() -> BackendSettings:
-    """Plugin settings first, then the SEGEARTH_BACKEND_* environment."""
+    """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt``."""
     from .backend_client import BackendSettings
 
-    return BackendSettings.from_env(url=load("backend_url") or None, token=load("backend_token") or None,
-                                    python=load("backend_python") or None)
+    found = BackendSettings.from_env(url=load("backend_url") or None, token=load("backend_token") or None,
+                                     python=load("backend_python") or None)
+    if found.python is None and BACKEND_PYTHON_FILE.is_file():
+        python = BACKEND_PYTHON_FILE.read_text(encoding="utf-8").strip()
+        if python:
+            found = BackendSettings(found.url, found.token, python, found.timeout)
+    return found

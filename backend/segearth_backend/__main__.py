@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get(ENV_TOKEN) or None,
         max_request_bytes=int(args.max_request_mb * 2**20),
         ready_file=Path(args.ready_file) if args.ready_file else None,
-        warmup=not args.no_warmup,
+        warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent,
     )
     return serve(settings)
 
@@ -68,6 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     serve.add_argument("--max-request-mb", type=float, default=512, help="largest request body (default 512)")
     serve.add_argument("--ready-file", help="write {url, pid} here (JSON) once the model is loaded")
     serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
+    serve.add_argument("--exit-with-parent", action="store_true",
+                       help="shut down when the process that started this one ends (used by the plugin)")
     info = commands.add_parser("info", help="load the model and print what was loaded where")
     _engine_arguments(info)
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -61,6 +62,7 @@ class ServiceSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
     ready_file: Optional[Path] = None
     warmup: bool = True
+    exit_with_parent: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -301,6 +303,28 @@ def write_ready_file(path: Path, document: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _watch_parent(server: Any, interval: float = 1.0) -> None:
+    """Stop ``server`` when the process that started us is gone (QGIS crashed, qgis_process ended)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not server.should_exit:
+            time.sleep(interval)
+            alive = os.getppid() == parent
+            if alive and sys.platform != "win32":
+                try:
+                    os.kill(parent, 0)
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    pass
+            if not alive:
+                log.warning("the process that started this backend (pid %d) is gone: shutting down", parent)
+                server.should_exit = True
+
+    threading.Thread(target=watch, name="segearth-parent-watch", daemon=True).start()
+
+
 def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None) -> int:
     """Listen, load the model, announce readiness, serve until SIGINT / SIGTERM. Returns the exit code."""
     import uvicorn
@@ -350,5 +374,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
                             limit_concurrency=256)
     server = uvicorn.Server(config)
+    if settings.exit_with_parent:
+        _watch_parent(server)
     server.run(sockets=[sock])
     return 2 if app.state.engine.status == "failed" else 0

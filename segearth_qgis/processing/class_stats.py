@@ -42,6 +42,7 @@ def class_names(layer: QgsRasterLayer) -> dict[int, str]:
     if layer.providerType() == "gdal":
         dataset = gdal.Open(layer.source())
         if dataset is not None:
+            dataset.GetMetadata()  # GTiff reads its .aux.xml (category names) only after such a call
             band = dataset.GetRasterBand(1)
             names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
             if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):

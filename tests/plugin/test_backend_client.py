@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,30 @@ def test_settings_from_environment():
     assert (settings.url, settings.token) == ("http://gpu-box:8765", "t")
     assert (settings.python, settings.timeout) == ("/opt/py", 30)
     assert BackendSettings.from_env({}, url="http://x").url == "http://x"
+
+
+def test_backend_exits_when_its_parent_dies(tiny_args, tmp_path):
+    """A backend started for QGIS does not outlive it, even when QGIS crashes or skips its exit handlers."""
+    import subprocess
+    import textwrap
+
+    args = [*tiny_args, "--no-warmup", "--upsampler-weights", "none"]
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from segearth_qgis.backend_client import start_local_backend
+        backend = start_local_backend({sys.executable!r}, {args!r}, timeout=120)
+        print(backend.process.pid, flush=True)
+        os._exit(0)  # like a crash: no cleanup at all
+    """)
+    launcher = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    pid = int(launcher.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, 9)
+    raise AssertionError("the orphaned backend kept running")

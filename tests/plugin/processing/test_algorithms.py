@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
-from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsPointXY, QgsProcessingException, QgsRasterLayer,
-                       QgsVectorLayer)
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 
 from segearth_qgis.backend_manager import shared_manager
 from tests.plugin.conftest import smooth_image, write_geotiff

@@ -1,0 +1,70 @@
+"""`qgis_process run segearth:segment` as a subprocess, with the plugin from this checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from osgeo import gdal
+
+from tests.plugin.conftest import smooth_image, write_geotiff
+
+ROOT = Path(__file__).resolve().parents[3]
+QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(150, 180), 32633,
+                           (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+        "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable,
+        "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"), "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
+        "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"), "SEGEARTH_DEVICE": "cpu",
+        "SEGEARTH_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert enable.returncode == 0, enable.stdout + enable.stderr
+    output = tmp_path / "out.tif"
+    run = subprocess.run(
+        [QGIS_PROCESS, "--json", "run", "segearth:segment", "--", f"INPUT={raster}",
+         "CLASSES=background\nbuilding,roof\nroad\ntree,forest", "THRESHOLD=0.1", f"OUTPUT={output}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    answer = json.loads(run.stdout[run.stdout.index("{"):])
+    assert answer["results"]["OUTPUT"] == str(output)
+    dataset = gdal.Open(str(output))
+    dataset.GetMetadata()  # GDAL's GTiff reads the .aux.xml category names only after this
+    assert (dataset.RasterXSize, dataset.RasterYSize) == (180, 150)
+    assert output.stat().st_mode & 0o644 == 0o644  # readable like any file the user makes
+    assert dataset.GetRasterBand(1).GetCategoryNames()[:4] == ["background", "building, roof", "road", "tree, forest"]
+    assert output.with_suffix(".qml").is_file()
+    # The auto-started backend follows qgis_process out.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if str(tmp_path / "cache") not in ps and "segearth_backend serve" not in ps:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("a backend process outlived qgis_process")
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_reports_bad_parameters(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+           "QGIS_PLUGINPATH": str(ROOT)}
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(40, 40), 32633, (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
+    run = subprocess.run([QGIS_PROCESS, "run", "segearth:segment", "--", f"INPUT={raster}", "CLASSES= ",
+                          f"OUTPUT={tmp_path / 'o.tif'}"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "CLASSES is empty" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
