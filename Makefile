@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install plugin test bench lint screenshot clean
+.PHONY: help install plugin test bench demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,12 +39,18 @@ bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/b
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
 
 lint: install ## ruff on everything, mypy on the backend
-	$(PY) -m ruff check backend segearth_qgis tests
+	$(PY) -m ruff check backend segearth_qgis tests tools docs resources
 	$(PY) -m mypy backend/segearth_backend
+
+demo: install ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
+	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --out demo_out
+
+package: ## dist/segearth_qgis-<version>.zip for the QGIS plugin manager (sources, metadata, icon only)
+	$(SYSTEM_PYTHON) tools/package.py --out dist
 
 screenshot: install ## docs/screenshot.png: the dock and a styled result on the sample raster, under Xvfb
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/screenshot.py
 
 clean: ## remove caches and reports (keeps the venv)
-	rm -rf bench_out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf bench_out demo_out dist .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,4 +1,4 @@
-"""Command line: ``segearth-backend serve`` / ``info`` / ``bench``."""
+"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``bench``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                        help="shut down when the process that started this one ends (used by the plugin)")
     info = commands.add_parser("info", help="load the model and print what was loaded where")
     _engine_arguments(info)
+    check = commands.add_parser("check-weights", help="list missing weight files and where to put them "
+                                "(exit code 3 when some are missing)")
+    _engine_arguments(check)
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -81,6 +84,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check-weights":
+        from .weights_check import describe_missing, missing_weights
+
+        missing = missing_weights(_engine_config(args))
+        print(describe_missing(missing) if missing else "All weight files are present.")
+        return 3 if missing else 0
     try:
         return _serve(args) if args.command == "serve" else _info(args)
     except SegEarthError as error:

@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parents[3]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 
 
+def backends_with(marker: bytes) -> list[int]:
+    """Backend processes whose environment contains ``marker`` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"segearth_backend" in (proc / "cmdline").read_bytes() and marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
     raster = write_geotiff(tmp_path / "in.tif", smooth_image(150, 180), 32633,
@@ -48,14 +62,12 @@ def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
     assert dataset.GetRasterBand(1).GetCategoryNames()[:4] == ["background", "building, roof", "road", "tree, forest"]
     assert output.with_suffix(".qml").is_file()
     # The auto-started backend follows qgis_process out.
+    marker = f"SEGEARTH_CACHE_DIR={tmp_path / 'cache'}".encode()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        if str(tmp_path / "cache") not in ps and "segearth_backend serve" not in ps:
-            break
+    while backends_with(marker):
+        if time.monotonic() > deadline:
+            pytest.fail("a backend process outlived qgis_process")
         time.sleep(0.5)
-    else:
-        pytest.fail("a backend process outlived qgis_process")
 
 
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")

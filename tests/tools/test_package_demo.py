@@ -1,0 +1,62 @@
+"""`make package` and `make demo` (tools/), run as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from osgeo import gdal, ogr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_package_holds_the_plugin_and_nothing_else(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "package.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("segearth_qgis-*.zip")
+    names = zipfile.ZipFile(archive).namelist()
+    assert "segearth_qgis/metadata.txt" in names and "segearth_qgis/icon.svg" in names
+    assert "segearth_qgis/__init__.py" in names and "segearth_qgis/processing/provider.py" in names
+    assert all(n.startswith("segearth_qgis/") for n in names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "backend_python.txt"))]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/qgis_process.bin").exists() and not Path("/usr/bin/qgis_process").exists(),
+                    reason="qgis_process is not installed")
+def test_demo_writes_all_outputs(tmp_path, parity_dir):
+    env = dict(os.environ, HOME=str(tmp_path / "home"), QT_QPA_PLATFORM="offscreen",
+               SEGEARTH_MODEL=str(parity_dir / "tiny-clip.json"),
+               SEGEARTH_CLIP_WEIGHTS=str(parity_dir / "tiny-clip.pt"),
+               SEGEARTH_UPSAMPLER_WEIGHTS=str(parity_dir / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu",
+               SEGEARTH_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "demo_out"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out), "--python",
+                             sys.executable], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("oem_koeln_50_segearth.tif", "oem_koeln_50_segearth.qml", "oem_koeln_50_polygons.gpkg",
+                 "oem_koeln_50_polygons.qml", "preview.png"):
+        assert (out / name).is_file(), name
+    raster = gdal.Open(str(out / "oem_koeln_50_segearth.tif"))
+    raster.GetMetadata()
+    assert raster.RasterXSize == 1000 and raster.GetRasterBand(1).GetCategoryNames()[8] == "building, roof, house"
+    polygons = ogr.Open(str(out / "oem_koeln_50_polygons.gpkg"))
+    assert polygons.GetLayer(0).GetFeatureCount() > 0
+    preview = gdal.Open(str(out / "preview.png"))
+    assert preview.RasterXSize > preview.RasterYSize  # the legend sits beside the map
+    del polygons, raster, preview
+
+
+def test_demo_offline_without_weights_lists_the_files(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "SEGEARTH_OFFLINE": "1",
+           "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen"}
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "o"),
+                             "--python", sys.executable], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "open_clip_pytorch_model.bin" in result.stdout and "xclip_jbu_one_million_aid.ckpt" in result.stdout
+    assert str(tmp_path / "home" / ".cache" / "segearth-ov" / "simfeatup") in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

@@ -1,0 +1,173 @@
+"""`make demo`: segment the OpenEarthMap Köln tile headless with qgis_process, as the paper's demo does.
+
+Writes to ``demo_out/``: the class GeoTIFF with its QML style, a GeoPackage of
+class polygons with its QML style, and ``preview.png`` (the result over the
+image, with a legend). Offline without weights, it lists the files to place
+and where, and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_URL = "https://github.com/likyoo/SegEarth-OV/raw/main/demo/oem_koeln_50.tif"
+OEM_CLASSES = ["background", "bareland,barren", "grass", "pavement", "road", "tree,forest", "water,river",
+               "cropland", "building,roof,house"]
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def online(timeout: float = 5.0) -> bool:
+    if os.environ.get("SEGEARTH_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        urllib.request.urlopen("https://huggingface.co", timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def sample_raster(out: Path, is_online: bool) -> Path:
+    shared = ROOT.parent / "shared" / "data" / "oem_koeln_50.tif"
+    if shared.is_file():
+        return shared
+    target = out / "oem_koeln_50.tif"
+    if target.is_file():
+        return target
+    if not is_online:
+        raise SystemExit(f"[demo] The sample raster is not here and there is no internet: download {SAMPLE_URL} "
+                         f"to {target}.")
+    say(f"downloading the sample raster from {SAMPLE_URL}")
+    tmp = target.with_suffix(".part")
+    with urllib.request.urlopen(SAMPLE_URL, timeout=60) as response, open(tmp, "wb") as stream:
+        shutil.copyfileobj(response, stream)
+    tmp.replace(target)
+    return target
+
+
+def qgis_process() -> str:
+    found = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    if not found:
+        raise SystemExit("[demo] qgis_process is not installed: apt-get install qgis (or run `make install`).")
+    return found
+
+
+def run_algorithm(binary: str, algorithm: str, parameters: dict[str, str], env: dict[str, str]) -> dict:
+    arguments = [f"{key}={value}" for key, value in parameters.items()]
+    say(f"qgis_process run {algorithm}")
+    result = subprocess.run([binary, "--json", "run", algorithm, "--", *arguments], env=env, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"[demo] {algorithm} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout[result.stdout.index("{"):])["results"]
+
+
+def style_polygons(gpkg: Path, raster: Path) -> Path:
+    """A categorized QML for the polygons, with the raster's class names and colours."""
+    from qgis.core import QgsRasterLayer, QgsVectorLayer
+
+    from segearth_qgis.styling import class_vector_renderer
+
+    classes_layer = QgsRasterLayer(str(raster), "classes")  # must outlive its renderer's use
+    palette = classes_layer.renderer().classes()
+    layer = QgsVectorLayer(str(gpkg), "polygons", "ogr")
+    colours = [(c.color.red(), c.color.green(), c.color.blue(), max(c.color.alpha(), 90)) for c in palette]
+    layer.setRenderer(class_vector_renderer([c.label for c in palette], colours))
+    qml = gpkg.with_suffix(".qml")
+    layer.saveNamedStyle(str(qml))
+    return qml
+
+
+def preview(image: Path, raster: Path, target: Path) -> Path:
+    """The result over the image at 60 % opacity, with a legend on the right."""
+    from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer
+    from qgis.PyQt.QtCore import QRectF, QSize, Qt
+    from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
+
+    base, result = QgsRasterLayer(str(image), "image"), QgsRasterLayer(str(raster), "result")
+    result.renderer().setOpacity(0.6)
+    size, legend_width = 800, 260
+    settings = QgsMapSettings()
+    settings.setLayers([result, base])
+    settings.setDestinationCrs(base.crs())
+    settings.setExtent(base.extent())
+    settings.setOutputSize(QSize(size, size))
+    settings.setBackgroundColor(QColor("white"))
+    picture = QImage(size + legend_width, size, QImage.Format_ARGB32)
+    picture.fill(QColor("white"))
+    painter = QPainter(picture)
+    job = QgsMapRendererCustomPainterJob(settings, painter)
+    job.start()
+    job.waitForFinished()
+    painter.setFont(QFont("Sans", 12))
+    painter.drawText(QRectF(size + 20, 20, legend_width - 30, 30), Qt.AlignLeft, "SegEarth-OV classes")
+    for row, entry in enumerate(result.renderer().classes()):
+        top = 60 + row * 32
+        painter.fillRect(QRectF(size + 20, top, 22, 22), entry.color if entry.color.alpha() else QColor("#eeeeee"))
+        painter.drawRect(QRectF(size + 20, top, 22, 22))
+        painter.drawText(QRectF(size + 52, top, legend_width - 60, 24), Qt.AlignVCenter, entry.label)
+    painter.end()
+    picture.save(str(target))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
+    parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"),
+                        help="interpreter with segearth-backend installed")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    python = args.python if Path(args.python).exists() else sys.executable
+    is_online = online()
+
+    check = subprocess.run([python, "-m", "segearth_backend", "check-weights"], capture_output=True, text=True)
+    if check.returncode == 3:
+        if not is_online:
+            print(check.stdout, end="")
+            print("[demo] No internet here: place those files as shown (or set SEGEARTH_CLIP_WEIGHTS and "
+                  "SEGEARTH_UPSAMPLER_WEIGHTS to their paths) and run `make demo` again.")
+            return 2
+        say("weights are not cached yet: the backend downloads them on first use")
+    elif check.returncode != 0:
+        raise SystemExit(f"[demo] checking the weights failed:\n{check.stdout}{check.stderr}")
+
+    image = sample_raster(args.out, is_online)
+    binary = qgis_process()
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+               QGIS_PLUGINPATH=str(ROOT), SEGEARTH_BACKEND_PYTHON=python)
+    subprocess.run([binary, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True)
+    classes = "\n".join(OEM_CLASSES)
+    raster = args.out / "oem_koeln_50_segearth.tif"
+    gpkg = args.out / "oem_koeln_50_polygons.gpkg"
+    for stale in (raster, gpkg):
+        if stale.exists():
+            stale.unlink()
+    run_algorithm(binary, "segearth:segment", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
+                                               "OUTPUT": str(raster)}, env)
+    run_algorithm(binary, "segearth:segment_vector", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
+                                                      "MIN_AREA": "5", "OUTPUT": str(gpkg)}, env)
+
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    sys.path.insert(0, str(ROOT))
+    style_polygons(gpkg, raster)
+    picture = preview(image, raster, args.out / "preview.png")
+    say(f"wrote {raster.name} (+ .qml), {gpkg.name} (+ .qml) and {picture.name} in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
