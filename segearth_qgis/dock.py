@@ -39,6 +39,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QMenu,
     QMessageBox,
     QPlainTextEdit,
@@ -196,6 +197,21 @@ class SegEarthDock(QDockWidget):
         self.restart_button.clicked.connect(lambda: self._backend_action("restart"))
         for button in (self.start_button, self.stop_button, self.restart_button):
             backend_buttons.addWidget(button)
+        backend_form = QFormLayout()
+        self.url_edit = QLineEdit()
+        self.url_edit.setPlaceholderText("empty: start a local backend (or $SEGEARTH_BACKEND_URL)")
+        self.token_edit = QLineEdit()
+        self.token_edit.setEchoMode(QLineEdit.Password)
+        self.token_edit.setPlaceholderText("for a remote backend (or $SEGEARTH_BACKEND_TOKEN)")
+        self.python_edit = QLineEdit()
+        self.python_edit.setPlaceholderText("python with segearth-backend (or $SEGEARTH_BACKEND_PYTHON)")
+        backend_form.addRow("URL", self.url_edit)
+        backend_form.addRow("Token", self.token_edit)
+        backend_form.addRow("Python", self.python_edit)
+        for edit, key in ((self.url_edit, "backend_url"), (self.token_edit, "backend_token"),
+                          (self.python_edit, "backend_python")):
+            edit.editingFinished.connect(lambda e=edit, k=key: settings.save(k, e.text().strip()))
+        backend_layout.addLayout(backend_form)
         backend_layout.addWidget(self.status_label)
         backend_layout.addLayout(backend_buttons)
         layout.addWidget(backend_box)
@@ -241,6 +257,9 @@ class SegEarthDock(QDockWidget):
         self.background_spin.setValue(settings.load("background_index"))
         self.lambda_spin.setValue(settings.load("bias_lambda"))
         self.probabilities_check.setChecked(settings.load("probabilities"))
+        self.url_edit.setText(settings.load("backend_url"))
+        self.token_edit.setText(settings.load("backend_token"))
+        self.python_edit.setText(settings.load("backend_python"))
 
     def save_state(self) -> None:
         settings.save("classes", self.classes_edit.toPlainText())
@@ -249,6 +268,9 @@ class SegEarthDock(QDockWidget):
         settings.save("background_index", self.background_spin.value())
         settings.save("bias_lambda", self.lambda_spin.value())
         settings.save("probabilities", self.probabilities_check.isChecked())
+        settings.save("backend_url", self.url_edit.text().strip())
+        settings.save("backend_token", self.token_edit.text().strip())
+        settings.save("backend_python", self.python_edit.text().strip())
 
     # ------------------------------------------------------------ layer
     def current_layer(self) -> Optional[QgsRasterLayer]:

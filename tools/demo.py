@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"),
                         help="interpreter with segearth-backend installed")
+    parser.add_argument("--sample", type=Path, help="raster to segment (default: the OpenEarthMap Köln tile)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     python = args.python if Path(args.python).exists() else sys.executable
@@ -142,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     elif check.returncode != 0:
         raise SystemExit(f"[demo] checking the weights failed:\n{check.stdout}{check.stderr}")
 
-    image = sample_raster(args.out, is_online)
+    image = args.sample or sample_raster(args.out, is_online)
     binary = qgis_process()
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
                QGIS_PLUGINPATH=str(ROOT), SEGEARTH_BACKEND_PYTHON=python)
     subprocess.run([binary, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True)
     classes = "\n".join(OEM_CLASSES)
-    raster = args.out / "oem_koeln_50_segearth.tif"
-    gpkg = args.out / "oem_koeln_50_polygons.gpkg"
+    raster = args.out / f"{image.stem}_segearth.tif"
+    gpkg = args.out / f"{image.stem}_polygons.gpkg"
     for stale in (raster, gpkg):
         if stale.exists():
             stale.unlink()

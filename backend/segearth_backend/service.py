@@ -117,12 +117,16 @@ class Engine:
         finally:
             self.loaded.set()
 
-    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function(segmenter, *args)`` on the inference thread (queued)."""
+    def require_ready(self) -> None:
+        """Raise the 503 answer while the model loads or after it failed to."""
         if self.status == "loading":
             raise ApiError(503, "loading", "The model is still loading; retry in a few seconds.")
         if self.status == "failed":
             raise ApiError(503, "model_failed", f"The model failed to load: {self.error}")
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(segmenter, *args)`` on the inference thread (queued)."""
+        self.require_ready()
         self.pending += 1
         try:
             return await asyncio.wrap_future(self.executor.submit(self._with_retry, function, *args))
@@ -213,8 +217,7 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
 
     async def segment(request: Request) -> Response:
         _check_token(request, settings.token)
-        if engine.status != "ready":
-            await engine.run(lambda s: None)  # raises the loading / failed error
+        engine.require_ready()  # before reading a large body
         body = await _read_body(request, settings.max_request_bytes)
         members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
         if "image.npy" not in members or "params.json" not in members:

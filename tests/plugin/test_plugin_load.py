@@ -51,3 +51,22 @@ def test_presets_fill_the_panel(qgis_iface):
     loveda.trigger()
     assert dock.classes_edit.toPlainText().splitlines()[1] == "building,roof,house"
     assert dock.threshold_spin.value() == 0.3 and dock.background_check.isChecked()
+
+
+def test_remote_backend_settings_from_the_panel(qgis_iface):
+    from segearth_qgis.dock import SegEarthDock
+    from segearth_qgis.settings import backend_settings
+
+    dock = SegEarthDock(qgis_iface)
+    dock.url_edit.setText("http://gpu-box:8765")
+    dock.token_edit.setText("s3cret")
+    dock.save_state()
+    try:
+        assert (backend_settings().url, backend_settings().token) == ("http://gpu-box:8765", "s3cret")
+        assert dock.backend.is_remote()
+        assert SegEarthDock(qgis_iface).url_edit.text() == "http://gpu-box:8765"
+    finally:
+        dock.url_edit.setText("")
+        dock.token_edit.setText("")
+        dock.save_state()
+    assert not dock.backend.is_remote()

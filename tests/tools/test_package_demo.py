@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from osgeo import gdal, ogr
 
+from tests.plugin.conftest import smooth_image, write_geotiff
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,16 +37,19 @@ def test_demo_writes_all_outputs(tmp_path, parity_dir):
                SEGEARTH_UPSAMPLER_WEIGHTS=str(parity_dir / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu",
                SEGEARTH_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "demo_out"
+    sample = write_geotiff(tmp_path / "scene.tif", smooth_image(300, 340), 32633,
+                           (500000.0, 1.0, 0.0, 5600000.0, 0.0, -1.0))
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out), "--python",
-                             sys.executable], env=env, capture_output=True, text=True, timeout=600)
+                             sys.executable, "--sample", str(sample)], env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("oem_koeln_50_segearth.tif", "oem_koeln_50_segearth.qml", "oem_koeln_50_polygons.gpkg",
-                 "oem_koeln_50_polygons.qml", "preview.png"):
+    for name in ("scene_segearth.tif", "scene_segearth.qml", "scene_polygons.gpkg", "scene_polygons.qml",
+                 "preview.png"):
         assert (out / name).is_file(), name
-    raster = gdal.Open(str(out / "oem_koeln_50_segearth.tif"))
+    raster = gdal.Open(str(out / "scene_segearth.tif"))
     raster.GetMetadata()
-    assert raster.RasterXSize == 1000 and raster.GetRasterBand(1).GetCategoryNames()[8] == "building, roof, house"
-    polygons = ogr.Open(str(out / "oem_koeln_50_polygons.gpkg"))
+    assert raster.RasterXSize == 340 and raster.GetRasterBand(1).GetCategoryNames()[8] == "building, roof, house"
+    polygons = ogr.Open(str(out / "scene_polygons.gpkg"))
     assert polygons.GetLayer(0).GetFeatureCount() > 0
     preview = gdal.Open(str(out / "preview.png"))
     assert preview.RasterXSize > preview.RasterYSize  # the legend sits beside the map
