@@ -50,7 +50,7 @@ class EngineConfig:
             (bilinear upsampling, the paper's ablation baseline).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         cache_dir: downloads and the text-embedding cache.
-        batch_size: windows per image-tower pass (None: 8 on CPU, 16 on CUDA).
+        batch_size: windows per image-tower pass (None: 16).
         precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"`` (CUDA only; CPU is fp32).
     """
 

@@ -148,7 +148,7 @@ class Segmenter:
         self.upsampler = upsampler.to(device) if upsampler is not None else None
         self.upsampler_source = upsampler_source
         self.dtype = autocast_dtype(device, precision)
-        self.batch_size = batch_size or (16 if device.type == "cuda" else 8)
+        self.batch_size = batch_size or 16
         self.patch = int(self.visual.conv1.kernel_size[0])
         text_model = clip.model.to(device)
         self.text = TextEmbedder(text_model, clip.tokenizer, device, cache_dir)
