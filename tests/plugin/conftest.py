@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
+#: The class list used across the plugin tests, and the names the outputs must carry.
+CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"
+CLASS_NAMES = ["background", "building, roof", "road", "tree, forest", "water"]
+#: A 2 m grid in UTM 33N (EPSG:32633).
+UTM = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+
 
 def write_geotiff(path: Path, bands: np.ndarray, epsg: int, geotransform: tuple, nodata: Optional[float] = None,
                   alpha_band: Optional[int] = None) -> Path:

@@ -26,11 +26,8 @@ from segearth_qgis.core.classes import class_colours
 from segearth_qgis.core.pixels import to_rgb
 from segearth_qgis.dock import SegEarthDock
 from segearth_qgis.layer_input import build_recipe
-from tests.plugin.conftest import smooth_image, wait_until, write_geotiff
-
-CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"
-CLASS_LIST = ["background", "building, roof", "road", "tree, forest", "water"]
-UTM = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+from tests.plugin.conftest import CLASS_NAMES as CLASS_LIST
+from tests.plugin.conftest import CLASSES, UTM, smooth_image, wait_until, write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -213,33 +210,31 @@ def test_multi_block_equals_single_block(dock, tmp_path):
                                   gdal.Open(str(tmp_path / "single.tif")).ReadAsArray())
 
 
-def test_cancel_mid_job_keeps_nothing(dock, tmp_path, messages):
-    layer = load(write_geotiff(tmp_path / "cancel.tif", smooth_image(900, 900), 32633, UTM), "cancel")
+def interrupt_a_running_job(dock, tmp_path, name, interrupt):
+    """Start a many-block job, call ``interrupt()`` once the first block is done, wait for the end."""
+    layer = load(write_geotiff(tmp_path / f"{name}.tif", smooth_image(900, 900), 32633, UTM), name)
     settings.save("block_size", 336)
     try:
-        prepare(dock, layer, tmp_path / "cancel_out.tif")
+        prepare(dock, layer, tmp_path / f"{name}_out.tif")
         task = dock.segment()
         wait_until(lambda: dock.progress.value() > 0 or dock.task is None)
-        dock.cancel()
+        interrupt()
         wait_until(lambda: dock.task is None)
     finally:
         settings.save("block_size", 1024)
+    return layer, task
+
+
+def test_cancel_mid_job_keeps_nothing(dock, tmp_path, messages):
+    _, task = interrupt_a_running_job(dock, tmp_path, "cancel", dock.cancel)
     assert task.was_cancelled and task.result is None
     assert sorted(os.listdir(tmp_path)) == ["cancel.tif"]
     assert any("cancelled" in m for m in messages.get_messages(Qgis.Info))
 
 
 def test_backend_killed_mid_job_then_restart(dock, tmp_path, messages):
-    layer = load(write_geotiff(tmp_path / "kill.tif", smooth_image(900, 900), 32633, UTM), "kill")
-    settings.save("block_size", 336)
-    try:
-        prepare(dock, layer, tmp_path / "kill_out.tif")
-        task = dock.segment()
-        wait_until(lambda: dock.progress.value() > 0 or dock.task is None)
-        os.kill(dock.backend.local.process.pid, signal.SIGKILL)
-        wait_until(lambda: dock.task is None)
-    finally:
-        settings.save("block_size", 1024)
+    layer, task = interrupt_a_running_job(dock, tmp_path, "kill",
+                                          lambda: os.kill(dock.backend.local.process.pid, signal.SIGKILL))
     assert task.result is None and "Cannot reach the SegEarth-OV backend" in task.error
     assert any("Segmentation failed" in m for m in messages.get_messages(Qgis.Critical))
     assert not (tmp_path / "kill_out.tif").exists()

@@ -16,11 +16,8 @@ from qgis.core import (
 )
 
 from segearth_qgis.backend_manager import shared_manager
-from tests.plugin.conftest import smooth_image, write_geotiff
-
-CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"
-NAMES = ["background", "building, roof", "road", "tree, forest", "water"]
-UTM = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+from tests.plugin.conftest import CLASS_NAMES as NAMES
+from tests.plugin.conftest import CLASSES, UTM, smooth_image, write_geotiff
 
 
 @pytest.fixture(scope="module")
