@@ -57,7 +57,7 @@ from .backend_manager import shared_manager, status_line
 from .core.classes import PRESETS, class_lines
 from .core.grid import estimate
 from .job import JobParams, default_output_path
-from .job_setup import PreparedJob, prepare
+from .job_setup import PreparedJob, plan_grid, prepare
 from .layer_input import LayerError, default_bands, native_grid
 from .raster_io import OutputError, check_output_path
 from .styling import add_result_layer
@@ -355,7 +355,10 @@ class SegEarthDock(QDockWidget):
 
     def update_estimate(self) -> None:
         try:
-            grid = self.plan().grid
+            layer = self.current_layer()
+            if layer is None:
+                raise LayerError("Choose a raster layer to segment.")
+            grid, _ = plan_grid(layer, self.aoi(), self.resolution_in_map_units(layer))
         except ValueError as error:
             self.estimate_label.setText(str(error))
             return

@@ -42,6 +42,20 @@ def choose_bands(layer: QgsRasterLayer, bands: Sequence[int]) -> tuple[int, int,
     return (picked[0], picked[1], picked[2])
 
 
+def plan_grid(layer: QgsRasterLayer, aoi: AreaOfInterest, resolution: Optional[float] = None,
+              clip: Optional[Rect] = None) -> tuple[Grid, tuple[str, ...]]:
+    """The processing grid and the mask polygons (WKT, raster CRS) for ``aoi`` on ``layer``; cheap."""
+    if layer is None or not layer.isValid():
+        raise LayerError("Choose a valid raster layer to segment.")
+    resolved = resolve(aoi, layer.crs())
+    area = resolved.rect
+    if clip is not None:
+        area = intersect(area, clip) if area is not None else clip
+        if area is None:
+            raise GridError("The extent and the mask polygons do not overlap.")
+    return processing_grid(native_grid(layer), area, resolution), resolved.polygons_wkt
+
+
 def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
             resolution: Optional[float] = None, clip: Optional[Rect] = None) -> PreparedJob:
     """Grid, pixel recipe and reader for ``layer`` over ``aoi`` at ``resolution`` map units per pixel.
@@ -51,14 +65,6 @@ def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
     Raises:
         LayerError, AoiError, GridError (all ValueErrors) with a message for the user.
     """
-    if layer is None or not layer.isValid():
-        raise LayerError("Choose a valid raster layer to segment.")
-    resolved = resolve(aoi, layer.crs())
-    area = resolved.rect
-    if clip is not None:
-        area = intersect(area, clip) if area is not None else clip
-        if area is None:
-            raise GridError("The extent and the mask polygons do not overlap.")
-    grid = processing_grid(native_grid(layer), area, resolution)
+    grid, polygons = plan_grid(layer, aoi, resolution, clip)
     recipe = build_recipe(layer, choose_bands(layer, bands), grid.extent)
-    return PreparedJob(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), resolved.polygons_wkt)
+    return PreparedJob(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), polygons)
