@@ -144,14 +144,14 @@ class Segmenter:
                  precision: str = "auto", upsampler_source: str = "none") -> None:
         self.clip = clip
         self.device = device
-        self.visual: Any = clip.model.visual.to(device)
+        model = clip.model.to(device)
+        self.visual: Any = model.visual
         self.upsampler = upsampler.to(device) if upsampler is not None else None
         self.upsampler_source = upsampler_source
         self.dtype = autocast_dtype(device, precision)
         self.batch_size = batch_size or 16
         self.patch = int(self.visual.conv1.kernel_size[0])
-        text_model = clip.model.to(device)
-        self.text = TextEmbedder(text_model, clip.tokenizer, device, cache_dir)
+        self.text = TextEmbedder(model, clip.tokenizer, device, cache_dir)
         self.feature_dim = int(self.visual.output_dim)
         if self.upsampler is not None and self.upsampler.feature_dim != self.feature_dim:
             raise ValueError(f"upsampler built for {self.upsampler.feature_dim} channels, model has {self.feature_dim}")

@@ -3,14 +3,14 @@
 Band arrays are ``bands x rows x cols`` (GDAL's order). uint8 data is used as
 is; anything else is stretched linearly from a per-channel ``(low, high)``
 range to 0-255. The range must be fixed for the whole job (the layer's
-contrast enhancement, or percentiles computed once), never per block, or
+contrast enhancement, or QGIS's cumulative cut computed once), never per block, or
 neighbouring blocks would be stretched differently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -84,13 +84,3 @@ def to_rgb(bands: dict[int, np.ndarray], recipe: PixelRecipe) -> tuple[np.ndarra
     rgb[~valid] = 0
     return np.ascontiguousarray(rgb), valid
 
-
-def percentile_range(samples: Sequence[np.ndarray], lower: float = 2.0, upper: float = 98.0
-                     ) -> tuple[float, float]:
-    """``(low, high)`` percentiles of the finite values of ``samples`` (for a job-wide stretch)."""
-    values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples]) if samples else np.empty(0)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 255.0
-    low, high = np.percentile(values, [lower, upper])
-    return float(low), float(high if high > low else low + 1.0)

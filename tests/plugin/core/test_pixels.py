@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segearth_qgis.core.pixels import PixelRecipe, percentile_range, stretch_to_uint8, to_rgb
+from segearth_qgis.core.pixels import PixelRecipe, stretch_to_uint8, to_rgb
 
 
 def test_uint8_rgb_used_as_is_with_nodata_mask():
@@ -45,9 +45,3 @@ def test_bands_needed_in_order_without_repeats():
 def test_degenerate_stretch_does_not_divide_by_zero(low, high):
     assert stretch_to_uint8(np.array([5.0, 6.0]), low, high).dtype == np.uint8
 
-
-def test_percentile_range_ignores_non_finite():
-    values = np.concatenate([np.arange(100.0), [np.nan, np.inf]])
-    low, high = percentile_range([values])
-    assert low == pytest.approx(1.98) and high == pytest.approx(97.02)
-    assert percentile_range([np.array([np.nan])]) == (0.0, 255.0)
