@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install plugin test bench demo package lint screenshot clean
+.PHONY: help install plugin test coverage bench demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -32,8 +32,15 @@ plugin: $(STAMP) ## link segearth_qgis into $(QGIS_PLUGIN_DIR) and enable it (QG
 	if [ -n "$(QGIS_PROCESS)" ]; then QT_QPA_PLATFORM=offscreen "$(QGIS_PROCESS)" plugins enable segearth_qgis \
 		> /dev/null 2>&1 || echo "note: could not enable the plugin with qgis_process; enable it in QGIS"; fi
 
-test: install ## the whole test suite (backend and plugin)
+test: $(STAMP) ## the whole test suite (backend and plugin), in random order; QGIS in a throwaway profile
 	$(PY) -m pytest
+
+coverage: $(STAMP) ## the test suite under coverage (backend processes and task threads included): report + coverage_out/html
+	rm -rf coverage_out
+	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
+	$(PY) -m coverage html -q
 
 bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
@@ -52,5 +59,5 @@ screenshot: install ## docs/screenshot.png: the dock and a styled result on the 
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/screenshot.py
 
 clean: ## remove caches and reports (keeps the venv)
-	rm -rf bench_out demo_out dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf bench_out demo_out dist coverage_out .pytest_cache .mypy_cache .ruff_cache .qgis-settings
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

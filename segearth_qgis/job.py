@@ -66,6 +66,9 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     labels_out = LabelWriter(params.output_path, grid, crs_wkt, names, colours, params.overwrite)
     probs_out: Optional[ProbabilityWriter] = None
     counts = np.zeros(256, np.int64)
+    # Without a background class nothing can fall below the threshold: every pixel keeps its best class.
+    background = params.background_index if params.background_index is not None else 0
+    threshold = params.threshold if params.background_index is not None else 0.0
     try:
         if params.probabilities_path:
             probs_out = ProbabilityWriter(params.probabilities_path, grid, crs_wkt, names, params.overwrite)
@@ -79,8 +82,8 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             rgb, valid = source.read(rows, cols)
             core_rows, core_cols = block.core_in_block()
             if valid.any():
-                answer = client.segment(rgb, params.classes, prob_threshold=params.threshold,
-                                        background_index=params.background_index or 0,
+                answer = client.segment(rgb, params.classes, prob_threshold=threshold,
+                                        background_index=background,
                                         bias_lambda=params.bias_lambda, valid=valid,
                                         probabilities=probs_out is not None)
                 labels = answer.labels[core_rows, core_cols]

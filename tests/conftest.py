@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
-PARITY = DATA / "parity"
+from tests.helpers import PARITY, tree_pythonpath
 
 # Never reach for the network from tests: downloads fail fast with the offline message.
 os.environ.setdefault("SEGEARTH_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Child processes (backends, qgis_process, tools) import this tree too, not an installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree_pythonpath(), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import colorsys
 from dataclasses import dataclass
 
+from ..errors import ClassesError
+
 RGBA = tuple[int, int, int, int]
 
 
@@ -47,6 +49,33 @@ BACKGROUND_COLOUR: RGBA = (0, 0, 0, 0)
 def class_lines(text: str) -> list[str]:
     """The non-blank lines of the class text box, stripped."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+MAX_CLASSES = 254  # label 255 is nodata
+
+
+def check_class_lines(lines: list[str]) -> None:
+    """Refuse a class list the backend would refuse, before any work starts.
+
+    Raises:
+        ClassesError: no class, too many, an empty synonym ("tree,"), or a
+            synonym used twice (case-insensitive, within or across classes).
+    """
+    if not lines:
+        raise ClassesError("Type at least one class, one per line (synonyms separated by commas).")
+    if len(lines) > MAX_CLASSES:
+        raise ClassesError(f"{len(lines)} classes: at most {MAX_CLASSES} are possible. Merge or remove classes.")
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        synonyms = [" ".join(part.split()) for part in line.split(",")]
+        if any(not synonym for synonym in synonyms):
+            raise ClassesError(f"Class {number} ('{line}') has an empty synonym: remove the extra comma.")
+        for synonym in synonyms:
+            key = synonym.casefold()
+            if key in seen:
+                where = "twice in one class" if seen[key] == number else f"in classes {seen[key]} and {number}"
+                raise ClassesError(f"'{synonym}' appears {where}: each class name and synonym must be unique.")
+            seen[key] = number
 
 
 def class_name(line: str) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.backend.helpers import TEST_TOKEN, launch_server
+
 
 @pytest.fixture(scope="session")
 def parity_classes(parity_dir: Path) -> list[str]:
@@ -22,31 +24,6 @@ def parity_cases(parity_dir: Path) -> list[dict]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-TEST_TOKEN = "test-token-5b0c1f"
-
-
-def launch_server(args, tmp_dir, env_extra=None, timeout=120.0):
-    """Start `python -m segearth_backend serve` and wait for its ready file; returns (process, url, log path)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    ready, log_path = tmp_dir / "ready.json", tmp_dir / "server.log"
-    env = dict(os.environ, **(env_extra or {}))
-    with open(log_path, "wb") as log_stream:
-        process = subprocess.Popen([sys.executable, "-m", "segearth_backend", "serve", "--port", "0",
-                                    "--ready-file", str(ready), *args], stdout=subprocess.PIPE, stderr=log_stream,
-                                   env=env)
-    deadline = time.monotonic() + timeout
-    while not ready.is_file():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    return process, json.loads(ready.read_text())["url"], log_path
 
 
 @pytest.fixture(scope="session")

@@ -39,11 +39,12 @@ def test_bad_class_lists_are_refused_with_a_clear_message(classes, fragment):
 
 
 def test_class_list_errors_are_value_errors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="class list is empty") as caught:
         parse_classes([])
+    assert isinstance(caught.value, ClassListError) and caught.value.code == "bad_classes"
 
 
 def test_at_most_254_classes():
-    parse_classes([f"class {i}" for i in range(MAX_CLASSES)])
+    assert parse_classes([f"class {i}" for i in range(MAX_CLASSES)]).num_classes == 254
     with pytest.raises(ClassListError, match="at most 254"):
         parse_classes([f"class {i}" for i in range(MAX_CLASSES + 1)])

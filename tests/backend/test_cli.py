@@ -1,15 +1,18 @@
 """The command line, run as a real subprocess."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.helpers import subprocess_env
+
 
 def run(*args, env_extra=None, timeout=300):
-    env = dict(os.environ, **(env_extra or {}))
+    """The CLI of this tree, with none of the caller's engine settings (only ``env_extra``)."""
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith("SEGEARTH_") or k == "SEGEARTH_OFFLINE"}
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "segearth_backend", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 

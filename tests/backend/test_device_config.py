@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,8 @@ def test_environment_then_overrides():
     assert (config.clip_weights, config.upsampler_weights) == ("w.pt", "none")
     assert config.cache_dir == Path("/tmp/x")
     assert EngineConfig.from_env(env, device="cuda").device == "cuda"
-    with pytest.raises(Exception):
-        config.device = "cpu"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError, match="device"):
+        config.device = "cpu"  # frozen: one validated configuration
 
 
 def test_defaults_and_offline_flags():

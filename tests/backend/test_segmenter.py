@@ -7,6 +7,7 @@ import torch
 from segearth_backend import ClassListError, ImageError, ParameterError
 from segearth_backend.classes import parse_classes
 from segearth_backend.segmenter import decide, normalise
+from tests.backend.reference import reference_predict
 
 CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
 
@@ -40,9 +41,11 @@ def test_normalisation_and_invalid_pixels_zero_in_normalised_space(rng):
 def test_any_size_from_one_pixel_works(tiny_segmenter, rng, shape):
     image = rng.integers(0, 256, size=shape + (3,), dtype=np.uint8)
     pred = tiny_segmenter.predict(image, CLASSES)
-    assert pred.labels.shape == shape
-    assert pred.probabilities.shape == (len(CLASSES),) + shape
-    np.testing.assert_allclose(pred.probabilities.max(axis=0) > 0, True)
+    assert pred.labels.shape == shape and pred.labels.dtype == np.uint8
+    assert pred.probabilities.shape == (len(CLASSES),) + shape and pred.probabilities.dtype == np.float32
+    expected_probs, expected_labels = reference_predict(tiny_segmenter, image, CLASSES)
+    np.testing.assert_allclose(pred.probabilities, expected_probs, atol=2e-5)
+    assert (pred.labels == expected_labels).mean() > 0.99
     assert set(pred.timings) >= {"text", "image_tower", "upsampler", "logits", "total"}
 
 
@@ -67,7 +70,7 @@ def test_decide_softmax_synonym_max_and_threshold():
     assert labels.tolist() == [[0, 1]]
 
 
-def test_bilinear_mode_runs_and_differs_from_simfeatup(tiny_paths, rng, tmp_path):
+def test_bilinear_mode_runs_and_differs_from_simfeatup(tiny_paths, tiny_segmenter, rng, tmp_path):
     from segearth_backend import load_segmenter
 
     bilinear = load_segmenter(device="cpu", cache_dir=tmp_path, model=tiny_paths["model"],
@@ -76,7 +79,22 @@ def test_bilinear_mode_runs_and_differs_from_simfeatup(tiny_paths, rng, tmp_path
     image = rng.integers(0, 256, size=(120, 100, 3), dtype=np.uint8)
     pred = bilinear.predict(image, CLASSES)
     assert pred.labels.shape == (120, 100) and "upsampler" not in pred.timings
-    assert np.isfinite(pred.probabilities).all()
+    expected_probs, _ = reference_predict(bilinear, image, CLASSES)
+    np.testing.assert_allclose(pred.probabilities, expected_probs, atol=2e-5)
+    upsampled = tiny_segmenter.predict(image, CLASSES).probabilities
+    assert np.abs(upsampled - pred.probabilities).max() > 1e-3  # SimFeatUp changes the answer
+
+
+def test_threshold_boundary_keeps_the_label():
+    """A pixel whose top probability equals the threshold keeps its class (the reference's ``<``)."""
+    logits = torch.zeros(2, 1, 3)
+    logits[0, 0, 1] = 1.0  # pixel 1: class 0 certain; pixels 0 and 2: an exact 0.5 / 0.5 tie
+    class_set = parse_classes(["a", "b"])
+    probs, labels = decide(logits, class_set, threshold=0.5, background=1)
+    assert probs[0, 0, 0].item() == 0.5
+    assert labels.tolist() == [[0, 0, 0]]
+    _, strict = decide(logits, class_set, threshold=0.5 + 1e-6, background=1)
+    assert strict.tolist() == [[1, 0, 1]]
 
 
 @pytest.mark.parametrize("image, fragment", [
@@ -116,9 +134,10 @@ def test_bad_parameters_are_refused(tiny_segmenter, kwargs, fragment):
         tiny_segmenter.predict(np.zeros((8, 8, 3), np.uint8), CLASSES, **kwargs)
 
 
-@pytest.mark.parametrize("classes", [[], ["road", ""], ["road", "road"], [f"c{i}" for i in range(255)]])
-def test_bad_class_lists_are_refused(tiny_segmenter, classes):
-    with pytest.raises(ClassListError):
+@pytest.mark.parametrize("classes, fragment", [([], "empty"), (["road", ""], "blank"), (["road", "road"], "unique"),
+                                               ([f"c{i}" for i in range(255)], "at most 254")])
+def test_bad_class_lists_are_refused(tiny_segmenter, classes, fragment):
+    with pytest.raises(ClassListError, match=fragment):
         tiny_segmenter.predict(np.zeros((8, 8, 3), np.uint8), classes)
 
 

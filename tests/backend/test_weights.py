@@ -2,7 +2,6 @@
 
 import http.server
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -93,4 +92,4 @@ def test_none_path_and_missing_path(tmp_path):
     assert resolve_upsampler_weights(str(existing), tmp_path) == existing
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         resolve_upsampler_weights(str(tmp_path / "other.ckpt"), tmp_path)
-    assert isinstance(simfeatup_cache_path(tmp_path), Path)
+    assert simfeatup_cache_path(tmp_path) == tmp_path / "simfeatup" / "xclip_jbu_one_million_aid.ckpt"

@@ -1,101 +1,100 @@
-"""Plugin fixtures: generated GeoTIFFs, a local backend on the tiny weights, waiting for tasks."""
+"""Plugin fixtures: isolated panel settings and a local backend on the tiny weights."""
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator
 
-import numpy as np
 import pytest
-from osgeo import gdal, osr
 
-#: The class list used across the plugin tests, and the names the outputs must carry.
-CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"
-CLASS_NAMES = ["background", "building, roof", "road", "tree, forest", "water"]
-#: A 2 m grid in UTM 33N (EPSG:32633).
-UTM = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+from tests.helpers import tree_pythonpath
 
-
-def write_geotiff(path: Path, bands: np.ndarray, epsg: int, geotransform: tuple, nodata: Optional[float] = None,
-                  alpha_band: Optional[int] = None) -> Path:
-    """A GeoTIFF from a ``bands x rows x cols`` array (dtype kept)."""
-    types = {np.uint8: gdal.GDT_Byte, np.uint16: gdal.GDT_UInt16, np.float32: gdal.GDT_Float32}
-    count, rows, cols = bands.shape
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, count, types[bands.dtype.type])
-    dataset.SetGeoTransform(geotransform)
-    reference = osr.SpatialReference()
-    reference.ImportFromEPSG(epsg)
-    dataset.SetProjection(reference.ExportToWkt())
-    for index in range(count):
-        band = dataset.GetRasterBand(index + 1)
-        band.WriteArray(bands[index])
-        if nodata is not None and index + 1 != alpha_band:
-            band.SetNoDataValue(nodata)
-        if index + 1 == alpha_band:
-            band.SetColorInterpretation(gdal.GCI_AlphaBand)
-    dataset = None
-    return path
-
-
-def smooth_image(rows: int, cols: int, bands: int = 3, seed: int = 0) -> np.ndarray:
-    """Blocky uint8 'land cover' so classes form regions, plus noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(bands, rows // 32 + 1, cols // 32 + 1))
-    image = np.kron(coarse, np.ones((32, 32)))[:, :rows, :cols]
-    return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+#: What the auto-started backend needs to load the tiny test weights (see ``tiny_backend``).
+BACKEND_VARIABLES = ("SEGEARTH_BACKEND_PYTHON", "SEGEARTH_MODEL", "SEGEARTH_CLIP_WEIGHTS",
+                     "SEGEARTH_UPSAMPLER_WEIGHTS", "SEGEARTH_DEVICE", "SEGEARTH_CACHE_DIR", "SEGEARTH_BACKEND_URL",
+                     "SEGEARTH_BACKEND_TOKEN")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_panel_settings(qgis_app):
-    """The panel's QgsSettings start empty in tests; the developer's own values come back afterwards."""
+    """The panel's QgsSettings start empty (the profile is a temporary one, see tests/qgis_profile.py)."""
     from qgis.core import QgsSettings
 
     from segearth_qgis.settings import PREFIX
 
-    store = QgsSettings()
-    saved = {key: store.value(key) for key in store.allKeys() if key.startswith(PREFIX)}
-    store.remove(PREFIX.rstrip("/"))
+    QgsSettings().remove(PREFIX.rstrip("/"))
     yield
-    store.remove(PREFIX.rstrip("/"))
-    for key, value in saved.items():
-        store.setValue(key, value)
+    QgsSettings().remove(PREFIX.rstrip("/"))
     import gc
 
     gc.collect()  # free Qt/GDAL wrappers while QGIS still runs (it exits after this fixture)
 
 
-@pytest.fixture(scope="session")
-def backend_environment(parity_dir, tmp_path_factory):
-    """The dock auto-starts `python -m segearth_backend serve` with the tiny weights."""
-    names = ["SEGEARTH_BACKEND_PYTHON", "SEGEARTH_MODEL", "SEGEARTH_CLIP_WEIGHTS", "SEGEARTH_UPSAMPLER_WEIGHTS",
-             "SEGEARTH_DEVICE", "SEGEARTH_CACHE_DIR", "SEGEARTH_BACKEND_URL"]
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({
-        "SEGEARTH_BACKEND_PYTHON": sys.executable,
-        "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"),
-        "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
-        "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"),
-        "SEGEARTH_DEVICE": "cpu",
-        "SEGEARTH_CACHE_DIR": str(tmp_path_factory.mktemp("backend-cache")),
-    })
-    os.environ.pop("SEGEARTH_BACKEND_URL", None)
+@pytest.fixture(scope="module")
+def backend_environment(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For one test module: the dock and Processing auto-start a backend with the tiny weights.
+
+    The variables are set for this module only and restored afterwards, so no
+    other test sees them whatever the order.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in BACKEND_VARIABLES:
+            patch.delenv(name, raising=False)
+        patch.setenv("SEGEARTH_BACKEND_PYTHON", sys.executable)
+        patch.setenv("SEGEARTH_MODEL", str(parity_dir / "tiny-clip.json"))
+        patch.setenv("SEGEARTH_CLIP_WEIGHTS", str(parity_dir / "tiny-clip.pt"))
+        patch.setenv("SEGEARTH_UPSAMPLER_WEIGHTS", str(parity_dir / "tiny-simfeatup.ckpt"))
+        patch.setenv("SEGEARTH_DEVICE", "cpu")
+        patch.setenv("SEGEARTH_CACHE_DIR", str(tmp_path_factory.mktemp("backend-cache")))
+        patch.setenv("PYTHONPATH", tree_pythonpath())  # the backend of this tree, not an installed copy
+        yield
+        from segearth_qgis.backend_manager import shared_manager
+
+        shared_manager().stop()  # a backend started with these settings must not serve the next module
+
+
+@pytest.fixture(scope="module")
+def tiny_backend_args(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`segearth_backend serve` arguments for the tiny test weights on the CPU."""
+    return ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),
+            "--upsampler-weights", str(parity_dir / "tiny-simfeatup.ckpt"), "--device", "cpu",
+            "--cache-dir", str(tmp_path_factory.mktemp("cache"))]
+
+
+@pytest.fixture(scope="module")
+def local_backend(tiny_backend_args: list[str]):
+    """A backend process started by the plugin's own client code (this tree's backend)."""
+    from segearth_qgis.backend_client import start_local_backend
+
+    backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def trace_task_threads() -> Iterator[None]:
+    """Under `make coverage`, code run by QgsTask (on QThreads, which coverage does not see) is measured too."""
+    import threading
+
+    hook = threading.gettrace()  # coverage's per-thread installer, when coverage measures this process
+    if hook is None:
+        yield
+        return
+    from qgis.core.additions.qgstaskwrapper import QgsTaskWrapper
+
+    from segearth_qgis.task import SegmentTask
+
+    originals = {cls: cls.run for cls in (SegmentTask, QgsTaskWrapper)}
+
+    def traced(run):
+        def run_traced(self):
+            sys.settrace(hook)
+            return run(self)
+        return run_traced
+
+    for cls, run in originals.items():
+        cls.run = traced(run)
     yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-def wait_until(predicate, timeout: float = 180.0) -> None:
-    from qgis.PyQt.QtCore import QCoreApplication
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        QCoreApplication.processEvents()
-        time.sleep(0.01)
+    for cls, run in originals.items():
+        cls.run = run

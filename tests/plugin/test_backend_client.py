@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,22 +17,9 @@ from segearth_qgis.backend_client import (
     BackendStartError,
     start_local_backend,
 )
+from tests.helpers import ROOT, wait_for
 
 CLASSES = ["background", "building,roof", "road", "water"]
-
-
-@pytest.fixture(scope="module")
-def tiny_args(parity_dir, tmp_path_factory):
-    return ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),
-            "--upsampler-weights", str(parity_dir / "tiny-simfeatup.ckpt"), "--device", "cpu",
-            "--cache-dir", str(tmp_path_factory.mktemp("cache"))]
-
-
-@pytest.fixture(scope="module")
-def local_backend(tiny_args):
-    backend = start_local_backend(sys.executable, tiny_args, timeout=120)
-    yield backend
-    backend.stop()
 
 
 def test_start_health_segment_embed_stop(local_backend, parity_dir, tmp_path):
@@ -77,17 +63,21 @@ def test_unreachable_url_is_clear_and_quick():
     start = time.monotonic()
     with pytest.raises(BackendError, match="Cannot reach the SegEarth-OV backend at http://127.0.0.1"):
         BackendClient(f"http://127.0.0.1:{port}").health()
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # a refused connection is reported at once, not after retries
 
 
-def test_stop_leaves_no_process(tiny_args):
-    backend = start_local_backend(sys.executable, [*tiny_args, "--no-warmup", "--upsampler-weights", "none"],
+def test_stop_leaves_no_process(tiny_backend_args):
+    backend = start_local_backend(sys.executable, [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"],
                                   timeout=120)
-    pid = backend.process.pid
+    pid, url = backend.process.pid, backend.url
+    assert backend.client().health()["status"] == "ready"
     backend.stop()
-    assert not backend.running()
+    assert not backend.running() and backend.process.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    with pytest.raises(BackendError, match="Cannot reach"):
+        BackendClient(url).health()  # nothing listens on its port any more
+    backend.stop()  # idempotent
 
 
 def test_wrong_interpreter():
@@ -99,20 +89,20 @@ def test_interpreter_without_the_backend_exits_with_its_message():
     start = time.monotonic()
     with pytest.raises(BackendStartError, match=r"(?s)exited during start-up .*No module named segearth_backend"):
         start_local_backend("/usr/bin/python3", timeout=60, env={"PATH": "/usr/bin"})
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 60  # the log tail explains it as soon as the process exits
 
 
-def test_model_that_cannot_load(tiny_args):
-    args = [*tiny_args, "--clip-weights", "/no/such/weights.pt"]
+def test_model_that_cannot_load(tiny_backend_args):
+    args = [*tiny_backend_args, "--clip-weights", "/no/such/weights.pt"]
     with pytest.raises(BackendStartError, match="could not load the model: CLIP weights file '/no/such/weights.pt'"):
         start_local_backend(sys.executable, args, timeout=120)
 
 
-def test_start_timeout_and_cancel_stop_the_process(tiny_args):
+def test_start_timeout_and_cancel_stop_the_process(tiny_backend_args):
     with pytest.raises(BackendStartError, match="did not become ready within 0 s"):
-        start_local_backend(sys.executable, tiny_args, timeout=0.2)
+        start_local_backend(sys.executable, tiny_backend_args, timeout=0.2)
     with pytest.raises(BackendStartError, match="cancelled"):
-        start_local_backend(sys.executable, tiny_args, timeout=60, cancelled=lambda: True)
+        start_local_backend(sys.executable, tiny_backend_args, timeout=60, cancelled=lambda: True)
 
 
 def test_no_interpreter_configured():
@@ -129,15 +119,15 @@ def test_settings_from_environment():
     assert BackendSettings.from_env({}, url="http://x").url == "http://x"
 
 
-def test_backend_exits_when_its_parent_dies(tiny_args, tmp_path):
+def test_backend_exits_when_its_parent_dies(tiny_backend_args, tmp_path):
     """A backend started for QGIS does not outlive it, even when QGIS crashes or skips its exit handlers."""
     import subprocess
     import textwrap
 
-    args = [*tiny_args, "--no-warmup", "--upsampler-weights", "none"]
+    args = [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"]
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        sys.path.insert(0, {str(ROOT)!r})
         from segearth_qgis.backend_client import start_local_backend
         backend = start_local_backend({sys.executable!r}, {args!r}, timeout=120)
         print(backend.process.pid, flush=True)
@@ -145,12 +135,16 @@ def test_backend_exits_when_its_parent_dies(tiny_args, tmp_path):
     """)
     launcher = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     pid = int(launcher.stdout.split()[0])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.kill(pid, 9)
-    raise AssertionError("the orphaned backend kept running")
+            return True
+        return False
+
+    try:
+        wait_for(gone, timeout=90, interval=0.2, message="the orphaned backend kept running")
+    finally:
+        if not gone():
+            os.kill(pid, 9)

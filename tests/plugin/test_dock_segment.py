@@ -23,11 +23,9 @@ from qgis.core import (
 
 from segearth_qgis import settings
 from segearth_qgis.core.classes import class_colours
-from segearth_qgis.core.pixels import to_rgb
 from segearth_qgis.dock import SegEarthDock
-from segearth_qgis.layer_input import build_recipe
-from tests.plugin.conftest import CLASS_NAMES as CLASS_LIST
-from tests.plugin.conftest import CLASSES, UTM, smooth_image, wait_until, write_geotiff
+from tests.plugin.helpers import CLASS_NAMES as CLASS_LIST
+from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, wait_until, write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +51,22 @@ def load(path, name="input"):
     return layer
 
 
-def prepare(dock, layer, output=None, classes=CLASSES, aoi="layer"):
+def prepare(dock, layer, output=None, classes=CLASSES, aoi="layer", threshold=0.0, background=0):
     """Fill the panel as a user would."""
     dock.layer_combo.setLayer(layer)
     dock.classes_edit.setPlainText(classes)
     dock.background_check.setChecked(True)
-    dock.background_spin.setValue(0)
-    dock.threshold_spin.setValue(0.0)
+    dock.background_spin.setValue(background)
+    dock.threshold_spin.setValue(threshold)
     dock.lambda_spin.setValue(-0.3)
     dock.probabilities_check.setChecked(False)
     dock.output_widget.setFilePath(str(output) if output else "")
     dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData(aoi))
 
 
-def run(dock, layer, output=None, classes=CLASSES, aoi="layer", timeout=240):
+def run(dock, layer, output=None, classes=CLASSES, aoi="layer", timeout=240, **options):
     """Fill the panel, click Segment, wait for the job to end."""
-    prepare(dock, layer, output, classes, aoi)
+    prepare(dock, layer, output, classes, aoi, **options)
     task = dock.segment()
     if task is not None:
         wait_until(lambda: dock.task is None, timeout)
@@ -78,13 +76,13 @@ def run(dock, layer, output=None, classes=CLASSES, aoi="layer", timeout=240):
     return task
 
 
-def expected_labels(tiny_segmenter, layer, bands=(1, 2, 3)):
-    """What the engine says for the whole layer, with the plugin's own pixel conversion."""
-    dataset = gdal.Open(layer.source())
-    recipe = build_recipe(layer, list(bands))
-    arrays = {b: dataset.GetRasterBand(b).ReadAsArray() for b in recipe.bands_needed}
-    rgb, valid = to_rgb(arrays, recipe)
-    return tiny_segmenter.predict(rgb, CLASSES.splitlines(), valid=valid).labels
+def rgb_of_uint8_layer(path, nodata=None):
+    """The layer's pixels as the engine should see them, read straight with GDAL (no plugin code)."""
+    bands = gdal.Open(str(path)).ReadAsArray()
+    valid = np.ones(bands.shape[1:], bool) if nodata is None else (bands != nodata).all(axis=0)
+    rgb = np.ascontiguousarray(bands.transpose(1, 2, 0))
+    rgb[~valid] = 0
+    return rgb, valid
 
 
 def check_output(path, layer, crs_authid, geotransform, size):
@@ -125,11 +123,27 @@ def test_projected_uint8_with_nodata(dock, tmp_path, tiny_segmenter, messages):
     task = run(dock, layer, output)
     assert task.result is not None, task.error
     labels = check_output(output, layer, "EPSG:32633", UTM, (300, 260))
-    expected = expected_labels(tiny_segmenter, layer)
+    rgb, valid = rgb_of_uint8_layer(tmp_path / "utm.tif", nodata=0)
+    expected = tiny_segmenter.predict(rgb, CLASSES.splitlines(), valid=valid).labels
     assert (labels[:20, :30] == 255).all()
     np.testing.assert_array_equal(labels, expected)
     check_renderer(result_layer("utm8"))
     assert any("Segmented" in m for m in messages.get_messages(Qgis.Success))
+
+
+@pytest.mark.parametrize("threshold, background", [(0.35, 2), (0.5, 4)])
+def test_threshold_and_background_reach_the_engine(dock, tmp_path, tiny_segmenter, threshold, background):
+    image = smooth_image(180, 150, seed=9)
+    layer = load(write_geotiff(tmp_path / "thr.tif", image, 32633, UTM), "thr")
+    task = run(dock, layer, tmp_path / "thr_out.tif", threshold=threshold, background=background)
+    assert task.result is not None, task.error
+    labels = read_band(tmp_path / "thr_out.tif")
+    rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
+    expected = tiny_segmenter.predict(rgb, CLASSES.splitlines(), prob_threshold=threshold,
+                                      background_index=background)
+    np.testing.assert_array_equal(labels, expected.labels)
+    plain = tiny_segmenter.predict(rgb, CLASSES.splitlines())
+    assert (expected.labels != plain.labels).any()  # the threshold changed something: this test can fail
 
 
 def test_geographic_uint16_single_band(dock, tmp_path, tiny_segmenter):
@@ -144,7 +158,12 @@ def test_geographic_uint16_single_band(dock, tmp_path, tiny_segmenter):
     task = run(dock, layer, tmp_path / "geo_out.tif")
     assert task.result is not None, task.error
     labels = check_output(tmp_path / "geo_out.tif", layer, "EPSG:4326", geotransform, (200, 240))
-    np.testing.assert_array_equal(labels, expected_labels(tiny_segmenter, layer, (1, 1, 1)))
+    # QGIS's own contrast enhancement of the layer is the stretch (computed here in numpy).
+    enhancement = layer.renderer().contrastEnhancement()
+    low, high = enhancement.minimumValue(), enhancement.maximumValue()
+    grey = np.clip(np.rint((image[0].astype(np.float64) - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.stack([grey] * 3, axis=-1))
+    np.testing.assert_array_equal(labels, tiny_segmenter.predict(rgb, CLASSES.splitlines()).labels)
 
 
 def test_rgba_alpha_becomes_nodata(dock, tmp_path):
@@ -211,17 +230,31 @@ def test_multi_block_equals_single_block(dock, tmp_path):
 
 
 def interrupt_a_running_job(dock, tmp_path, name, interrupt):
-    """Start a many-block job, call ``interrupt()`` once the first block is done, wait for the end."""
+    """Start a many-block job and call ``interrupt()`` on the job's own thread right after its first block.
+
+    The slot runs synchronously inside the task's ``setProgress`` (a direct
+    connection), so the job cannot finish before the interruption, however
+    fast the backend is.
+    """
+    from qgis.PyQt.QtCore import Qt
+
     layer = load(write_geotiff(tmp_path / f"{name}.tif", smooth_image(900, 900), 32633, UTM), name)
     settings.save("block_size", 336)
+    fired = []
+
+    def once(progress):
+        if progress > 0 and not fired:
+            fired.append(progress)
+            interrupt()
+
     try:
         prepare(dock, layer, tmp_path / f"{name}_out.tif")
         task = dock.segment()
-        wait_until(lambda: dock.progress.value() > 0 or dock.task is None)
-        interrupt()
+        task.progressChanged.connect(once, Qt.DirectConnection)
         wait_until(lambda: dock.task is None)
     finally:
         settings.save("block_size", 1024)
+    assert fired and fired[0] < 100, "the job ended before its first block was reported"
     return layer, task
 
 

@@ -17,4 +17,6 @@ def test_manifest_has_what_the_plugin_manager_needs():
     assert general["qgisMinimumVersion"] == "3.22"
     assert (PLUGIN / general["icon"]).is_file()
     assert (PLUGIN.parent / "metadata.txt").resolve() == (PLUGIN / "metadata.txt").resolve()
-    assert callable(segearth_qgis.classFactory)
+    plugin = segearth_qgis.classFactory(object())
+    assert type(plugin).__name__ == "SegEarthPlugin"
+    assert all(callable(getattr(plugin, name)) for name in ("initGui", "initProcessing", "unload"))

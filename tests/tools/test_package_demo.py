@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from osgeo import gdal, ogr
 
-from tests.plugin.conftest import smooth_image, write_geotiff
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, minimal_env
+from tests.plugin.helpers import smooth_image, write_geotiff
 
 
 def test_package_holds_the_plugin_and_nothing_else(tmp_path):
@@ -57,8 +56,7 @@ def test_demo_writes_all_outputs(tmp_path, parity_dir):
 
 
 def test_demo_offline_without_weights_lists_the_files(tmp_path):
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "SEGEARTH_OFFLINE": "1",
-           "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen"}
+    env = minimal_env(tmp_path / "home", SEGEARTH_OFFLINE="1", HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen")
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "o"),
                              "--python", sys.executable], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -34,7 +34,7 @@ def test_blocks_are_row_major():
 
 
 def test_plan_axis_refuses_empty():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="size must be at least 1, got 0"):
         plan_axis(0, 1024)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
@@ -16,8 +18,8 @@ from qgis.core import (
 )
 
 from segearth_qgis.backend_manager import shared_manager
-from tests.plugin.conftest import CLASS_NAMES as NAMES
-from tests.plugin.conftest import CLASSES, UTM, smooth_image, write_geotiff
+from tests.plugin.helpers import CLASS_NAMES as NAMES
+from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,14 @@ def test_segment_extent_in_another_crs_and_resolution(provider, raster, tmp_path
                  OUTPUT=str(tmp_path / "part.tif"))
     dataset = gdal.Open(result["OUTPUT"])
     x0, px, _, y0, _, py = dataset.GetGeoTransform()
-    assert px == 4.0 and py == -4.0 and 0 < dataset.RasterXSize < 150 and 0 < dataset.RasterYSize < 130
-    assert x0 >= 500000.0 and y0 <= 5600000.0
+    # The extent comes back into UTM as a (larger) bounding box, clipped to the raster; 4 m pixels from its corner.
+    back = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), QgsCoordinateReferenceSystem("EPSG:32633"),
+                                  QgsProject.instance()).transformBoundingBox(box)
+    clipped = back.intersect(QgsRectangle(500000, 5599480, 500600, 5600000))
+    assert (px, py) == (4.0, -4.0)
+    assert (x0, y0) == pytest.approx((clipped.xMinimum(), clipped.yMaximum()))
+    assert (dataset.RasterXSize, dataset.RasterYSize) == (round(clipped.width() / 4), round(clipped.height() / 4))
+    assert 70 <= dataset.RasterXSize <= 80  # about the 300 m asked for
 
 
 def test_segment_vector_areas_match_pixel_counts(provider, raster, tmp_path):
@@ -187,3 +195,147 @@ def test_bad_parameters_are_processing_errors(provider, raster, tmp_path, parame
     context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
     with pytest.raises(QgsProcessingException, match=fragment):
         algorithm.run(values, context, feedback, catchExceptions=False)
+
+
+def test_threshold_and_background_parameters_reach_the_engine(provider, raster, tmp_path, tiny_segmenter):
+    result = run("segment", INPUT=str(raster), CLASSES=CLASSES, THRESHOLD=0.4, BACKGROUND=2,
+                 OUTPUT=str(tmp_path / "thr.tif"))
+    labels = read_band(Path(result["OUTPUT"]))
+    image = np.ascontiguousarray(gdal.Open(str(raster)).ReadAsArray().transpose(1, 2, 0))
+    valid = (image != 0).all(-1)
+    expected = tiny_segmenter.predict(image, CLASSES.splitlines(), prob_threshold=0.4, background_index=2,
+                                      valid=valid).labels
+    np.testing.assert_array_equal(labels, expected)
+    assert (expected != tiny_segmenter.predict(image, CLASSES.splitlines(), valid=valid).labels).any()
+
+
+def _polygon_layer(crs, rings):
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", "mask", "memory")
+    for ring in rings:
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring]]))
+        layer.dataProvider().addFeatures([feature])
+    return layer
+
+
+def test_mask_polygons_limit_the_area_and_become_nodata(provider, raster, tmp_path):
+    # A square of 200 x 200 m in the raster's top-left quarter, and a triangle elsewhere.
+    mask = _polygon_layer("EPSG:32633", [
+        [(500040, 5599960), (500240, 5599960), (500240, 5599760), (500040, 5599760), (500040, 5599960)],
+        [(500300, 5599700), (500400, 5599700), (500300, 5599600), (500300, 5599700)]])
+    result = run("segment", INPUT=str(raster), CLASSES=CLASSES, MASK=mask, OUTPUT=str(tmp_path / "masked.tif"))
+    dataset = gdal.Open(result["OUTPUT"])
+    x0, _, _, y0, _, _ = dataset.GetGeoTransform()
+    labels = dataset.ReadAsArray()
+    assert (x0, y0) == (500040.0, 5599960.0) and labels.shape == (180, 180)  # the polygons' bounding box
+    source = gdal.Open(str(raster)).ReadAsArray()[:, 20:200, 20:200]  # the same cells of the input
+    inside = np.zeros((180, 180), bool)
+    inside[:100, :100] = True  # the square
+    rows, cols = np.mgrid[0:180, 0:180]
+    inside |= (rows >= 130) & (cols >= 130) & (rows - 130 + cols - 130 < 50)  # the triangle (cell centres)
+    expected_nodata = ~inside | (source == 0).any(axis=0)
+    np.testing.assert_array_equal(labels == 255, expected_nodata)
+
+
+def test_mask_that_misses_the_extent_is_an_error(provider, raster, tmp_path):
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    mask = _polygon_layer("EPSG:32633", [[(0, 0), (10, 0), (10, 10), (0, 0)]])
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segearth:segment")
+    with pytest.raises(QgsProcessingException, match="does not overlap"):
+        algorithm.run({"INPUT": str(raster), "CLASSES": CLASSES, "MASK": mask, "OUTPUT": str(tmp_path / "x.tif")},
+                      QgsProcessingContext(), QgsProcessingFeedback(), catchExceptions=False)
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_cancel_during_the_job_keeps_nothing(provider, tmp_path):
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+    from qgis.PyQt.QtCore import Qt
+
+    from segearth_qgis import settings
+
+    big = write_geotiff(tmp_path / "big.tif", smooth_image(800, 800, seed=2), 32633, UTM)
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: value > 0 and feedback.cancel(), Qt.DirectConnection)
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segearth:segment")
+    settings.save("block_size", 336)
+    try:
+        with pytest.raises(QgsProcessingException, match="Cancelled"):
+            algorithm.run({"INPUT": str(big), "CLASSES": CLASSES, "OUTPUT": str(tmp_path / "out.tif")},
+                          QgsProcessingContext(), feedback, catchExceptions=False)
+    finally:
+        settings.save("block_size", 1024)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
+
+
+def test_unreachable_backend_url_is_a_processing_error(provider, raster, tmp_path, monkeypatch):
+    import socket
+
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SEGEARTH_BACKEND_URL", f"http://127.0.0.1:{port}")
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segearth:segment")
+    with pytest.raises(QgsProcessingException, match="Cannot reach the SegEarth-OV backend"):
+        algorithm.run({"INPUT": str(raster), "CLASSES": CLASSES, "OUTPUT": str(tmp_path / "out.tif")},
+                      QgsProcessingContext(), QgsProcessingFeedback(), catchExceptions=False)
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_remote_backend_url_with_token(provider, raster, tmp_path, monkeypatch, tiny_paths, tiny_segmenter):
+    """A job against a backend given by URL (as a shared GPU server would be), with its token."""
+    from tests.backend.helpers import launch_server
+
+    process, url, _ = launch_server(
+        ["--model", tiny_paths["model"], "--clip-weights", tiny_paths["clip_weights"],
+         "--upsampler-weights", tiny_paths["upsampler_weights"], "--device", "cpu", "--cache-dir",
+         str(tmp_path / "cache")], tmp_path, env_extra={"SEGEARTH_BACKEND_TOKEN": "remote-secret"})
+    try:
+        monkeypatch.setenv("SEGEARTH_BACKEND_URL", url)
+        monkeypatch.setenv("SEGEARTH_BACKEND_TOKEN", "remote-secret")
+        result = run("segment", INPUT=str(raster), CLASSES=CLASSES, OUTPUT=str(tmp_path / "remote.tif"))
+        image = np.ascontiguousarray(gdal.Open(str(raster)).ReadAsArray().transpose(1, 2, 0))
+        expected = tiny_segmenter.predict(image, CLASSES.splitlines(), valid=(image != 0).all(-1)).labels
+        np.testing.assert_array_equal(read_band(Path(result["OUTPUT"])), expected)
+        monkeypatch.setenv("SEGEARTH_BACKEND_TOKEN", "wrong")
+        with pytest.raises(QgsProcessingException, match="token is wrong"):
+            run("segment", INPUT=str(raster), CLASSES=CLASSES, OUTPUT=str(tmp_path / "remote2.tif"))
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_a_dead_local_backend_is_restarted(provider, raster, tmp_path):
+    import os
+    import signal
+
+    run("segment", INPUT=str(raster), CLASSES=CLASSES, OUTPUT=str(tmp_path / "first.tif"))
+    first = shared_manager().local
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(30)
+    result = run("segment", INPUT=str(raster), CLASSES=CLASSES, OUTPUT=str(tmp_path / "second.tif"))
+    assert shared_manager().local is not first and shared_manager().local.running()
+    np.testing.assert_array_equal(read_band(Path(result["OUTPUT"])), read_band(tmp_path / "first.tif"))
+
+
+def test_class_stats_on_a_geographic_raster(provider, tmp_path):
+    values = np.zeros((1, 40, 50), np.uint8)
+    values[0, :, 25:] = 1
+    values[0, :10, :] = 2
+    geotransform = (13.0, 0.0001, 0.0, 52.5, 0.0, -0.0001)  # about 6.8 m x 11.1 m at 52.5 N
+    path = write_geotiff(tmp_path / "geo_classes.tif", values, 4326, geotransform)
+    stats = run("class_stats", INPUT=str(path), OUTPUT="memory:")["OUTPUT"]
+    rows = {f["class_id"]: f for f in stats.getFeatures()}
+    assert {k: int(r["pixels"]) for k, r in rows.items()} == {0: 750, 1: 750, 2: 500}
+    from qgis.core import QgsDistanceArea, QgsPointXY
+
+    measure = QgsDistanceArea()
+    measure.setEllipsoid("EPSG:7030")
+    centre_y = 52.5 - 20 * 0.0001
+    width_m = measure.measureLine(QgsPointXY(13.0, centre_y), QgsPointXY(13.0001, centre_y))
+    height_m = measure.measureLine(QgsPointXY(13.0, centre_y - 0.00005), QgsPointXY(13.0, centre_y + 0.00005))
+    for row in rows.values():
+        assert float(row["area_m2"]) == pytest.approx(int(row["pixels"]) * width_m * height_m, rel=2e-3)
+        assert float(row["share"]) == pytest.approx(int(row["pixels"]) / 2000)

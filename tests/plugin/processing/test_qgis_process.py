@@ -7,15 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from osgeo import gdal
 
-from tests.plugin.conftest import smooth_image, write_geotiff
+from tests.helpers import ROOT, tree_pythonpath, wait_for
+from tests.plugin.helpers import smooth_image, write_geotiff
 
-ROOT = Path(__file__).resolve().parents[3]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 
 
@@ -39,7 +38,7 @@ def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
                            (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
-        "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable,
+        "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "PYTHONPATH": tree_pythonpath(),
         "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"), "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
         "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"), "SEGEARTH_DEVICE": "cpu",
         "SEGEARTH_CACHE_DIR": str(tmp_path / "cache"),
@@ -63,11 +62,8 @@ def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
     assert output.with_suffix(".qml").is_file()
     # The auto-started backend follows qgis_process out.
     marker = f"SEGEARTH_CACHE_DIR={tmp_path / 'cache'}".encode()
-    deadline = time.monotonic() + 20
-    while backends_with(marker):
-        if time.monotonic() > deadline:
-            pytest.fail("a backend process outlived qgis_process")
-        time.sleep(0.5)
+    wait_for(lambda: not backends_with(marker), timeout=90, interval=0.5,
+             message="a backend process outlived qgis_process")
 
 
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")

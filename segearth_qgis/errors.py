@@ -1,0 +1,54 @@
+"""Every error the plugin raises on purpose (stdlib only, importable anywhere).
+
+Messages say what went wrong and what to do next; the dock shows them in the
+message bar, Processing as its error, unchanged. Problems with what the user
+chose are :class:`InputError` (a ValueError).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class InputError(ValueError):
+    """Something the user chose cannot be used (layer, bands, area, resolution, classes, options)."""
+
+
+class LayerError(InputError):
+    """The layer cannot be segmented as chosen (bands, type, extent)."""
+
+
+class AoiError(InputError):
+    """The chosen area of interest cannot be used (nothing drawn, nothing selected...)."""
+
+
+class GridError(InputError):
+    """The area does not overlap the raster, or the resolution is unusable."""
+
+
+class ClassesError(InputError):
+    """The class list or the background choice is unusable."""
+
+
+class OutputError(Exception):
+    """An output cannot be written (exists, is an input, folder missing or full); nothing was written."""
+
+
+class JobCancelledError(Exception):
+    """The user cancelled; no output was kept."""
+
+
+class BackendError(Exception):
+    """The backend could not be reached, refused the request, or failed.
+
+    ``code`` is the backend's error code (or the client's: ``unreachable``,
+    ``cancelled``, ``exited``...), ``status`` the HTTP status when there was one.
+    """
+
+    def __init__(self, message: str, code: str = "backend_error", status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+class BackendStartError(BackendError):
+    """A local backend process did not start."""

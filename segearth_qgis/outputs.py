@@ -1,0 +1,279 @@
+"""Where a job's files go, and putting them there all at once (no QGIS, no GDAL).
+
+Two promises: a job never writes over its own inputs or over a file that
+belongs to something else, and its outputs appear together or not at all.
+Files are written under hidden temporary names in the target folder
+(:class:`StagedFiles`), then moved into place in one step at the end; a move
+that would replace a file is refused unless overwriting was asked for, and a
+failure part-way puts back what was there before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .errors import OutputError
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+#: Sidecars QGIS / GDAL keep beside a raster: a sidecar belongs to the file it is named after.
+STYLE_SUFFIX = ".qml"
+AUX_SUFFIX = ".aux.xml"
+
+
+def normalise_output(path: str) -> Path:
+    """An absolute GeoTIFF path: ``~`` expanded, ``.tif`` added when the name has no GeoTIFF suffix."""
+    text = path.strip()
+    if not text:
+        raise OutputError("No output file was given: choose a file name, or leave it empty for a new file.")
+    target = Path(text).expanduser()
+    if target.suffix.lower() not in RASTER_SUFFIXES:
+        target = target.with_name(target.name + ".tif")
+    return Path(os.path.abspath(target))
+
+
+def style_path(target: Path) -> Path:
+    """The ``.qml`` QGIS loads as the default style of ``target``."""
+    return target.with_suffix(STYLE_SUFFIX)
+
+
+def aux_path(target: Path) -> Path:
+    """GDAL's ``.aux.xml`` side file of ``target`` (category names, statistics)."""
+    return target.with_name(target.name + AUX_SUFFIX)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _style_owners(target: Path) -> list[Path]:
+    """Other files that ``target``'s ``.qml`` would also be the default style of (same folder, same stem)."""
+    folder = target.parent
+    if not folder.is_dir():
+        return []
+    owners = []
+    for entry in folder.iterdir():
+        if entry.stem.lower() != target.stem.lower() or _same_file(entry, target):
+            continue
+        if entry.name.lower().endswith((STYLE_SUFFIX, AUX_SUFFIX)) or entry.name.startswith("."):
+            continue
+        owners.append(entry)
+    return sorted(owners)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The files a job will write, checked (see :func:`plan_outputs`).
+
+    Attributes:
+        labels: the class GeoTIFF.
+        probabilities: the probabilities GeoTIFF, or None.
+        style: the ``.qml`` to write beside ``labels``, or None when that name
+            is another file's style (see ``warnings``).
+        overwrite: whether existing targets may be replaced.
+        warnings: things the user should know (a style that was not written...).
+    """
+
+    labels: Path
+    probabilities: Optional[Path] = None
+    style: Optional[Path] = None
+    overwrite: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def targets(self) -> list[Path]:
+        return [p for p in (self.labels, self.probabilities) if p is not None]
+
+
+def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Iterable[str] = (),
+                 overwrite: bool = False) -> OutputPlan:
+    """Check where a job will write, before it starts.
+
+    Args:
+        labels: the class GeoTIFF's path (``.tif`` added if missing).
+        probabilities: the probabilities GeoTIFF's path, or None.
+        inputs: files the job reads (the raster and its side files, a mask
+            layer's file); no output may be one of them.
+        overwrite: replace existing targets (the dock asks first; Processing's
+            convention is to replace).
+
+    Raises:
+        OutputError: an output is an input, two outputs are the same file, a
+            target exists (without ``overwrite``), or the folder is missing or
+            not writable. The message names the file and what to do.
+    """
+    label_path = normalise_output(labels)
+    prob_path = normalise_output(probabilities) if probabilities else None
+    input_paths = [Path(p) for p in inputs if p]
+    warnings: list[str] = []
+    for target in (label_path, prob_path):
+        if target is None:
+            continue
+        for candidate in (target, aux_path(target), style_path(target) if target == label_path else None):
+            if candidate is None:
+                continue
+            for source in input_paths:
+                if _same_file(candidate, source):
+                    raise OutputError(
+                        f"The output {target} would overwrite the input {source}: choose another output file name "
+                        "(an input is never overwritten).")
+        if target.exists() and not overwrite:
+            raise OutputError(f"{target} already exists: choose another file name, or confirm overwriting it.")
+        if target.exists() and not target.is_file():
+            raise OutputError(f"{target} is a folder, not a file: choose a file name inside it.")
+        folder = target.parent
+        if not folder.is_dir():
+            raise OutputError(f"The folder {folder} does not exist: create it or choose another folder.")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"The folder {folder} is not writable (permission denied): choose another folder.")
+    if prob_path is not None and (_same_file(prob_path, label_path) or aux_path(prob_path) == aux_path(label_path)):
+        raise OutputError(f"The segmentation and the probabilities would both be written to {label_path}: give them "
+                          "different file names.")
+    style: Optional[Path] = style_path(label_path)
+    owners = _style_owners(label_path)
+    if prob_path is not None and style_path(prob_path) == style:
+        owners.append(prob_path)
+    if owners:
+        warnings.append(f"The style {style} was not written: that name is the style of {owners[0].name}. The result "
+                        "is styled in this project; save it under another name to get a .qml beside it.")
+        style = None
+    elif style is not None and style.exists() and not label_path.exists():
+        warnings.append(f"The style {style} was not written: that file exists and does not belong to an earlier "
+                        "result of this name.")
+        style = None
+    return OutputPlan(label_path, prob_path, style, overwrite, tuple(warnings))
+
+
+def reserve_temporary(target: Path, suffix: str) -> Path:
+    """Create an empty, hidden, uniquely named file beside ``target`` (normal permissions) and return its path."""
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part{suffix}")
+        try:
+            descriptor = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise output_error(target.parent, error) from None
+        os.close(descriptor)
+        return candidate
+    raise OutputError(f"Could not create a temporary file in {target.parent}.")
+
+
+def output_error(folder: Path, error: BaseException) -> OutputError:
+    """An OutputError that names the folder and the cause (full disk, permissions...)."""
+    code = getattr(error, "errno", None)
+    reason = os.strerror(code) if isinstance(code, int) else str(error)
+    if code == errno.ENOSPC or "No space left" in str(error):
+        return OutputError(f"The disk holding {folder} is full (no space left on device): free some space or choose "
+                           "another folder. Nothing was written.")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"Cannot write in {folder} ({reason}): choose another folder. Nothing was written.")
+    return OutputError(f"Cannot write in {folder}: {reason}. Nothing was written.")
+
+
+def _place(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``, failing if ``target`` exists (link + unlink, or an exclusive placeholder)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT file systems): claim the name exclusively
+        descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        os.close(descriptor)
+        os.replace(source, target)
+        return
+    os.unlink(source)
+
+
+class StagedFiles:
+    """Files written under temporary names, moved to their targets together by :meth:`commit`.
+
+    ``stage(target)`` reserves a hidden temporary file beside ``target``;
+    ``attach(temporary, target)`` adds a file made by someone else (a style, a
+    GDAL side file). ``commit()`` moves everything; ``abort()`` removes the
+    temporary files. Either way nothing half-written is left.
+    """
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self.items: list[tuple[Path, Path]] = []
+        self.replaced: list[Path] = []  # targets whose existing file is removed even if nothing replaces it
+
+    def stage(self, target: Path, suffix: str = ".tif") -> Path:
+        temporary = reserve_temporary(target, suffix)
+        self.items.append((temporary, target))
+        return temporary
+
+    def attach(self, temporary: Path, target: Path) -> None:
+        self.items.append((temporary, target))
+
+    def replace_stale(self, target: Path) -> None:
+        """On commit, remove ``target`` if it exists and nothing staged replaces it (a stale side file)."""
+        self.replaced.append(target)
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into place, or none.
+
+        Raises:
+            OutputError: a target appeared meanwhile (without ``overwrite``) or a
+                move failed; every target is as it was before.
+        """
+        targets = {target for _, target in self.items}
+        backups: list[tuple[Path, Path]] = []
+        placed: list[Path] = []
+        try:
+            for target in [t for t in self.replaced if t not in targets] + [t for _, t in self.items]:
+                if os.path.lexists(target):
+                    if not self.overwrite:
+                        raise OutputError(f"{target} appeared while the job ran: it was not replaced, and nothing "
+                                          "was written. Choose another file name.")
+                    backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+                    os.replace(target, backup)
+                    backups.append((backup, target))
+            for temporary, target in self.items:
+                _place(temporary, target)
+                placed.append(target)
+        except BaseException as error:
+            for target in placed:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            for backup, target in reversed(backups):
+                with contextlib.suppress(OSError):
+                    os.replace(backup, target)
+            self.abort()
+            if isinstance(error, OutputError):
+                raise
+            if isinstance(error, FileExistsError):
+                raise OutputError(f"{error.filename} appeared while the job ran: it was not replaced, and nothing "
+                                  "was written. Choose another file name.") from None
+            if isinstance(error, OSError):
+                folder = Path(error.filename).parent if error.filename else self.items[0][1].parent
+                raise output_error(folder, error) from None
+            raise
+        for backup, _ in backups:
+            with contextlib.suppress(OSError):
+                backup.unlink()
+        self.items = []
+        return placed
+
+    def abort(self) -> None:
+        """Remove every temporary file (and GDAL side files of them)."""
+        for temporary, _ in self.items:
+            for leftover in (temporary, aux_path(temporary)):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        self.items = []
+
+    def temporaries(self) -> Sequence[Path]:
+        return [temporary for temporary, _ in self.items]
+

@@ -1,0 +1,167 @@
+"""The job engine (job.run_job) with a real backend process: what reaches the engine, what reaches the disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from segearth_qgis.backend_client import BackendError
+from segearth_qgis.core.grid import Grid
+from segearth_qgis.core.pixels import PixelRecipe
+from segearth_qgis.job import JobCancelledError, JobParams, run_job
+from segearth_qgis.raster_io import GdalBandReader, OutputError, PixelSource
+from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
+
+LINES = tuple(CLASSES.splitlines())
+
+
+class CountingClient:
+    """The real client, with a count of the blocks it was asked to segment (and an optional hook)."""
+
+    def __init__(self, client, before_segment=None):
+        self.client, self.before_segment, self.segmented = client, before_segment, 0
+
+    def embed_classes(self, classes):
+        return self.client.embed_classes(classes)
+
+    def segment(self, *args, **kwargs):
+        if self.before_segment is not None:
+            self.before_segment(self.segmented)
+        self.segmented += 1
+        return self.client.segment(*args, **kwargs)
+
+
+def source_for(path: Path, nodata=None):
+    """Grid, CRS and pixel source of a uint8 RGB GeoTIFF, without QGIS."""
+    dataset = gdal.Open(str(path))
+    x0, px, _, y0, _, py = dataset.GetGeoTransform()
+    grid = Grid(x0, y0, px, -py, dataset.RasterXSize, dataset.RasterYSize)
+    reference = osr.SpatialReference()
+    reference.ImportFromWkt(dataset.GetProjection())
+    recipe = PixelRecipe((1, 2, 3), nodata=tuple((b, nodata) for b in (1, 2, 3)) if nodata is not None else ())
+    return grid, dataset.GetProjection(), PixelSource(GdalBandReader(str(path), grid), recipe, grid)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 700 x 650 scene: several blocks at block size 336."""
+    folder = tmp_path_factory.mktemp("scene")
+    image = smooth_image(700, 650, seed=21)
+    return write_geotiff(folder / "scene.tif", image, 32633, UTM), image
+
+
+def run(local_backend, scene_path, output, **options):
+    grid, crs, source = source_for(scene_path, options.pop("nodata", None))
+    client = options.pop("client", None) or CountingClient(local_backend.client())
+    progress = options.pop("progress", lambda p: None)
+    cancelled = options.pop("cancelled", lambda: False)
+    params = JobParams(LINES, str(output), block_size=options.pop("block_size", 336), **options)
+    try:
+        return run_job(params, grid, crs, source, client, progress, cancelled), client
+    finally:
+        source.close()
+
+
+def test_threshold_and_background_index_are_sent(local_backend, scene, tmp_path, tiny_segmenter):
+    path, image = scene
+    result, _ = run(local_backend, path, tmp_path / "out.tif", threshold=0.4, background_index=3, block_size=4096)
+    rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
+    expected = tiny_segmenter.predict(rgb, list(LINES), prob_threshold=0.4, background_index=3).labels
+    np.testing.assert_array_equal(read_band(result.output_path), expected)
+    assert (expected == 3).mean() > (tiny_segmenter.predict(rgb, list(LINES)).labels == 3).mean()
+
+
+def test_no_background_class_is_not_class_zero(local_backend, scene, tmp_path, tiny_segmenter):
+    """background_index None: every pixel keeps its best class, the threshold has nothing to fall back on."""
+    path, image = scene
+    result, _ = run(local_backend, path, tmp_path / "out.tif", threshold=0.6, background_index=None,
+                    block_size=4096)
+    rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
+    np.testing.assert_array_equal(read_band(result.output_path), tiny_segmenter.predict(rgb, list(LINES)).labels)
+    assert result.colours[0][3] == 255  # no class is drawn as transparent background
+
+
+def test_the_target_does_not_exist_until_the_job_is_complete(local_backend, scene, tmp_path):
+    path, _ = scene
+    output = tmp_path / "result.tif"
+    seen = []
+    result, client = run(local_backend, path, output, progress=lambda p: seen.append((p, output.exists())))
+    assert client.segmented > 2 and len(seen) == client.segmented
+    assert not any(exists for _, exists in seen)
+    assert output.is_file() and result.output_path == output
+
+
+def test_cancel_between_blocks_stops_asking_the_backend(local_backend, scene, tmp_path):
+    path, _ = scene
+    output = tmp_path / "cancelled.tif"
+    flag = []
+    with pytest.raises(JobCancelledError):
+        _, client = run(local_backend, path, output, progress=lambda p: flag.append(p), cancelled=lambda: bool(flag))
+    assert len(flag) == 1  # no block after the one during which cancel was asked
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_failed_overwrite_keeps_the_old_file(local_backend, scene, tmp_path):
+    path, _ = scene
+    output = tmp_path / "precious.tif"
+    output.write_bytes(b"the user's earlier result")
+
+    def fail_on_third(count):
+        if count == 2:
+            raise BackendError("the backend went away (simulated at block 3)", "unreachable")
+
+    client = CountingClient(local_backend.client(), before_segment=fail_on_third)
+    with pytest.raises(BackendError, match="went away"):
+        run(local_backend, path, output, overwrite=True, client=client)
+    assert output.read_bytes() == b"the user's earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.tif"]
+
+
+def test_an_existing_target_is_refused_without_overwrite(local_backend, scene, tmp_path):
+    path, _ = scene
+    output = tmp_path / "exists.tif"
+    output.write_bytes(b"mine")
+    with pytest.raises(OutputError, match="already exists"):
+        run(local_backend, path, output)
+    assert output.read_bytes() == b"mine"
+
+
+def test_all_nodata_blocks_are_not_sent(local_backend, tmp_path, tiny_segmenter):
+    image = smooth_image(700, 300, seed=5)
+    image[:, :450, :] = 0  # the first rows of blocks hold nothing valid
+    path = write_geotiff(tmp_path / "holes.tif", image, 32633, UTM, nodata=0)
+    result, client = run(local_backend, path, tmp_path / "holes_out.tif", nodata=0)
+    labels = read_band(result.output_path)
+    assert (labels[:450] == 255).all() and (result.blocks, client.segmented) == (4, 2)
+    rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
+    valid = (image != 0).all(axis=0)
+    expected = tiny_segmenter.predict(rgb, list(LINES), valid=valid).labels
+    np.testing.assert_array_equal(labels, expected)
+    assert result.class_pixels.get(255) == int((~valid).sum())
+
+
+def test_backend_killed_mid_job_leaves_nothing(tiny_backend_args, scene, tmp_path):
+    import sys
+
+    from segearth_qgis.backend_client import start_local_backend
+
+    backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
+    try:
+        path, _ = scene
+
+        def kill_on_second(count):
+            if count == 1:
+                os.kill(backend.process.pid, signal.SIGKILL)
+                backend.process.wait(30)
+
+        client = CountingClient(backend.client(), before_segment=kill_on_second)
+        with pytest.raises(BackendError):
+            run(backend, path, tmp_path / "out.tif", client=client)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        backend.stop()

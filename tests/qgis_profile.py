@@ -1,0 +1,56 @@
+"""A pytest plugin (``-p tests.qgis_profile``): QGIS runs the tests in a throwaway profile.
+
+pytest-qgis keeps its QGIS profile in ``<rootdir>/.qgis-settings``, so every
+run rewrote a profile inside the checkout (an auth database included) and one
+run's settings leaked into the next. This plugin points it at a fresh
+temporary folder, removed when the session ends. It must run before
+pytest-qgis starts QGIS, which happens before any conftest is imported:
+hence a plugin named on the command line (pytest.ini's ``addopts``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+_PROFILE: dict[str, Path] = {}
+
+
+class _ConfigWithRoot:
+    """The pytest config as pytest-qgis sees it, with the profile root moved elsewhere."""
+
+    def __init__(self, config: pytest.Config, root: Path) -> None:
+        self._config, self.rootpath = config, root
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, None, None]:
+    try:
+        from pytest_qgis import plugin as pytest_qgis
+    except ImportError:  # pytest-qgis absent: nothing to redirect
+        return (yield)
+    root = Path(tempfile.mkdtemp(prefix="segearth-qgis-profile-"))
+    _PROFILE["root"] = root
+    load = pytest_qgis._load_qgis_settings
+    pytest_qgis._load_qgis_settings = lambda config: load(_ConfigWithRoot(config, root))
+    try:
+        return (yield)
+    finally:
+        pytest_qgis._load_qgis_settings = load
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"QGIS profile: {_PROFILE.get('root', 'pytest-qgis default')}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = _PROFILE.pop("root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
