@@ -5,7 +5,13 @@ The dock panel and the job run the inference through a backend process
 """
 
 
-def classFactory(iface):  # noqa: N802 - the name QGIS looks for
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plugin import SegEarthPlugin
+
+
+def classFactory(iface: Any) -> "SegEarthPlugin":  # noqa: N802 - the name QGIS looks for
     from .plugin import SegEarthPlugin
 
     return SegEarthPlugin(iface)

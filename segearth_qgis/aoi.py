@@ -16,6 +16,7 @@ from qgis.core import (
 )
 
 from .core.grid import Rect
+from .errors import AoiError
 
 
 class AoiKind(str, Enum):
@@ -23,10 +24,6 @@ class AoiKind(str, Enum):
     MAP_VIEW = "map_view"
     RECTANGLE = "rectangle"
     SELECTED_FEATURES = "selected_features"
-
-
-class AoiError(ValueError):
-    """The chosen area of interest cannot be used (nothing drawn, nothing selected...)."""
 
 
 @dataclass

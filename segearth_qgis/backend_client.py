@@ -26,22 +26,14 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import protocol
+from .errors import BackendError, BackendStartError
+
+__all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartError", "LocalBackend",
+           "SegmentResult", "start_local_backend"]
 
 ENV_URL = "SEGEARTH_BACKEND_URL"
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
-
-
-class BackendError(Exception):
-    """The backend could not be reached, refused the request, or failed."""
-
-    def __init__(self, message: str, code: str = "backend_error", status: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.message, self.code, self.status = message, code, status
-
-
-class BackendStartError(BackendError):
-    """A local backend process did not start."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import atexit
 import threading
 from typing import Any, Callable, Optional
 
-from .backend_client import BackendClient, BackendError, BackendSettings, LocalBackend, start_local_backend
+from .backend_client import BackendClient, BackendSettings, LocalBackend, start_local_backend
+from .errors import BackendError
 
 
 class BackendManager:
@@ -50,6 +51,18 @@ class BackendManager:
         client = BackendClient(settings.url, settings.token) if settings.url else self._local.client()  # type: ignore[union-attr]
         self.last_health = client.health()
         return self.last_health
+
+    def explain(self, error: BackendError) -> str:
+        """The message for a failed request: a local backend that died is named as such, with its log tail."""
+        local = self._local
+        if local is None or self.is_remote() or local.running():
+            return error.message
+        code = local.process.returncode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        tail = local.log_tail(8).strip()
+        return (f"The local backend process stopped while working (it {how}). "
+                + (f"Its last output:\n{tail}\n" if tail else "")
+                + f"The full log is {local.log_path}. The next job starts a new backend.")
 
     def stop(self) -> None:
         """Stop the local backend, if one runs (a remote one is left alone)."""

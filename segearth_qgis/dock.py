@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Callable, Optional
 
 from qgis.core import (
@@ -20,6 +18,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import (
+    QgisInterface,
     QgsDoubleSpinBox,
     QgsFileWidget,
     QgsMapLayerComboBox,
@@ -51,15 +50,15 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings
-from .aoi import AoiError, AoiKind, AreaOfInterest, selected_polygons
-from .backend_client import BackendError
+from .aoi import AoiKind, AreaOfInterest, selected_polygons
 from .backend_manager import shared_manager, status_line
-from .core.classes import PRESETS, class_lines
+from .core.classes import PRESETS
 from .core.grid import estimate
-from .job import JobParams, default_output_path
+from .errors import AoiError, BackendError, LayerError, OutputError
+from .job_request import JobInputs, plan_job
 from .job_setup import PreparedJob, plan_grid, prepare
-from .layer_input import LayerError, default_bands, native_grid
-from .raster_io import OutputError, check_output_path
+from .layer_input import default_bands, native_grid
+from .outputs import normalise_output
 from .styling import add_result_layer
 from .task import LOG_TAG, SegmentTask
 
@@ -71,7 +70,7 @@ class SegEarthDock(QDockWidget):
 
     job_done = pyqtSignal(object)
 
-    def __init__(self, iface: object, parent: Optional[QWidget] = None) -> None:
+    def __init__(self, iface: QgisInterface, parent: Optional[QWidget] = None) -> None:
         super().__init__("SegEarth-OV", parent)
         self.setObjectName("SegEarthOVDock")
         self.iface = iface
@@ -377,40 +376,31 @@ class SegEarthDock(QDockWidget):
             return None
         self.save_state()
         try:
-            lines = class_lines(self.classes_edit.toPlainText())
-            if not lines:
-                raise ValueError("Type at least one class (one per line).")
-            job = self.plan()
+            layer = self.current_layer()
+            if layer is None:
+                raise LayerError("Choose a raster layer to segment.")
+            output = self.output_widget.filePath().strip()
+            overwrite = False
+            if output and normalise_output(output).exists():
+                overwrite = self.confirm(f"{normalise_output(output)} exists. Overwrite it?")
+            inputs = JobInputs(
+                layer, self.classes_edit.toPlainText(), tuple(c.currentBand() for c in self.band_combos), self.aoi(),
+                self.resolution_in_map_units(layer), threshold=self.threshold_spin.value(),
+                background_index=self.background_spin.value() if self.background_check.isChecked() else None,
+                bias_lambda=self.lambda_spin.value(), output=output, output_folder=settings.output_folder(),
+                probabilities=self.probabilities_check.isChecked(), overwrite=overwrite,
+                block_size=settings.load("block_size"))
+            planned = plan_job(inputs)
+            job = planned.job
             megapixels = job.grid.width * job.grid.height / 1e6
             if megapixels > settings.load("large_job_megapixels") and not self.confirm(
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
                 return None
-            output = self.output_widget.filePath().strip()
-            overwrite = False
-            if output:
-                if not output.lower().endswith((".tif", ".tiff")):
-                    output += ".tif"
-                overwrite = os.path.exists(output) and self.confirm(f"{output} exists. Overwrite it?")
-                check_output_path(output, overwrite)
-            else:
-                folder = os.path.join(tempfile.gettempdir(), "segearth-ov")
-                os.makedirs(folder, exist_ok=True)
-                output = default_output_path(folder, job.layer_name)
-            probabilities = None
-            if self.probabilities_check.isChecked():
-                probabilities = output[: output.rfind(".")] + "_probabilities.tif"
-                check_output_path(probabilities, overwrite)
-            background = self.background_spin.value() if self.background_check.isChecked() else None
-            if background is not None and background >= len(lines):
-                raise ValueError(f"Background index {background} is past the last class ({len(lines) - 1}).")
-            params = JobParams(tuple(lines), output, self.threshold_spin.value(),
-                               background, self.lambda_spin.value(), probabilities, overwrite,
-                               settings.load("block_size"))
         except (ValueError, OutputError) as error:
             self.report(str(error), Qgis.Warning)
             return None
 
-        self.task = SegmentTask(f"SegEarth-OV: {job.layer_name}", self.backend, params, job, self._finished)
+        self.task = SegmentTask(f"SegEarth-OV: {job.layer_name}", self.backend, planned, self._finished)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.layer_name = job.layer_name
         self.segment_button.setEnabled(False)

@@ -25,7 +25,7 @@ class GdalError(RuntimeError):
         self.what, self.reason = what, reason
 
 
-class ErrorLog(list):  # type: ignore[type-arg]  # list[str] of GDAL failure messages
+class ErrorLog(list[str]):
     """The failure messages GDAL reported on this thread while the handler was pushed."""
 
     def take(self) -> str:

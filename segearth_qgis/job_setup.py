@@ -8,9 +8,10 @@ from typing import Callable, Optional, Sequence
 from qgis.core import QgsRasterLayer
 
 from .aoi import AreaOfInterest, resolve
-from .core.grid import Grid, GridError, Rect, intersect, processing_grid
+from .core.grid import Grid, Rect, intersect, processing_grid
 from .core.pixels import PixelRecipe
-from .layer_input import LayerError, build_recipe, default_bands, native_grid, reader_factory
+from .errors import GridError, LayerError
+from .layer_input import build_recipe, default_bands, native_grid, reader_factory
 from .raster_io import BandReader, PixelSource, polygon_mask
 
 

@@ -6,20 +6,18 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
-from qgis.core import Qgis, QgsRaster, QgsRasterLayer, QgsRectangle
+from qgis.core import Qgis, QgsProviderRegistry, QgsRaster, QgsRasterLayer, QgsRectangle
 
 from .core.grid import Grid, Rect
 from .core.pixels import PixelRecipe
+from .errors import LayerError
+from .gdal_errors import collect_errors
 from .raster_io import BandReader, GdalBandReader
 
 _NUMPY_TYPES = {
     Qgis.Byte: np.uint8, Qgis.UInt16: np.uint16, Qgis.Int16: np.int16, Qgis.UInt32: np.uint32,
     Qgis.Int32: np.int32, Qgis.Float32: np.float32, Qgis.Float64: np.float64,
 }
-
-
-class LayerError(ValueError):
-    """The layer cannot be segmented as chosen (bands, type, extent)."""
 
 
 def native_grid(layer: QgsRasterLayer) -> Grid:
@@ -137,9 +135,26 @@ def reader_factory(layer: QgsRasterLayer) -> Callable[[], BandReader]:
     GUI thread)."""
     if layer.providerType() == "gdal":
         source, native = layer.source(), native_grid(layer)
-        probe = gdal.OpenEx(source, gdal.OF_RASTER) if source else None
+        with collect_errors():  # a source GDAL cannot open alone is read through the provider instead
+            probe = gdal.OpenEx(source, gdal.OF_RASTER) if source else None
         if probe is not None:
             probe = None
             return lambda: GdalBandReader(source, native)
     reader = ProviderBandReader(layer)
     return lambda: reader
+
+
+def layer_files(layer: QgsRasterLayer) -> list[str]:
+    """The files a layer reads (its raster and GDAL's side files), which no output may replace."""
+    files: list[str] = []
+    source = layer.source()
+    if layer.providerType() == "gdal" and source:
+        with collect_errors():
+            dataset = gdal.OpenEx(source, gdal.OF_RASTER)
+            if dataset is not None:
+                files.extend(dataset.GetFileList() or [])
+            dataset = None
+    path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), source).get("path") or source
+    if path:
+        files.append(str(path))
+    return list(dict.fromkeys(files))

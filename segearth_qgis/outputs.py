@@ -16,7 +16,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 from .errors import OutputError
 
@@ -217,6 +217,15 @@ class StagedFiles:
     def attach(self, temporary: Path, target: Path) -> None:
         self.items.append((temporary, target))
 
+    def drop(self, temporary: Path) -> None:
+        """Forget a staged file and remove it (it will not be moved anywhere)."""
+        self.items = [(tmp, target) for tmp, target in self.items if tmp != temporary]
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+    def target_of(self, temporary: Path) -> Path:
+        return next(target for tmp, target in self.items if tmp == temporary)
+
     def replace_stale(self, target: Path) -> None:
         """On commit, remove ``target`` if it exists and nothing staged replaces it (a stale side file)."""
         self.replaced.append(target)
@@ -274,6 +283,4 @@ class StagedFiles:
                     leftover.unlink()
         self.items = []
 
-    def temporaries(self) -> Sequence[Path]:
-        return [temporary for temporary, _ in self.items]
 

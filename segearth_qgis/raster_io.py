@@ -8,8 +8,7 @@ order.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -18,18 +17,10 @@ from osgeo import gdal, ogr, osr
 
 from .core.grid import Grid
 from .core.pixels import PixelRecipe, to_rgb
-
-gdal.UseExceptions()
-ogr.UseExceptions()
+from .errors import AoiError, LayerError
+from .gdal_errors import GdalError, checked, collect_errors, is_gdal_failure_code
 
 NODATA_LABEL = 255
-#: Files are created private (mkstemp) and get the user's usual permissions when committed.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class OutputError(Exception):
-    """The output file cannot be written (exists, folder missing, not writable)."""
 
 
 class BandReader(Protocol):
@@ -45,7 +36,12 @@ class GdalBandReader:
     """Windowed reads from a GDAL dataset (average when shrinking, bilinear when enlarging)."""
 
     def __init__(self, source: str, native: Grid) -> None:
-        self.dataset = gdal.Open(source)
+        with collect_errors() as log:
+            try:
+                self.dataset = checked(f"open {source}", lambda: gdal.Open(source), log)
+            except GdalError as error:
+                raise LayerError(f"The raster {source} cannot be read any more ({error.reason}): is it still "
+                                 "there?") from None
         self.native = native
 
     def read(self, bands: Sequence[int], grid: Grid, rows: tuple[int, int], cols: tuple[int, int]
@@ -62,8 +58,16 @@ class GdalBandReader:
         shrinking = xsize > width * 1.0001
         algorithm = gdal.GRIORA_NearestNeighbour if aligned and xsize == width else (
             gdal.GRIORA_Average if shrinking else gdal.GRIORA_Bilinear)
-        return {b: self.dataset.GetRasterBand(b).ReadAsArray(xoff, yoff, xsize, ysize, width, height,
-                                                             resample_alg=algorithm) for b in bands}
+        out: dict[int, np.ndarray] = {}
+        with collect_errors() as log:
+            for number in bands:
+                band = self.dataset.GetRasterBand(number)
+                try:
+                    out[number] = checked(f"read band {number}", partial(
+                        band.ReadAsArray, xoff, yoff, xsize, ysize, width, height, resample_alg=algorithm), log)
+                except GdalError as error:
+                    raise LayerError(f"Band {number} of the raster could not be read: {error.reason}.") from None
+        return out
 
     def close(self) -> None:
         self.dataset = None
@@ -93,6 +97,16 @@ class PixelSource:
 def polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str
                  ) -> Callable[[tuple[int, int], tuple[int, int]], np.ndarray]:
     """A mask function: True inside the polygons (given as WKT in the grid's CRS)."""
+    with collect_errors() as log:
+        mask = _polygon_mask(wkts, grid, crs_wkt)
+        reason = log.take()
+    if reason:
+        raise AoiError(f"The area-of-interest polygons cannot be used: {reason}.")
+    return mask
+
+
+def _polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str
+                  ) -> Callable[[tuple[int, int], tuple[int, int]], np.ndarray]:
     driver = ogr.GetDriverByName("Memory")
     source = driver.CreateDataSource("mask")
     reference = osr.SpatialReference()
@@ -106,67 +120,63 @@ def polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str
     def mask(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         height, width = rows[1] - rows[0], cols[1] - cols[0]
         xmin, _, _, ymax = grid.sub_extent(rows[0], rows[1], cols[0], cols[1])
-        target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
-        target.SetGeoTransform((xmin, grid.pixel_width, 0.0, ymax, 0.0, -grid.pixel_height))
-        target.SetProjection(crs_wkt)
-        gdal.RasterizeLayer(target, [1], layer, burn_values=[1])
-        return target.GetRasterBand(1).ReadAsArray().astype(bool)
+        with collect_errors() as errors:
+            target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+            target.SetGeoTransform((xmin, grid.pixel_width, 0.0, ymax, 0.0, -grid.pixel_height))
+            target.SetProjection(crs_wkt)
+            checked("rasterize the area of interest", lambda: gdal.RasterizeLayer(target, [1], layer, burn_values=[1]),
+                    errors, failed=is_gdal_failure_code)
+            return target.GetRasterBand(1).ReadAsArray().astype(bool)
 
     mask.keep_alive = source  # type: ignore[attr-defined]  # the layer lives as long as the function
     return mask
 
 
-def check_output_path(path: str, overwrite: bool) -> Path:
-    """Refuse a path that exists (unless ``overwrite``) or whose folder is missing or read-only."""
-    target = Path(path).expanduser()
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists: choose another file name, or confirm overwriting it.")
-    if not target.parent.is_dir():
-        raise OutputError(f"The folder {target.parent} does not exist: create it or choose another folder.")
-    if not os.access(target.parent, os.W_OK):
-        raise OutputError(f"The folder {target.parent} is not writable: choose another folder.")
-    return target
+class GeoTiffWriter:
+    """A tiled, compressed GeoTIFF written block by block at ``path`` (a staged temporary file).
 
+    Every GDAL failure (a full disk, a vanished folder) raises
+    :class:`~segearth_qgis.gdal_errors.GdalError`; :meth:`close` flushes and
+    closes the file, so that errors surface before the file is moved into place.
+    """
 
-class _AtomicGeoTiff:
-    """A GeoTIFF written to a temporary name in the target folder and renamed when complete."""
-
-    def __init__(self, path: str, grid: Grid, crs_wkt: str, bands: int, data_type: int, overwrite: bool) -> None:
-        self.target = check_output_path(path, overwrite)
-        handle, tmp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.stem}.", suffix=".part.tif")
-        os.close(handle)
-        self.tmp = Path(tmp)
+    def __init__(self, path: Path, grid: Grid, crs_wkt: str, bands: int, data_type: int) -> None:
+        self.path = path
         options = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
-        self.dataset = gdal.GetDriverByName("GTiff").Create(str(self.tmp), grid.width, grid.height, bands,
-                                                            data_type, options)
-        self.dataset.SetGeoTransform(grid.geotransform)
-        self.dataset.SetProjection(crs_wkt)
+        with collect_errors() as log:
+            self.dataset = checked(f"create {path.name}", lambda: gdal.GetDriverByName("GTiff").Create(
+                str(path), grid.width, grid.height, bands, data_type, options), log)
+            self.dataset.SetGeoTransform(grid.geotransform)
+            self.dataset.SetProjection(crs_wkt)
 
-    def commit(self) -> Path:
-        """Close and move into place (with its .aux.xml side file, if any)."""
-        self.dataset.FlushCache()
-        self.dataset = None
-        aux = Path(str(self.tmp) + ".aux.xml")
-        if aux.exists():
-            os.replace(aux, Path(str(self.target) + ".aux.xml"))
-        os.chmod(self.tmp, 0o666 & ~_UMASK)
-        os.replace(self.tmp, self.target)
-        return self.target
+    def write_band(self, band: int, values: np.ndarray, row: int, col: int) -> None:
+        with collect_errors() as log:
+            checked(f"write {self.path.name}", lambda: self.dataset.GetRasterBand(band).WriteArray(values, col, row),
+                    log, failed=is_gdal_failure_code)
 
-    def abort(self) -> None:
-        """Drop the partial file; nothing is left behind."""
-        self.dataset = None
-        for leftover in (self.tmp, Path(str(self.tmp) + ".aux.xml")):
-            if leftover.exists():
-                leftover.unlink()
+    def close(self) -> None:
+        """Flush and close; raises GdalError when the data did not reach the disk."""
+        if self.dataset is None:
+            return
+        with collect_errors() as log:
+            checked(f"finish {self.path.name}", self.dataset.FlushCache, log, failed=is_gdal_failure_code)
+            self.dataset = None
+            reason = log.take()
+        if reason:
+            raise GdalError(f"finish {self.path.name}", reason)
+
+    def discard(self) -> None:
+        """Close without caring for errors (the file is about to be removed)."""
+        with collect_errors():
+            self.dataset = None
 
 
-class LabelWriter(_AtomicGeoTiff):
+class LabelWriter(GeoTiffWriter):
     """The class raster: uint8, nodata 255, colour table, class names as categories and metadata."""
 
-    def __init__(self, path: str, grid: Grid, crs_wkt: str, names: Sequence[str],
-                 colours: Sequence[tuple[int, int, int, int]], overwrite: bool = False) -> None:
-        super().__init__(path, grid, crs_wkt, 1, gdal.GDT_Byte, overwrite)
+    def __init__(self, path: Path, grid: Grid, crs_wkt: str, names: Sequence[str],
+                 colours: Sequence[tuple[int, int, int, int]]) -> None:
+        super().__init__(path, grid, crs_wkt, 1, gdal.GDT_Byte)
         band = self.dataset.GetRasterBand(1)
         band.SetNoDataValue(NODATA_LABEL)
         band.Fill(NODATA_LABEL)
@@ -182,14 +192,15 @@ class LabelWriter(_AtomicGeoTiff):
         self.dataset.SetMetadataItem("SEGEARTH_SOFTWARE", "SegEarth-OV for QGIS")
 
     def write(self, labels: np.ndarray, row: int, col: int) -> None:
-        self.dataset.GetRasterBand(1).WriteArray(labels, col, row)
+        """Labels ``rows x cols`` uint8 at (row, col) of the grid."""
+        self.write_band(1, labels, row, col)
 
 
-class ProbabilityWriter(_AtomicGeoTiff):
+class ProbabilityWriter(GeoTiffWriter):
     """K float32 bands of class probabilities, band descriptions = class names."""
 
-    def __init__(self, path: str, grid: Grid, crs_wkt: str, names: Sequence[str], overwrite: bool = False) -> None:
-        super().__init__(path, grid, crs_wkt, len(names), gdal.GDT_Float32, overwrite)
+    def __init__(self, path: Path, grid: Grid, crs_wkt: str, names: Sequence[str]) -> None:
+        super().__init__(path, grid, crs_wkt, len(names), gdal.GDT_Float32)
         for index, name in enumerate(names, start=1):
             band = self.dataset.GetRasterBand(index)
             band.SetDescription(name)
@@ -197,7 +208,8 @@ class ProbabilityWriter(_AtomicGeoTiff):
             band.Fill(-1.0)
 
     def write(self, probabilities: np.ndarray, valid: np.ndarray, row: int, col: int) -> None:
+        """Probabilities ``K x rows x cols`` (invalid pixels become -1) at (row, col) of the grid."""
         for index in range(probabilities.shape[0]):
             values = probabilities[index].astype(np.float32)
             values[~valid] = -1.0
-            self.dataset.GetRasterBand(index + 1).WriteArray(values, col, row)
+            self.write_band(index + 1, values, row, col)

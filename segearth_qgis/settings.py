@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "backend_token": "",
     "backend_python": "",
     "user_presets": "{}",
+    "output_folder": "",
 }
 
 
@@ -72,3 +73,16 @@ def backend_settings() -> BackendSettings:
         if python:
             found = BackendSettings(found.url, found.token, python, found.timeout)
     return found
+
+
+def default_output_folder() -> str:
+    """Where unnamed results go unless the user chose a folder: a folder of the user's own (never a shared /tmp)."""
+    from qgis.PyQt.QtCore import QStandardPaths
+
+    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+    return str(Path(documents) / "SegEarth-OV")
+
+
+def output_folder() -> str:
+    """The folder for results saved without a file name (setting ``output_folder``, else the default)."""
+    return load("output_folder") or default_output_folder()

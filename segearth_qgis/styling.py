@@ -46,20 +46,20 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     return layer
 
 
-def save_default_style(path: str, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
-                       overwrite: bool = True) -> Optional[Path]:
-    """Write ``<path without suffix>.qml``: QGIS loads it as the default style whenever it opens ``path``."""
-    qml = Path(path).with_suffix(".qml")
-    if qml.exists() and not overwrite:
-        return None
-    layer = QgsRasterLayer(str(path), "style", "gdal")
+def write_class_style(geotiff: Path, qml: Path, names: Sequence[str],
+                      colours: Sequence[tuple[int, int, int, int]]) -> None:
+    """Write the class style of ``geotiff`` to ``qml`` (the job moves it beside the result as its default style).
+
+    Raises:
+        OSError: QGIS cannot open the GeoTIFF or write the style.
+    """
+    layer = QgsRasterLayer(str(geotiff), "style", "gdal")
     if not layer.isValid():
-        raise OSError(f"QGIS cannot open {path} to style it")
+        raise OSError(f"QGIS cannot open {geotiff.name} to style it")
     apply_class_style(layer, names, colours)
     message, ok = layer.saveNamedStyle(str(qml))
     if not ok:
-        raise OSError(f"could not write the style {qml}: {message}")
-    return qml
+        raise OSError(f"could not write the style {qml.name}: {message}")
 
 
 def class_vector_renderer(names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],

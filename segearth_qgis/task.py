@@ -7,47 +7,55 @@ from typing import Callable, Optional
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
-from .backend_client import BackendError
 from .backend_manager import BackendManager
-from .job import JobCancelledError, JobParams, JobResult, execute
-from .job_setup import PreparedJob
-from .raster_io import OutputError
+from .errors import BackendError, JobCancelledError, OutputError
+from .job import JobResult, execute
+from .job_request import PlannedJob
+from .styling import write_class_style
 
 LOG_TAG = "SegEarth-OV"
 
 
 class SegmentTask(QgsTask):
-    """Runs :func:`~segearth_qgis.job.execute`; ``on_done(task)`` is called on the GUI thread."""
+    """Runs :func:`~segearth_qgis.job.execute`; ``on_done(task)`` is called on the GUI thread.
 
-    def __init__(self, description: str, manager: BackendManager, params: JobParams, job: PreparedJob,
+    Exactly one outcome is set when it ends: ``result`` (success), ``error``
+    (a message for the user) or ``was_cancelled``. The task reports success to
+    QGIS's task manager whenever the plugin itself reports the outcome, so QGIS
+    does not add a "Task failed" notice of its own that would contradict it.
+    """
+
+    def __init__(self, description: str, manager: BackendManager, planned: PlannedJob,
                  on_done: Callable[[SegmentTask], None]) -> None:
         super().__init__(description, QgsTask.CanCancel)
-        self.manager, self.params, self.job, self.on_done = manager, params, job, on_done
+        self.manager, self.planned, self.on_done = manager, planned, on_done
         self.result: Optional[JobResult] = None
         self.error: Optional[str] = None
+        self.error_code: Optional[str] = None
         self.was_cancelled = False
 
     def run(self) -> bool:
         try:
             client = self.manager.client(cancelled=self.isCanceled)
-            self.result = execute(self.job, self.params, client, progress=self.setProgress,
-                                  cancelled=self.isCanceled)
-            return True
+            self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
+                                  cancelled=self.isCanceled, write_style=write_class_style)
         except JobCancelledError:
             self.was_cancelled = True
         except BackendError as error:
-            self.was_cancelled = error.code == "cancelled"
-            self.error = None if self.was_cancelled else error.message
+            self.was_cancelled = error.code == "cancelled" or self.isCanceled()
+            if not self.was_cancelled:
+                self.error, self.error_code = self.manager.explain(error), error.code
         except (OutputError, OSError, ValueError) as error:
             self.error = str(error)
         except Exception as error:  # noqa: BLE001 - any failure must reach the user as a message
             self.error = f"Unexpected error: {type(error).__name__}: {error}"
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            return False
         finally:
-            self.job = None  # nothing of GDAL's or the provider's may outlive the job
-        return False
+            self.planned = None  # type: ignore[assignment]  # nothing of GDAL's may outlive the job
+        return True
 
     def finished(self, result: bool) -> None:  # noqa: FBT001 - QgsTask's signature
-        if self.isCanceled():
+        if self.result is None and self.error is None:
             self.was_cancelled = True
         self.on_done(self)

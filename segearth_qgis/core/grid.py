@@ -9,11 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import GridError
+
 Rect = tuple[float, float, float, float]
-
-
-class GridError(ValueError):
-    """The AOI does not overlap the raster, or the resolution is unusable."""
 
 
 @dataclass(frozen=True)

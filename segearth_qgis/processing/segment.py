@@ -33,13 +33,12 @@ from qgis.PyQt.QtCore import QVariant
 
 from .. import settings
 from ..aoi import AoiKind, AreaOfInterest
-from ..backend_client import BackendError
 from ..backend_manager import shared_manager
-from ..core.classes import PRESETS, class_lines
-from ..job import JobCancelledError, JobParams, JobResult, execute
-from ..job_setup import prepare
-from ..raster_io import OutputError
-from ..styling import class_vector_renderer, save_default_style
+from ..core.classes import PRESETS
+from ..errors import BackendError, JobCancelledError, OutputError
+from ..job import JobResult, execute
+from ..job_request import JobInputs, plan_job
+from ..styling import class_vector_renderer, write_class_style
 
 HELP_COMMON = (
     "<p>Training-free open-vocabulary segmentation (SegEarth-OV, CVPR 2025): CLIP ViT-B/16 with the SegEarth "
@@ -94,43 +93,50 @@ class _SegmentBase(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
-        lines = class_lines(self.parameterAsString(parameters, self.CLASSES, context))
-        if not lines:
-            raise QgsProcessingException("CLASSES is empty: give one class per line (synonyms separated by commas).")
-        background = self.parameterAsInt(parameters, self.BACKGROUND, context)
-        if background >= len(lines):
-            raise QgsProcessingException(f"BACKGROUND {background} is past the last class (index {len(lines) - 1}).")
         clip = None
         if parameters.get(self.EXTENT):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             clip = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         aoi = AreaOfInterest(AoiKind.LAYER)
+        other_inputs: tuple[str, ...] = ()
         if parameters.get(self.MASK):
             source = self.parameterAsSource(parameters, self.MASK, context)
             geometries = [f.geometry() for f in source.getFeatures() if f.hasGeometry()] if source else []
             if not geometries:
                 raise QgsProcessingException("MASK has no polygons.")
             aoi = AreaOfInterest(AoiKind.SELECTED_FEATURES, crs=source.sourceCrs(), geometries=geometries)
+            mask_layer = self.parameterAsVectorLayer(parameters, self.MASK, context)
+            if mask_layer is not None:
+                other_inputs = (mask_layer.source().split("|")[0],)
         resolution = None
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        inputs = JobInputs(
+            layer, self.parameterAsString(parameters, self.CLASSES, context),
+            tuple(self.parameterAsInts(parameters, self.BANDS, context)), aoi, resolution, clip,
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            background_index=self.parameterAsInt(parameters, self.BACKGROUND, context),
+            bias_lambda=self.parameterAsDouble(parameters, self.BIAS_LAMBDA, context),
+            output=output, probabilities=probabilities or False, overwrite=True,
+            block_size=settings.load("block_size"), other_inputs=other_inputs)
         try:
-            job = prepare(layer, self.parameterAsInts(parameters, self.BANDS, context), aoi, resolution, clip)
-            params = JobParams(tuple(lines), output, self.parameterAsDouble(parameters, self.THRESHOLD, context),
-                               background, self.parameterAsDouble(parameters, self.BIAS_LAMBDA, context),
-                               probabilities or None, overwrite=True, block_size=settings.load("block_size"))
+            planned = plan_job(inputs)
+            job = planned.job
             feedback.pushInfo(f"Segmenting {job.grid.width} x {job.grid.height} px of '{layer.name()}' "
-                              f"into {len(lines)} classes")
+                              f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
-            result = execute(job, params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
-                             cancelled=feedback.isCanceled)
-            save_default_style(str(result.output_path), result.names, result.colours)
+            result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
+                             cancelled=feedback.isCanceled, write_style=write_class_style)
         except JobCancelledError:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except BackendError as error:
-            raise QgsProcessingException(error.message) from None
+            if error.code == "cancelled" or feedback.isCanceled():
+                raise QgsProcessingException("Cancelled: no output was written.") from None
+            raise QgsProcessingException(shared_manager().explain(error)) from None
         except (ValueError, OutputError, OSError) as error:
             raise QgsProcessingException(str(error)) from None
+        for warning in result.warnings:
+            feedback.reportError(warning, fatalError=False)
         feedback.pushInfo(f"{result.blocks} block(s) in {result.seconds:.1f} s")
         return result
 

@@ -98,3 +98,26 @@ def trace_task_threads() -> Iterator[None]:
     yield
     for cls, run in originals.items():
         cls.run = run
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """``make(size_kb, read_only=False) -> folder``: a real tmpfs of that size (needs root; skipped otherwise)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def make(size_kb: int, read_only: bool = False) -> Path:
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size_kb}k" + (",ro" if read_only else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small file system here ({result.stderr.strip() or 'not root'})")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

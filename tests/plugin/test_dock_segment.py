@@ -29,8 +29,9 @@ from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, wait_unt
 
 
 @pytest.fixture(scope="module")
-def dock(qgis_iface, backend_environment):
+def dock(qgis_iface, backend_environment, tmp_path_factory):
     settings.save("block_size", 1024)
+    settings.save("output_folder", str(tmp_path_factory.mktemp("results")))  # unnamed results, never in $HOME
     panel = SegEarthDock(qgis_iface)
     panel.confirm = lambda question: False  # never overwrite, never accept huge jobs silently
     yield panel
@@ -268,7 +269,8 @@ def test_cancel_mid_job_keeps_nothing(dock, tmp_path, messages):
 def test_backend_killed_mid_job_then_restart(dock, tmp_path, messages):
     layer, task = interrupt_a_running_job(dock, tmp_path, "kill",
                                           lambda: os.kill(dock.backend.local.process.pid, signal.SIGKILL))
-    assert task.result is None and "Cannot reach the SegEarth-OV backend" in task.error
+    assert task.result is None and "local backend process stopped while working" in task.error
+    assert "killed by signal 9" in task.error and "backend.log" in task.error
     assert any("Segmentation failed" in m for m in messages.get_messages(Qgis.Critical))
     assert not (tmp_path / "kill_out.tif").exists()
     dock._backend_action("restart")
@@ -283,6 +285,19 @@ def test_existing_output_is_never_overwritten(dock, tmp_path, messages):
     assert run(dock, layer, existing) is None
     assert existing.read_bytes() == b"precious"
     assert any("already exists" in m for m in messages.get_messages(Qgis.Warning))
+
+
+def test_output_equal_to_the_layer_file_is_refused(dock, tmp_path, messages):
+    path = write_geotiff(tmp_path / "own.tif", smooth_image(60, 60), 32633, UTM)
+    before = path.read_bytes()
+    layer = load(path, "own")
+    dock.confirm = lambda question: True  # even a user who says "overwrite" does not lose the input
+    try:
+        assert run(dock, layer, path) is None
+    finally:
+        dock.confirm = lambda question: False
+    assert path.read_bytes() == before
+    assert any("would overwrite the input" in m for m in messages.get_messages(Qgis.Warning))
 
 
 @pytest.mark.parametrize("case, fragment", [

@@ -13,8 +13,10 @@ from osgeo import gdal, osr
 from segearth_qgis.backend_client import BackendError
 from segearth_qgis.core.grid import Grid
 from segearth_qgis.core.pixels import PixelRecipe
+from segearth_qgis.errors import OutputError
 from segearth_qgis.job import JobCancelledError, JobParams, run_job
-from segearth_qgis.raster_io import GdalBandReader, OutputError, PixelSource
+from segearth_qgis.outputs import plan_outputs
+from segearth_qgis.raster_io import GdalBandReader, PixelSource
 from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
 
 LINES = tuple(CLASSES.splitlines())
@@ -60,7 +62,9 @@ def run(local_backend, scene_path, output, **options):
     client = options.pop("client", None) or CountingClient(local_backend.client())
     progress = options.pop("progress", lambda p: None)
     cancelled = options.pop("cancelled", lambda: False)
-    params = JobParams(LINES, str(output), block_size=options.pop("block_size", 336), **options)
+    outputs = plan_outputs(str(output), options.pop("probabilities", None), [str(scene_path)],
+                           options.pop("overwrite", False))
+    params = JobParams(LINES, outputs, block_size=options.pop("block_size", 336), **options)
     try:
         return run_job(params, grid, crs, source, client, progress, cancelled), client
     finally:
@@ -165,3 +169,15 @@ def test_backend_killed_mid_job_leaves_nothing(tiny_backend_args, scene, tmp_pat
         assert list(tmp_path.iterdir()) == []
     finally:
         backend.stop()
+
+
+def test_a_full_disk_is_an_output_error_and_leaves_nothing(local_backend, scene, small_filesystem):
+    """The probabilities (9 MB) do not fit on a 400 KB file system: the job fails cleanly, naming the folder."""
+    path, _ = scene
+    folder = small_filesystem(400)
+    keep = folder / "keep.tif"
+    keep.write_bytes(b"x" * 1000)
+    with pytest.raises(OutputError, match=f"The disk holding {folder} is full") as caught:
+        run(local_backend, path, folder / "labels.tif", probabilities=str(folder / "probabilities.tif"))
+    assert "Nothing was written" in str(caught.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.tif"] and keep.read_bytes() == b"x" * 1000

@@ -181,10 +181,10 @@ def test_model_chaining_segment_vectorize_statistics(provider, raster, tmp_path)
 
 
 @pytest.mark.parametrize("parameters, fragment", [
-    ({"CLASSES": "  \n"}, "CLASSES is empty"),
+    ({"CLASSES": "  \n"}, "Type at least one class"),
     ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap"),
     ({"BANDS": [1, 2]}, "one band or three"),
-    ({"BACKGROUND": 9}, "past the last class"),
+    ({"BACKGROUND": 9}, "only 5 classes"),
     ({"OUTPUT": "/no/such/folder/out.tif"}, "does not exist"),
 ])
 def test_bad_parameters_are_processing_errors(provider, raster, tmp_path, parameters, fragment):
@@ -339,3 +339,49 @@ def test_class_stats_on_a_geographic_raster(provider, tmp_path):
     for row in rows.values():
         assert float(row["area_m2"]) == pytest.approx(int(row["pixels"]) * width_m * height_m, rel=2e-3)
         assert float(row["share"]) == pytest.approx(int(row["pixels"]) / 2000)
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_output_equal_to_the_input_is_refused_and_the_input_is_untouched(provider, tmp_path):
+    scene = write_geotiff(tmp_path / "scene.tif", smooth_image(60, 70), 32633, UTM)
+    before = _digest(scene)
+    for output in (str(scene), str(tmp_path / "." / "scene.tif"), str(tmp_path / "scene")):
+        with pytest.raises(QgsProcessingException, match="would overwrite the input"):
+            run("segment", INPUT=str(scene), CLASSES=CLASSES, OUTPUT=output)
+    with pytest.raises(QgsProcessingException, match="would overwrite the input"):
+        run("segment", INPUT=str(scene), CLASSES=CLASSES, OUTPUT=str(tmp_path / "labels.tif"),
+            OUTPUT_PROBABILITIES=str(scene))
+    assert _digest(scene) == before and sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+    assert gdal.Open(str(scene)).RasterCount == 3
+
+
+def test_the_two_outputs_must_differ(provider, raster, tmp_path):
+    with pytest.raises(QgsProcessingException, match="different file names"):
+        run("segment", INPUT=str(raster), CLASSES=CLASSES, OUTPUT=str(tmp_path / "same.tif"),
+            OUTPUT_PROBABILITIES=str(tmp_path / "same.tif"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_rasters_style_is_left_alone(provider, tmp_path):
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    scene = write_geotiff(tmp_path / "scene3.tif", smooth_image(60, 70), 32633, UTM)
+    style = tmp_path / "scene3.qml"
+    style.write_text("<qgis>the user's own style of scene3.tif</qgis>")
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def reportError(self, error, fatalError=False):  # noqa: N802, N803 - QGIS's names
+            warnings.append(error)
+
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segearth:segment")
+    result, ok = algorithm.run({"INPUT": str(scene), "CLASSES": CLASSES, "OUTPUT": str(tmp_path / "scene3.tiff")},
+                               QgsProcessingContext(), Feedback(), catchExceptions=False)
+    assert ok and Path(result["OUTPUT"]).is_file()
+    assert style.read_text() == "<qgis>the user's own style of scene3.tif</qgis>"
+    assert any("scene3.qml was not written" in w and "scene3.tif" in w for w in warnings)

@@ -75,4 +75,22 @@ def test_qgis_process_reports_bad_parameters(tmp_path):
     run = subprocess.run([QGIS_PROCESS, "run", "segearth:segment", "--", f"INPUT={raster}", "CLASSES= ",
                           f"OUTPUT={tmp_path / 'o.tif'}"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
-    assert "CLASSES is empty" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
+    assert "Type at least one class" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_refuses_to_overwrite_its_input(tmp_path):
+    """The command that once turned a 3-band scene into a class raster, exit code 0."""
+    import hashlib
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+           "QGIS_PLUGINPATH": str(ROOT)}
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
+    raster = write_geotiff(tmp_path / "scene.tif", smooth_image(40, 40), 32633,
+                           (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
+    before = hashlib.sha256(raster.read_bytes()).hexdigest()
+    run = subprocess.run([QGIS_PROCESS, "run", "segearth:segment", "--", f"INPUT={raster}",
+                          "CLASSES=road\nwater", f"OUTPUT={raster}"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "would overwrite the input" in run.stdout + run.stderr
+    assert hashlib.sha256(raster.read_bytes()).hexdigest() == before
