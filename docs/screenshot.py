@@ -80,10 +80,10 @@ def main() -> int:
     dock = SegEarthDock(Iface(window, canvas, bar), window)
     window.addDockWidget(Qt.RightDockWidgetArea, dock)
     window.show()
-    dock.layer_combo.setLayer(layer)
-    dock._fill_presets()
-    next(a for a in dock.presets_menu.actions() if a.text() == "OpenEarthMap").trigger()
-    dock.output_widget.setFilePath("")
+    dock.raster_box.set_layer(layer)
+    dock.classes_box.fill_presets()
+    next(a for a in dock.classes_box.presets_menu.actions() if a.text() == "OpenEarthMap").trigger()
+    dock.options_box.output_widget.setFilePath("")
     task = dock.segment()
     deadline = time.monotonic() + 600
     while dock.task is not None and time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,18 @@ class BackendSettings:
     token: Optional[str] = None
     python: Optional[str] = None
     timeout: float = 600.0
+    #: Weight files for a local backend (None: the backend's own configuration / SEGEARTH_* variables).
+    clip_weights: Optional[str] = None
+    upsampler_weights: Optional[str] = None
+
+    def serve_args(self) -> tuple[str, ...]:
+        """``segearth-backend serve`` arguments for these settings (a local backend)."""
+        args: list[str] = []
+        if self.clip_weights:
+            args += ["--clip-weights", self.clip_weights]
+        if self.upsampler_weights:
+            args += ["--upsampler-weights", self.upsampler_weights]
+        return tuple(args)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> BackendSettings:
@@ -133,10 +146,16 @@ class BackendClient:
 
 
 class LocalBackend:
-    """A backend process started by :func:`start_local_backend`; ``stop()`` ends it."""
+    """A backend process started by :func:`start_local_backend`; ``stop()`` ends it.
 
-    def __init__(self, process: subprocess.Popen, url: str, token: str, log_path: Path) -> None:
+    Its working folder (ready file, log) is removed when it is stopped on
+    purpose and kept when it failed, so the log can be read.
+    """
+
+    def __init__(self, process: subprocess.Popen, url: str, token: str, log_path: Path,
+                 args: Sequence[str] = ()) -> None:
         self.process, self.url, self.token, self.log_path = process, url, token, log_path
+        self.args = tuple(args)
 
     def client(self, timeout: float = 600.0) -> BackendClient:
         return BackendClient(self.url, self.token, timeout)
@@ -151,8 +170,27 @@ class LocalBackend:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
+    def phase(self) -> str:
+        """Where start-up is: ``starting`` (Python and torch load), ``loading`` (the model), or ``ready``."""
+        if self.url:
+            return "ready"
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "starting"
+        return "loading" if "loading the model" in text else "starting"
+
+    def failed(self) -> bool:
+        """True when the process ended on its own (crashed, killed, refused to start)."""
+        return self.process.poll() is not None and not self._stopping
+
+    _stopping = False
+
+    def stop(self, timeout: float = 15.0, keep_log: bool = False) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent. Removes the working folder
+        unless the process had already failed or ``keep_log`` (its log is kept for the user)."""
+        failed = self.failed() or keep_log
+        self._stopping = True
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -160,11 +198,14 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if not failed:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
 def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                         env: Optional[Mapping[str, str]] = None, timeout: float = 600.0,
-                        cancelled: Optional[Callable[[], bool]] = None) -> LocalBackend:
+                        cancelled: Optional[Callable[[], bool]] = None,
+                        on_started: Optional[Callable[[LocalBackend], None]] = None) -> LocalBackend:
     """Start ``python -m segearth_backend serve`` on a free loopback port and wait until it is ready.
 
     Args:
@@ -173,6 +214,7 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
         env: environment for the process (default: this one).
         timeout: seconds to wait for the model to load.
         cancelled: polled while waiting; returning True stops the process.
+        on_started: called with the (not yet ready) backend once its process runs.
 
     Raises:
         BackendStartError: no interpreter, the process exited (its log tail is in
@@ -201,7 +243,9 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             f"Cannot run the backend interpreter '{python}': {error.strerror or error}. Set "
             "SEGEARTH_BACKEND_PYTHON to a Python with segearth-backend installed.", "bad_python") from None
     log_stream.close()
-    backend = LocalBackend(process, "", token, log_path)
+    backend = LocalBackend(process, "", token, log_path, args)
+    if on_started is not None:
+        on_started(backend)
     deadline = time.monotonic() + timeout
     while True:
         if ready_file.is_file():
@@ -209,18 +253,18 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             if "url" in document:
                 backend.url = document["url"]
                 return backend
-            backend.stop()
+            backend.stop(keep_log=True)
             raise BackendStartError(f"The backend could not load the model: {document.get('error')}", "model_failed")
         if process.poll() is not None:
             raise BackendStartError(
                 f"The backend exited during start-up (exit code {process.returncode}). Its last output:\n"
-                f"{backend.log_tail()}", "exited")
+                f"{backend.log_tail()}\nThe full log is {log_path}.", "exited")
         if cancelled is not None and cancelled():
             backend.stop()
             raise BackendStartError("Starting the backend was cancelled.", "cancelled")
         if time.monotonic() > deadline:
-            backend.stop()
+            backend.stop(keep_log=True)
             raise BackendStartError(
-                f"The backend did not become ready within {timeout:.0f} s. Its last output:\n{backend.log_tail()}",
-                "timeout")
+                f"The backend did not become ready within {timeout:.0f} s. Its last output:\n{backend.log_tail()}\n"
+                f"The full log is {log_path}.", "timeout")
         time.sleep(0.1)

@@ -1,27 +1,71 @@
-"""Which backend the plugin uses, and the lifetime of a local one (no Qt, thread-safe)."""
+"""Which backend the plugin uses, the lifetime of a local one, and its state in one line (no Qt, thread-safe)."""
 
 from __future__ import annotations
 
 import atexit
 import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .backend_client import BackendClient, BackendSettings, LocalBackend, start_local_backend
-from .errors import BackendError
+from .errors import BackendError, BackendStartError
+
+#: The states a backend can be in, as the panel shows them.
+STOPPED, STARTING, LOADING, READY, FAILED, REMOTE = "stopped", "starting", "loading model", "ready", "failed", "remote"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What the panel shows: the state, one short line, and the details behind it.
+
+    Attributes:
+        state: one of STOPPED, STARTING, LOADING, READY, FAILED, REMOTE.
+        summary: a short line ("ready — CPU — SimFeatUp").
+        details: the full story for a tooltip or a dialog (error, log tail).
+        log_path: the local backend's log file, when there is one.
+        health: the last /health document.
+    """
+
+    state: str
+    summary: str
+    details: str = ""
+    log_path: Optional[Path] = None
+    health: Optional[dict[str, Any]] = None
+
+
+def describe_health(health: dict[str, Any]) -> str:
+    """Device, model and upsampler from a /health document, for one line."""
+    device = health.get("device") or {}
+    kind = str(device.get("type", "?")).upper()
+    name = str(device.get("name", ""))
+    label = kind if name.upper() in ("", kind) else f"{kind} {name}"
+    if device.get("type") == "cuda" and "memory_free_mb" in device:
+        label += f", {device['memory_free_mb'] / 1024:.1f} GB free"
+    parts = [label, str(health.get("upsampler", "?"))]
+    if health.get("model"):
+        parts.insert(1, str(health["model"]))
+    return " — ".join(parts)
 
 
 class BackendManager:
     """Hands out clients: for a configured URL, or for a local backend started on demand.
 
     ``settings()`` is read at every call, so changes in the panel apply to the
-    next start. Methods may block (start-up, HTTP) and belong on worker threads.
+    next start (a local backend started with other weights is restarted).
+    Methods that start or ask a backend block and belong on worker threads;
+    :meth:`status` never blocks.
     """
 
     def __init__(self, settings: Callable[[], BackendSettings]) -> None:
         self.settings = settings
         self._local: Optional[LocalBackend] = None
+        self._starting: Optional[LocalBackend] = None
+        self._start_error: Optional[BackendError] = None
         self._lock = threading.Lock()
         self.last_health: dict[str, Any] = {}
+        self.last_start_seconds = 0.0
 
     @property
     def local(self) -> Optional[LocalBackend]:
@@ -31,38 +75,98 @@ class BackendManager:
         return bool(self.settings().url)
 
     def client(self, cancelled: Optional[Callable[[], bool]] = None) -> BackendClient:
-        """A client for a ready backend, starting the local one if needed."""
+        """A client for a ready backend, starting the local one if needed.
+
+        ``last_start_seconds`` says how long this call spent starting a backend (0 if none was started).
+        """
         settings = self.settings()
+        self.last_start_seconds = 0.0
         if settings.url:
             return BackendClient(settings.url, settings.token, settings.timeout)
         with self._lock:
-            if self._local is not None and not self._local.running():
-                self._local = None  # it died: start a fresh one
+            if self._local is not None and (not self._local.running() or self._local.args != settings.serve_args()):
+                self._local.stop()  # it died, or the settings changed: start a fresh one
+                self._local = None
             if self._local is None:
-                self._local = start_local_backend(settings.python, cancelled=cancelled)
+                start = time.monotonic()
+                self._start_error = None
+                try:
+                    self._local = start_local_backend(settings.python, settings.serve_args(), cancelled=cancelled,
+                                                      on_started=self._started)
+                except BackendError as error:
+                    if error.code != "cancelled":
+                        self._start_error = error
+                    raise
+                finally:
+                    self._starting = None
+                self.last_start_seconds = time.monotonic() - start
             return self._local.client(settings.timeout)
+
+    def _started(self, backend: LocalBackend) -> None:
+        self._starting = backend
 
     def health(self) -> dict[str, Any]:
         """The backend's health (starting nothing); ``{"status": "stopped"}`` when no local one runs."""
         settings = self.settings()
-        if not settings.url and (self._local is None or not self._local.running()):
+        local = self._local
+        if not settings.url and (local is None or not local.running()):
             self.last_health = {"status": "stopped"}
             return self.last_health
-        client = BackendClient(settings.url, settings.token) if settings.url else self._local.client()  # type: ignore[union-attr]
+        client = BackendClient(settings.url, settings.token) if settings.url else local.client()  # type: ignore[union-attr]
         self.last_health = client.health()
         return self.last_health
+
+    def status(self) -> BackendStatus:
+        """The state right now, from what is known without asking the backend (never blocks)."""
+        if self.is_remote():
+            url = self.settings().url
+            health = self.last_health
+            if health.get("status") not in (None, "stopped"):
+                return BackendStatus(REMOTE, f"remote, {health['status']} — {describe_health(health)}",
+                                     f"Backend at {url}", health=health)
+            return BackendStatus(REMOTE, "remote", f"Backend at {url} (not asked yet)")
+        starting = self._starting
+        if starting is not None:
+            phase = starting.phase()
+            if phase == "loading":
+                return BackendStatus(LOADING, "loading the model…", "The backend process runs and loads the "
+                                     "model (the first time after installing, this can take a minute).",
+                                     starting.log_path)
+            return BackendStatus(STARTING, "starting…", "Starting the backend's Python (torch takes a few seconds "
+                                 "to load).", starting.log_path)
+        local = self._local
+        if local is not None:
+            if local.running():
+                health = self.last_health if self.last_health.get("status") not in (None, "stopped") else {}
+                line = f"ready — {describe_health(health)}" if health else "ready"
+                if health.get("status") == "busy":
+                    line = line.replace("ready", "busy", 1)
+                return BackendStatus(READY, line, f"Local backend at {local.url}; log {local.log_path}",
+                                     local.log_path, health or None)
+            return BackendStatus(FAILED, f"stopped unexpectedly ({self._exit_text(local)})",
+                                 self.explain_exit(local), local.log_path)
+        if self._start_error is not None:
+            message = self._start_error.message
+            return BackendStatus(FAILED, f"could not start: {_first_line(message)}", message)
+        return BackendStatus(STOPPED, "not started (starts with the first job)")
+
+    @staticmethod
+    def _exit_text(local: LocalBackend) -> str:
+        code = local.process.returncode
+        return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+    def explain_exit(self, local: LocalBackend) -> str:
+        tail = local.log_tail(8).strip()
+        return (f"The local backend process stopped ({self._exit_text(local)}). "
+                + (f"Its last output:\n{tail}\n" if tail else "")
+                + f"The full log is {local.log_path}. The next job starts a new backend.")
 
     def explain(self, error: BackendError) -> str:
         """The message for a failed request: a local backend that died is named as such, with its log tail."""
         local = self._local
         if local is None or self.is_remote() or local.running():
             return error.message
-        code = local.process.returncode
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        tail = local.log_tail(8).strip()
-        return (f"The local backend process stopped while working (it {how}). "
-                + (f"Its last output:\n{tail}\n" if tail else "")
-                + f"The full log is {local.log_path}. The next job starts a new backend.")
+        return self.explain_exit(local).replace("stopped (", "stopped while working (", 1)
 
     def stop(self) -> None:
         """Stop the local backend, if one runs (a remote one is left alone)."""
@@ -70,6 +174,7 @@ class BackendManager:
             if self._local is not None:
                 self._local.stop()
                 self._local = None
+            self._start_error = None
         self.last_health = {"status": "stopped"}
 
     def restart(self, cancelled: Optional[Callable[[], bool]] = None) -> BackendClient:
@@ -77,24 +182,13 @@ class BackendManager:
         return self.client(cancelled)
 
 
-def status_line(health: dict[str, Any], remote: bool, error: Optional[str] = None) -> str:
-    """One line for the panel: where, device, upsampler, state."""
-    where = "remote" if remote else "local"
-    if error:
-        return f"Backend ({where}): unavailable — {error}"
-    status = health.get("status", "unknown")
-    if status in ("stopped", "unknown"):
-        return f"Backend ({where}): {'not started (starts with the first job)' if status == 'stopped' else status}"
-    device = health.get("device") or {}
-    kind = str(device.get("type", "?")).upper()
-    name = str(device.get("name", ""))
-    label = kind if name.upper() in ("", kind) else f"{kind} {name}"
-    if device.get("type") == "cuda" and "memory_free_mb" in device:
-        label += f", {device['memory_free_mb'] / 1024:.1f} GB free"
-    return f"Backend ({where}): {status} — {label} — {health.get('upsampler', '?')}"
+def _first_line(text: str, limit: int = 90) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-__all__ = ["BackendManager", "BackendError", "status_line", "shared_manager"]
+__all__ = ["BackendManager", "BackendStatus", "BackendError", "BackendStartError", "describe_health",
+           "shared_manager"]
 
 
 _shared: Optional[BackendManager] = None

@@ -7,9 +7,10 @@ from typing import Any, Optional
 
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QToolBar
+from qgis.PyQt.QtWidgets import QToolBar
 
 from .dock import SegEarthDock
+from .qt_compat import QAction
 
 MENU = "SegEarth-OV"
 ICON = Path(__file__).with_name("icon.svg")
@@ -35,7 +36,7 @@ class SegEarthPlugin:
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
         self.initProcessing()
         self.dock = SegEarthDock(self.iface, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.action = QAction(QIcon(str(ICON)), "SegEarth-OV segmentation", self.iface.mainWindow())
         self.action.setObjectName("SegEarthOVAction")
@@ -47,6 +48,8 @@ class SegEarthPlugin:
         self.toolbar.setObjectName("SegEarthOVToolbar")
         self.toolbar.addAction(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        # Listed in Settings ▸ Keyboard Shortcuts, where a key can be given to it.
+        self.iface.registerMainWindowAction(self.action, "")
 
     def unload(self) -> None:
         if self.provider is not None:
@@ -60,6 +63,7 @@ class SegEarthPlugin:
             self.dock.deleteLater()
             self.dock = None
         if self.action is not None:
+            self.iface.unregisterMainWindowAction(self.action)
             self.iface.removePluginRasterMenu(MENU, self.action)
             if self.toolbar is not None:
                 self.toolbar.removeAction(self.action)

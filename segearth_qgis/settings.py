@@ -1,61 +1,110 @@
-"""The panel's persistent state (QgsSettings under ``segearth_ov/``)."""
+"""The plugin's persistent settings: one typed key per value (QgsSettings under ``segearth_ov/``).
+
+Widgets bind to a :class:`Setting`; everything else reads through it too, so
+a value has one name and one default. :func:`load` / :func:`save` by key name
+remain for callers that only know the name.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from qgis.core import QgsSettings
+
+from .core.classes import PRESETS
 
 if TYPE_CHECKING:
     from .backend_client import BackendSettings
 
-from qgis.core import QgsSettings
-
 PREFIX = "segearth_ov/"
-DEFAULTS: dict[str, Any] = {
-    "classes": "background\nbuilding, roof, house\nroad\ntree, forest\nwater",
-    "background_first": True,
-    "threshold": 0.0,
-    "background_index": 0,
-    "bias_lambda": -0.3,
-    "probabilities": False,
-    "block_size": 1024,
-    "large_job_megapixels": 50.0,
-    "backend_url": "",
-    "backend_token": "",
-    "backend_python": "",
-    "user_presets": "{}",
-    "output_folder": "",
-}
+T = TypeVar("T", str, bool, int, float)
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One persistent value: its key, its default (whose type is the value's type) and what it means."""
+
+    key: str
+    default: T
+    help: str = ""
+
+    def load(self) -> T:
+        value = QgsSettings().value(PREFIX + self.key, self.default)
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+            return kind(value)
+        except (TypeError, ValueError):
+            return self.default
+
+    def save(self, value: T) -> None:
+        QgsSettings().setValue(PREFIX + self.key, value)
+
+    def reset(self) -> None:
+        QgsSettings().remove(PREFIX + self.key)
+
+
+_DEFAULT_PRESET = PRESETS[0]
+
+CLASSES = Setting("classes", "\n".join(_DEFAULT_PRESET.classes), "the class list, one class per line")
+THRESHOLD = Setting("threshold", float(_DEFAULT_PRESET.threshold), "probability threshold")
+#: The background class's line (0-based); -1: no background class.
+BACKGROUND_INDEX = Setting("background_index", int(_DEFAULT_PRESET.background_index), "background class line")
+BIAS_LAMBDA = Setting("bias_lambda", -0.3, "global-bias lambda")
+PROBABILITIES = Setting("probabilities", False, "also write class probabilities")
+BLOCK_SIZE = Setting("block_size", 1024, "pixels per block side")
+LARGE_JOB_MEGAPIXELS = Setting("large_job_megapixels", 50.0, "ask before larger jobs")
+OUTPUT_FOLDER = Setting("output_folder", "", "where results without a file name go")
+BACKEND_URL = Setting("backend_url", "", "a running backend's URL (empty: start a local one)")
+BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token")
+BACKEND_PYTHON = Setting("backend_python", "", "the Python that runs the local backend")
+CLIP_WEIGHTS = Setting("clip_weights", "", "CLIP weights file (empty: the backend's default)")
+UPSAMPLER_WEIGHTS = Setting("upsampler_weights", "", "SimFeatUp checkpoint file (empty: the backend's default)")
+USER_PRESETS = Setting("user_presets", "{}", "the user's presets (JSON)")
+SPEED_HISTORY = Setting("speed_history", "{}", "measured seconds per megapixel by device (JSON)")
+
+ALL: dict[str, Setting[Any]] = {s.key: s for s in (
+    CLASSES, THRESHOLD, BACKGROUND_INDEX, BIAS_LAMBDA, PROBABILITIES, BLOCK_SIZE, LARGE_JOB_MEGAPIXELS,
+    OUTPUT_FOLDER, BACKEND_URL, BACKEND_TOKEN, BACKEND_PYTHON, CLIP_WEIGHTS, UPSAMPLER_WEIGHTS, USER_PRESETS,
+    SPEED_HISTORY)}
 
 
 def load(key: str) -> Any:
-    default = DEFAULTS[key]
-    value = QgsSettings().value(PREFIX + key, default)
-    try:
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
-        return type(default)(value)
-    except (TypeError, ValueError):
-        return default
+    return ALL[key].load()
 
 
 def save(key: str, value: Any) -> None:
-    QgsSettings().setValue(PREFIX + key, value)
+    ALL[key].save(value)
 
 
-def user_presets() -> dict[str, str]:
+def load_json(setting: Setting[str]) -> dict[str, Any]:
+    """A JSON-object setting; an unreadable value reads as empty."""
     try:
-        presets = json.loads(load("user_presets"))
+        value = json.loads(setting.load())
     except ValueError:
         return {}
-    return {str(k): str(v) for k, v in presets.items()} if isinstance(presets, dict) else {}
+    return value if isinstance(value, dict) else {}
 
 
-def save_user_preset(name: str, classes: str) -> None:
-    presets = user_presets()
-    presets[name] = classes
-    save("user_presets", json.dumps(presets))
+def save_json(setting: Setting[str], value: dict[str, Any]) -> None:
+    setting.save(json.dumps(value, sort_keys=True))
+
+
+def default_output_folder() -> str:
+    """Where unnamed results go unless the user chose a folder: a folder of the user's own (never a shared /tmp)."""
+    from qgis.PyQt.QtCore import QStandardPaths
+
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return str(Path(documents or Path.home()) / "SegEarth-OV")
+
+
+def output_folder() -> str:
+    """The folder for results saved without a file name (setting ``output_folder``, else the default)."""
+    return OUTPUT_FOLDER.load() or default_output_folder()
 
 
 #: Written by `make install`: the interpreter of the checkout's virtual environment.
@@ -66,23 +115,14 @@ def backend_settings() -> BackendSettings:
     """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt``."""
     from .backend_client import BackendSettings
 
-    found = BackendSettings.from_env(url=load("backend_url") or None, token=load("backend_token") or None,
-                                     python=load("backend_python") or None)
+    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=BACKEND_TOKEN.load() or None,
+                                     python=BACKEND_PYTHON.load() or None,
+                                     clip_weights=CLIP_WEIGHTS.load() or None,
+                                     upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)
     if found.python is None and BACKEND_PYTHON_FILE.is_file():
         python = BACKEND_PYTHON_FILE.read_text(encoding="utf-8").strip()
         if python:
-            found = BackendSettings(found.url, found.token, python, found.timeout)
+            from dataclasses import replace
+
+            found = replace(found, python=python)
     return found
-
-
-def default_output_folder() -> str:
-    """Where unnamed results go unless the user chose a folder: a folder of the user's own (never a shared /tmp)."""
-    from qgis.PyQt.QtCore import QStandardPaths
-
-    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
-    return str(Path(documents) / "SegEarth-OV")
-
-
-def output_folder() -> str:
-    """The folder for results saved without a file name (setting ``output_folder``, else the default)."""
-    return load("output_folder") or default_output_folder()

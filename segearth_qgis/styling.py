@@ -17,6 +17,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 GROUP_NAME = "SegEarth-OV"
+#: Results are drawn over the imagery they describe: the imagery stays readable beneath.
+RESULT_OPACITY = 0.6
 
 
 def apply_class_style(layer: QgsRasterLayer, names: Sequence[str],
@@ -37,12 +39,14 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     if not layer.isValid():
         raise OSError(f"QGIS cannot open the result {path}")
     apply_class_style(layer, names, colours)
+    layer.renderer().setOpacity(RESULT_OPACITY)
     root = project.layerTreeRoot()
     group = root.findGroup(GROUP_NAME)
     if not isinstance(group, QgsLayerTreeGroup):
         group = root.insertGroup(0, GROUP_NAME)
     project.addMapLayer(layer, False)
     group.insertLayer(0, layer)
+    group.setExpanded(True)
     return layer
 
 

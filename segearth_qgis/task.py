@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from .backend_manager import BackendManager
+from .core.blocks import plan_blocks
 from .errors import BackendError, JobCancelledError, OutputError
 from .job import JobResult, execute
 from .job_request import PlannedJob
@@ -33,12 +35,20 @@ class SegmentTask(QgsTask):
         self.error: Optional[str] = None
         self.error_code: Optional[str] = None
         self.was_cancelled = False
+        self.blocks = len(plan_blocks(planned.job.grid.height, planned.job.grid.width, planned.params.block_size))
+        #: Seconds spent starting a local backend for this job (0 when one was running).
+        self.start_seconds = 0.0
+        #: The backend's /health after the job (device and model, for the speed history).
+        self.health: dict[str, Any] = {}
 
     def run(self) -> bool:
         try:
             client = self.manager.client(cancelled=self.isCanceled)
+            self.start_seconds = self.manager.last_start_seconds
             self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
                                   cancelled=self.isCanceled, write_style=write_class_style)
+            with contextlib.suppress(BackendError):
+                self.health = self.manager.health()
         except JobCancelledError:
             self.was_cancelled = True
         except BackendError as error:

@@ -54,15 +54,14 @@ def load(path, name="input"):
 
 def prepare(dock, layer, output=None, classes=CLASSES, aoi="layer", threshold=0.0, background=0):
     """Fill the panel as a user would."""
-    dock.layer_combo.setLayer(layer)
-    dock.classes_edit.setPlainText(classes)
-    dock.background_check.setChecked(True)
-    dock.background_spin.setValue(background)
-    dock.threshold_spin.setValue(threshold)
-    dock.lambda_spin.setValue(-0.3)
-    dock.probabilities_check.setChecked(False)
-    dock.output_widget.setFilePath(str(output) if output else "")
-    dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData(aoi))
+    dock.raster_box.set_layer(layer)
+    dock.classes_box.edit.setPlainText(classes)
+    dock.classes_box.set_background(background)
+    dock.options_box.threshold_spin.setValue(threshold)
+    dock.options_box.lambda_spin.setValue(-0.3)
+    dock.options_box.probabilities_check.setChecked(False)
+    dock.options_box.output_widget.setFilePath(str(output) if output else "")
+    dock.area_box.kind_combo.setCurrentIndex(dock.area_box.kind_combo.findData(aoi))
 
 
 def run(dock, layer, output=None, classes=CLASSES, aoi="layer", timeout=240, **options):
@@ -153,9 +152,9 @@ def test_geographic_uint16_single_band(dock, tmp_path, tiny_segmenter):
         np.uint16)
     geotransform = (13.0, 0.00002, 0.0, 52.5, 0.0, -0.00002)
     layer = load(write_geotiff(tmp_path / "geo.tif", image, 4326, geotransform), "geo16")
-    dock.layer_combo.setLayer(layer)
-    assert dock.resolution_label.text() == "m (converted)"
-    assert dock.resolution_spin.value() == pytest.approx(0.00002 * 111320 * np.cos(np.radians(52.498)), rel=1e-3)
+    dock.raster_box.set_layer(layer)
+    assert dock.area_box.resolution_label.text() == "m (converted)"
+    assert dock.area_box.resolution_spin.value() == pytest.approx(0.00002 * 111320 * np.cos(np.radians(52.498)), rel=1e-3)
     task = run(dock, layer, tmp_path / "geo_out.tif")
     assert task.result is not None, task.error
     labels = check_output(tmp_path / "geo_out.tif", layer, "EPSG:4326", geotransform, (200, 240))
@@ -185,7 +184,7 @@ def test_rectangle_drawn_in_another_crs(dock, tmp_path):
 
     to_wgs84 = QgsCoordinateTransform(layer.crs(), wgs84, QgsProject.instance())
     drawn = to_wgs84.transformBoundingBox(QgsRectangle(500100.0, 5599300.0, 500400.0, 5599700.0))
-    dock.layer_combo.setLayer(layer)
+    dock.raster_box.set_layer(layer)
     dock.set_drawn_rectangle(drawn, wgs84)
     task = run(dock, layer, tmp_path / "rect_out.tif", aoi="rectangle")
     assert task.result is not None, task.error
@@ -207,7 +206,7 @@ def test_selected_polygon_aoi_masks_outside(dock, tmp_path):
     polygons.dataProvider().addFeatures([feature])
     QgsProject.instance().addMapLayer(polygons)
     polygons.selectAll()
-    dock.polygon_combo.setLayer(polygons)
+    dock.area_box.polygon_combo.setLayer(polygons)
     task = run(dock, layer, tmp_path / "poly_out.tif", aoi="selected_features")
     assert task.result is not None, task.error
     dataset = gdal.Open(str(tmp_path / "poly_out.tif"))
@@ -274,7 +273,7 @@ def test_backend_killed_mid_job_then_restart(dock, tmp_path, messages):
     assert any("Segmentation failed" in m for m in messages.get_messages(Qgis.Critical))
     assert not (tmp_path / "kill_out.tif").exists()
     dock._backend_action("restart")
-    wait_until(lambda: "ready" in dock.status_label.text())
+    wait_until(lambda: "ready" in dock.backend_box.status_label.text())
     assert run(dock, layer, tmp_path / "after.tif", aoi="layer").result is not None
 
 
@@ -328,10 +327,10 @@ def test_bad_inputs_are_messages_not_tracebacks(dock, tmp_path, messages, case, 
 def test_probabilities_output_and_metadata(dock, tmp_path):
     layer = load(write_geotiff(tmp_path / "probs.tif", smooth_image(120, 140), 32633, UTM), "probs")
     prepare(dock, layer, tmp_path / "labels.tif")
-    dock.probabilities_check.setChecked(True)
+    dock.options_box.probabilities_check.setChecked(True)
     task = dock.segment()
     wait_until(lambda: dock.task is None)
-    dock.probabilities_check.setChecked(False)
+    dock.options_box.probabilities_check.setChecked(False)
     assert task.result.probabilities_path == tmp_path / "labels_probabilities.tif"
     probs = gdal.Open(str(tmp_path / "labels_probabilities.tif"))
     assert probs.RasterCount == 5 and probs.GetGeoTransform() == pytest.approx(UTM)
@@ -359,11 +358,11 @@ def test_large_jobs_ask_first_and_estimate_uses_measured_speed(dock, tmp_path):
     finally:
         settings.save("large_job_megapixels", 50.0)
         dock.confirm = lambda question: False
-    wait_until(lambda: "ready" in dock.status_label.text())
-    assert "CPU" in dock.status_label.text() and "SimFeatUp" in dock.status_label.text()
-    assert "local" in dock.status_label.text()
+    wait_until(lambda: "ready" in dock.backend_box.status_label.text())
+    assert "CPU" in dock.backend_box.status_label.text() and "SimFeatUp" in dock.backend_box.status_label.text()
+    assert dock.backend_box.title() == "Backend (local): ready"  # visible even when the box is collapsed
     dock.update_estimate()
-    assert "200 x 200 px" in dock.estimate_label.text() and "about" in dock.estimate_label.text()
+    assert "200 x 200 px" in dock.area_box.estimate_label.text() and "about" in dock.area_box.estimate_label.text()
 
 
 def test_map_view_aoi(dock, qgis_iface, tmp_path):
@@ -371,8 +370,8 @@ def test_map_view_aoi(dock, qgis_iface, tmp_path):
     canvas = qgis_iface.mapCanvas()
     canvas.setDestinationCrs(layer.crs())
     canvas.setExtent(QgsRectangle(500050.0, 5599850.0, 500100.0, 5599900.0))
-    dock.layer_combo.setLayer(layer)
-    dock.aoi_combo.setCurrentIndex(dock.aoi_combo.findData("map_view"))
+    dock.raster_box.set_layer(layer)
+    dock.area_box.kind_combo.setCurrentIndex(dock.area_box.kind_combo.findData("map_view"))
     job = dock.plan()
     grid, polygons = job.grid, job.polygons
     view = canvas.extent().intersect(layer.extent())

@@ -17,8 +17,8 @@ def test_load_unload_leaves_nothing(qgis_iface):
     assert not plugin.dock.isHidden()
     qgis_iface.addPluginToRasterMenu.assert_called_with("SegEarth-OV", plugin.action)
     dock, action, toolbar = plugin.dock, plugin.action, plugin.toolbar
-    dock.start_drawing()
-    assert qgis_iface.mapCanvas().mapTool() is dock.map_tool
+    dock.area_box.start_drawing()
+    assert qgis_iface.mapCanvas().mapTool() is dock.area_box.map_tool
 
     plugin.unload()
     QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # run deleteLater
@@ -33,24 +33,24 @@ def test_panel_state_persists(qgis_iface):
     from segearth_qgis.dock import SegEarthDock
 
     first = SegEarthDock(qgis_iface)
-    first.classes_edit.setPlainText("road\nriver, canal")
-    first.threshold_spin.setValue(0.35)
-    first.lambda_spin.setValue(-0.2)
+    first.classes_box.edit.setPlainText("road\nriver, canal")
+    first.options_box.threshold_spin.setValue(0.35)
+    first.options_box.lambda_spin.setValue(-0.2)
     first.save_state()
     second = SegEarthDock(qgis_iface)
-    assert second.classes_edit.toPlainText() == "road\nriver, canal"
-    assert second.threshold_spin.value() == 0.35 and second.lambda_spin.value() == -0.2
+    assert second.classes_box.edit.toPlainText() == "road\nriver, canal"
+    assert second.options_box.threshold_spin.value() == 0.35 and second.options_box.lambda_spin.value() == -0.2
 
 
 def test_presets_fill_the_panel(qgis_iface):
     from segearth_qgis.dock import SegEarthDock
 
     dock = SegEarthDock(qgis_iface)
-    dock._fill_presets()
-    loveda = next(a for a in dock.presets_menu.actions() if a.text() == "LoveDA")
+    dock.classes_box.fill_presets()
+    loveda = next(a for a in dock.classes_box.presets_menu.actions() if a.text() == "LoveDA")
     loveda.trigger()
-    assert dock.classes_edit.toPlainText().splitlines()[1] == "building,roof,house"
-    assert dock.threshold_spin.value() == 0.3 and dock.background_check.isChecked()
+    assert dock.classes_box.edit.toPlainText().splitlines()[1] == "building,roof,house"
+    assert dock.options_box.threshold_spin.value() == 0.3 and dock.classes_box.background_index() == 0
 
 
 def test_remote_backend_settings_from_the_panel(qgis_iface):
@@ -58,15 +58,15 @@ def test_remote_backend_settings_from_the_panel(qgis_iface):
     from segearth_qgis.settings import backend_settings
 
     dock = SegEarthDock(qgis_iface)
-    dock.url_edit.setText("http://gpu-box:8765")
-    dock.token_edit.setText("s3cret")
+    dock.backend_box.url_edit.setText("http://gpu-box:8765")
+    dock.backend_box.token_edit.setText("s3cret")
     dock.save_state()
     try:
         assert (backend_settings().url, backend_settings().token) == ("http://gpu-box:8765", "s3cret")
         assert dock.backend.is_remote()
-        assert SegEarthDock(qgis_iface).url_edit.text() == "http://gpu-box:8765"
+        assert SegEarthDock(qgis_iface).backend_box.url_edit.text() == "http://gpu-box:8765"
     finally:
-        dock.url_edit.setText("")
-        dock.token_edit.setText("")
+        dock.backend_box.url_edit.setText("")
+        dock.backend_box.token_edit.setText("")
         dock.save_state()
     assert not dock.backend.is_remote()

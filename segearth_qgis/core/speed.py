@@ -1,0 +1,90 @@
+"""How long a job will take: a prior per device, corrected by what was measured (pure Python).
+
+The backend's speed is seconds per megapixel of processing grid. Before any
+job the estimate uses a prior for the device kind (ViT-B/16 with SimFeatUp on
+an ordinary machine); every finished job adds its seconds and megapixels to a
+running total per device and model, so a tiny job (whose fixed costs dominate)
+barely moves the estimate while a large one counts in proportion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+#: Seconds per megapixel, ViT-B/16 + SimFeatUp: a 2-core CPU measured ~14 s/MP (448 x 448 in 2.8 s); a GPU
+#: is far faster; Apple's MPS in between. Deliberately on the slow side.
+PRIOR_SECONDS_PER_MEGAPIXEL = {"cuda": 1.0, "mps": 6.0, "cpu": 20.0}
+#: How many megapixels of measurement the prior is worth.
+PRIOR_WEIGHT_MEGAPIXELS = 0.5
+#: A local backend that is not running yet takes about this long to start (Python, torch, the model).
+STARTUP_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class SpeedRecord:
+    """Measured totals for one device and model."""
+
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+    def add(self, seconds: float, megapixels: float) -> SpeedRecord:
+        if seconds <= 0 or megapixels <= 0:
+            return self
+        return SpeedRecord(self.seconds + seconds, self.megapixels + megapixels)
+
+
+def device_key(health: Optional[dict[str, Any]]) -> str:
+    """``<device type>/<model>`` from a /health document ("cpu/?" before any backend answered)."""
+    health = health or {}
+    device = health.get("device") or {}
+    return f"{device.get('type', 'cpu')}/{health.get('model', '?')}"
+
+
+def seconds_per_megapixel(key: str, record: Optional[SpeedRecord]) -> float:
+    """The prior for ``key``'s device, pulled towards the measured average by its megapixels."""
+    prior = PRIOR_SECONDS_PER_MEGAPIXEL.get(key.split("/", 1)[0], PRIOR_SECONDS_PER_MEGAPIXEL["cpu"])
+    record = record or SpeedRecord()
+    weight = PRIOR_WEIGHT_MEGAPIXELS
+    return (prior * weight + record.seconds) / (weight + record.megapixels)
+
+
+def estimate_seconds(megapixels: float, key: str, record: Optional[SpeedRecord], backend_running: bool) -> float:
+    """Seconds for a job of ``megapixels``, plus start-up when no backend runs yet."""
+    return megapixels * seconds_per_megapixel(key, record) + (0.0 if backend_running else STARTUP_SECONDS)
+
+
+def records_from_json(data: dict[str, Any]) -> dict[str, SpeedRecord]:
+    records = {}
+    for key, value in data.items():
+        try:
+            records[str(key)] = SpeedRecord(float(value[0]), float(value[1]))
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue
+    return records
+
+
+def records_to_json(records: dict[str, SpeedRecord]) -> dict[str, list[float]]:
+    return {key: [round(r.seconds, 3), round(r.megapixels, 6)] for key, r in records.items()}
+
+
+def format_duration(seconds: float) -> str:
+    """"8 s", "3 min 20 s", "2 h 5 min"."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def class_shares(class_pixels: dict[int, int], names: list[str], nodata: int = 255) -> list[tuple[str, float]]:
+    """(name, share of valid pixels) for every class with pixels, largest first."""
+    valid = sum(count for value, count in class_pixels.items() if value != nodata)
+    if not valid:
+        return []
+    shares = [(names[value] if value < len(names) else f"class {value}", count / valid)
+              for value, count in class_pixels.items() if value != nodata and count]
+    return sorted(shares, key=lambda item: -item[1])

@@ -1,0 +1,16 @@
+"""Qt names that moved between Qt 5 (QGIS 3) and Qt 6 (QGIS 4), resolved once.
+
+Everything else the plugin uses has the same home in both and is written in
+its fully scoped form (``Qt.DockWidgetArea.RightDockWidgetArea``), which PyQt5
+and PyQt6 both accept.
+"""
+
+from __future__ import annotations
+
+try:  # Qt 6: QAction and QShortcut live in QtGui
+    from qgis.PyQt.QtGui import QAction, QKeySequence, QShortcut
+except ImportError:  # Qt 5: in QtWidgets
+    from qgis.PyQt.QtGui import QKeySequence
+    from qgis.PyQt.QtWidgets import QAction, QShortcut
+
+__all__ = ["QAction", "QKeySequence", "QShortcut"]
