@@ -1,4 +1,4 @@
-"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``bench``."""
+"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``models`` / ``bench``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="open_clip model name or JSON config path (SEGEARTH_MODEL)")
-    parser.add_argument("--clip-weights", help="pretrained tag or checkpoint path (SEGEARTH_CLIP_WEIGHTS)")
-    parser.add_argument("--upsampler-weights",
-                        help="SimFeatUp checkpoint path, 'simfeatup' or 'none' (SEGEARTH_UPSAMPLER_WEIGHTS)")
+    parser.add_argument("--model", help="model preset (see `segearth-backend models`), open_clip model name or "
+                        "JSON config path (SEGEARTH_MODEL; default clip-vit-b16)")
+    parser.add_argument("--clip-weights", help="'auto' (the preset's), pretrained tag or checkpoint path "
+                        "(SEGEARTH_CLIP_WEIGHTS)")
+    parser.add_argument("--upsampler-weights", help="'auto' (SimFeatUp when it fits the model), 'simfeatup', "
+                        "a SimFeatUp checkpoint path or 'none' (SEGEARTH_UPSAMPLER_WEIGHTS)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (SEGEARTH_DEVICE)")
     parser.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -56,6 +58,26 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_weights(args: argparse.Namespace) -> int:
+    from .weights_check import describe_missing, missing_weights
+
+    missing = missing_weights(_engine_config(args))
+    print(describe_missing(missing) if missing else "All weight files are present.")
+    return 3 if missing else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import default_cache_dir
+    from .model_listing import format_models, model_status
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    rows = model_status(cache)
+    print(json.dumps(rows, indent=2) if args.json else format_models(rows))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +97,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     check = commands.add_parser("check-weights", help="list missing weight files and where to put them "
                                 "(exit code 3 when some are missing)")
     _engine_arguments(check)
+    models = commands.add_parser("models", help="list the model presets, which are installed and where the "
+                                 "missing weights go")
+    models.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -84,13 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "check-weights":
-        from .weights_check import describe_missing, missing_weights
-
-        missing = missing_weights(_engine_config(args))
-        print(describe_missing(missing) if missing else "All weight files are present.")
-        return 3 if missing else 0
+    if args.command == "models":
+        return _models(args)
     try:
+        if args.command == "check-weights":
+            return _check_weights(args)
         return _serve(args) if args.command == "serve" else _info(args)
     except SegEarthError as error:
         print(f"error: {error}", file=sys.stderr)
