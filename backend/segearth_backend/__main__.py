@@ -1,4 +1,4 @@
-"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``models`` / ``bench``."""
+"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``models`` / ``eval`` / ``bench``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,33 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .benchmarks import find_benchmark
+    from .evaluation.run import benchmark_predictor, evaluate, format_result
+    from .segmenter import load_segmenter
+
+    preset = find_benchmark(args.dataset)
+    segmenter = load_segmenter(config=_engine_config(args))
+
+    def progress(items, total):  # type: ignore[no-untyped-def]
+        from tqdm import tqdm
+
+        return tqdm(items, total=total, desc=preset.name, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+    result = evaluate(preset, Path(args.root).expanduser(), benchmark_predictor(segmenter, preset), limit=args.limit,
+                      ann_file=Path(args.ann_file).expanduser() if args.ann_file else None, progress=progress)
+    print(format_result(result))
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = result.to_json({"model": segmenter.describe(), "root": str(Path(args.root).expanduser())})
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report: {out}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +129,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     models.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    evaluation = commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' protocol, "
+                                     "mmseg's mIoU)")
+    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
+                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
+                            "massachusetts, spacenet, wbs_si")
+    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
+                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluation.add_argument("--ann-file", help="split file (WBS-SI: the authors' wbs-si_val.txt; default "
+                            "<root>/wbs-si_val.txt)")
+    evaluation.add_argument("--out", help="write the JSON report here")
+    _engine_arguments(evaluation)
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -116,6 +155,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "check-weights":
             return _check_weights(args)
+        if args.command == "eval":
+            return _eval(args)
         return _serve(args) if args.command == "serve" else _info(args)
     except SegEarthError as error:
         print(f"error: {error}", file=sys.stderr)
