@@ -52,3 +52,7 @@ class BackendError(Exception):
 
 class BackendStartError(BackendError):
     """A local backend process did not start."""
+
+
+class AccuracyError(InputError):
+    """An accuracy assessment cannot run as asked (unmatched classes, bad mapping, no overlap)."""

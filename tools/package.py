@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "segearth_qgis"
-INCLUDE = ("*.py", "metadata.txt", "icon.svg", "*.qml")
+INCLUDE = ("*.py", "metadata.txt", "icon.svg", "*.qml", "*.json")
 
 
 def plugin_files() -> list[Path]:

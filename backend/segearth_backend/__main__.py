@@ -1,4 +1,4 @@
-"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``bench``."""
+"""Command line: ``segearth-backend serve`` / ``info`` / ``check-weights`` / ``models`` / ``eval`` / ``bench``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="open_clip model name or JSON config path (SEGEARTH_MODEL)")
-    parser.add_argument("--clip-weights", help="pretrained tag or checkpoint path (SEGEARTH_CLIP_WEIGHTS)")
-    parser.add_argument("--upsampler-weights",
-                        help="SimFeatUp checkpoint path, 'simfeatup' or 'none' (SEGEARTH_UPSAMPLER_WEIGHTS)")
+    parser.add_argument("--model", help="model preset (see `segearth-backend models`), open_clip model name or "
+                        "JSON config path (SEGEARTH_MODEL; default clip-vit-b16)")
+    parser.add_argument("--clip-weights", help="'auto' (the preset's), pretrained tag or checkpoint path "
+                        "(SEGEARTH_CLIP_WEIGHTS)")
+    parser.add_argument("--upsampler-weights", help="'auto' (SimFeatUp when it fits the model), 'simfeatup', "
+                        "a SimFeatUp checkpoint path or 'none' (SEGEARTH_UPSAMPLER_WEIGHTS)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (SEGEARTH_DEVICE)")
     parser.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -56,6 +58,53 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_weights(args: argparse.Namespace) -> int:
+    from .weights_check import describe_missing, missing_weights
+
+    missing = missing_weights(_engine_config(args))
+    print(describe_missing(missing) if missing else "All weight files are present.")
+    return 3 if missing else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import default_cache_dir
+    from .model_listing import format_models, model_status
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    rows = model_status(cache)
+    print(json.dumps(rows, indent=2) if args.json else format_models(rows))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .benchmarks import find_benchmark
+    from .evaluation.run import benchmark_predictor, evaluate, format_result
+    from .segmenter import load_segmenter
+
+    preset = find_benchmark(args.dataset)
+    segmenter = load_segmenter(config=_engine_config(args))
+
+    def progress(items, total):  # type: ignore[no-untyped-def]
+        from tqdm import tqdm
+
+        return tqdm(items, total=total, desc=preset.name, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+    result = evaluate(preset, Path(args.root).expanduser(), benchmark_predictor(segmenter, preset), limit=args.limit,
+                      ann_file=Path(args.ann_file).expanduser() if args.ann_file else None, progress=progress)
+    print(format_result(result))
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = result.to_json({"model": segmenter.describe(), "root": str(Path(args.root).expanduser())})
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report: {out}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +124,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     check = commands.add_parser("check-weights", help="list missing weight files and where to put them "
                                 "(exit code 3 when some are missing)")
     _engine_arguments(check)
+    models = commands.add_parser("models", help="list the model presets, which are installed and where the "
+                                 "missing weights go")
+    models.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    evaluation = commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' protocol, "
+                                     "mmseg's mIoU)")
+    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
+                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
+                            "massachusetts, spacenet, wbs_si")
+    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
+                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluation.add_argument("--ann-file", help="split file (WBS-SI: the authors' wbs-si_val.txt; default "
+                            "<root>/wbs-si_val.txt)")
+    evaluation.add_argument("--out", help="write the JSON report here")
+    _engine_arguments(evaluation)
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -84,13 +150,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "check-weights":
-        from .weights_check import describe_missing, missing_weights
-
-        missing = missing_weights(_engine_config(args))
-        print(describe_missing(missing) if missing else "All weight files are present.")
-        return 3 if missing else 0
+    if args.command == "models":
+        return _models(args)
     try:
+        if args.command == "check-weights":
+            return _check_weights(args)
+        if args.command == "eval":
+            return _eval(args)
         return _serve(args) if args.command == "serve" else _info(args)
     except SegEarthError as error:
         print(f"error: {error}", file=sys.stderr)

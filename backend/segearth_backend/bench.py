@@ -25,6 +25,7 @@ import torch
 
 from .clip_loader import LoadedClip
 from .config import DEFAULT_MODEL
+from .presets import get_preset
 from .segmenter import Segmenter, load_segmenter
 from .upsampler import JBUOne
 
@@ -46,8 +47,9 @@ def random_segmenter(device: str, cache_dir: Path, batch_size: Optional[int]) ->
     import open_clip
 
     torch.manual_seed(0)
-    model = open_clip.create_model(DEFAULT_MODEL, pretrained=None).eval()
-    clip = LoadedClip(model, open_clip.get_tokenizer(DEFAULT_MODEL), DEFAULT_MODEL, "random (benchmark)")
+    architecture = get_preset(DEFAULT_MODEL).architecture
+    model = open_clip.create_model(architecture, pretrained=None).eval()
+    clip = LoadedClip(model, open_clip.get_tokenizer(architecture), architecture, "random (benchmark)")
     upsampler = JBUOne(int(model.visual.output_dim)).eval()
     return Segmenter(clip, upsampler, torch.device(device), cache_dir=cache_dir,
                      batch_size=batch_size, upsampler_source="random (benchmark)")

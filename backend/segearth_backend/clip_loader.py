@@ -78,8 +78,9 @@ def _check_model_name(name: str) -> None:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelConfigError(
-            f"Unknown model '{name}': give an open_clip model name (default "
-            f"ViT-B-16-quickgelu) or the path to an open_clip JSON config.{hint}"
+            f"Unknown model '{name}': give a model preset (default clip-vit-b16; "
+            f"`segearth-backend models` lists them), an open_clip model name or the path to an "
+            f"open_clip JSON config.{hint}"
         )
 
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
-DEFAULT_MODEL = "ViT-B-16-quickgelu"
-DEFAULT_CLIP_WEIGHTS = "openai"
-#: The authors' SimFeatUp checkpoint, downloaded into the cache on first use.
-DEFAULT_UPSAMPLER = "simfeatup"
+#: A model preset name (see :mod:`.presets`): OpenAI CLIP ViT-B/16.
+DEFAULT_MODEL = "clip-vit-b16"
+#: The preset's weights; ``openai`` for a plain open_clip model name.
+DEFAULT_CLIP_WEIGHTS = "auto"
+#: The authors' SimFeatUp checkpoint when it fits the model (512-d ViT-B/16), else bilinear.
+DEFAULT_UPSAMPLER = "auto"
 
 ENV_MODEL = "SEGEARTH_MODEL"
 ENV_CLIP_WEIGHTS = "SEGEARTH_CLIP_WEIGHTS"
@@ -43,11 +45,14 @@ class EngineConfig:
     """Everything needed to build a :class:`~segearth_backend.segmenter.Segmenter`.
 
     Attributes:
-        model: open_clip model name or path to an open_clip JSON config.
-        clip_weights: open_clip pretrained tag or path to a checkpoint file.
-        upsampler_weights: path to a SimFeatUp checkpoint, ``"simfeatup"``
-            (the authors' checkpoint, downloaded on first use) or ``"none"``
-            (bilinear upsampling, the paper's ablation baseline).
+        model: a model preset name (``clip-vit-b16``, see ``segearth-backend models``),
+            an open_clip model name, or the path to an open_clip JSON config.
+        clip_weights: ``"auto"`` (the preset's weights; ``openai`` for an open_clip
+            name), an open_clip pretrained tag, or the path to a checkpoint file.
+        upsampler_weights: ``"auto"`` (the authors' SimFeatUp checkpoint when it
+            fits the model, else bilinear), ``"simfeatup"`` (that checkpoint,
+            downloaded on first use), a path to a SimFeatUp checkpoint, or
+            ``"none"`` (bilinear upsampling, the paper's ablation baseline).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         cache_dir: downloads and the text-embedding cache.
         batch_size: windows per image-tower pass (None: 16).
@@ -63,6 +68,9 @@ class EngineConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        for name in ("model", "clip_weights", "upsampler_weights"):
+            if not str(getattr(self, name)).strip():
+                raise ValueError(f"{name} must not be empty (use 'auto' for the default)")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):

@@ -67,3 +67,15 @@ class DeviceError(SegEarthError):
     """The requested compute device is not available."""
 
     code = "device_unavailable"
+
+
+class UpsamplerMismatchError(ModelConfigError):
+    """The requested feature upsampler does not fit the CLIP model's features."""
+
+    code = "upsampler_mismatch"
+
+
+class DatasetError(SegEarthError, ValueError):
+    """A benchmark dataset is unknown, missing, or not laid out as its config expects."""
+
+    code = "bad_dataset"

@@ -18,6 +18,7 @@ from .clip_loader import LoadedClip, load_clip
 from .config import EngineConfig
 from .device import autocast, autocast_dtype, describe, resolve_device, synchronize
 from .inputs import check_background_index, check_image, check_lambda, check_threshold, check_valid_mask
+from .resolution import choose_upsampler, require_preset_file, resolve_model
 from .text import TextEmbedder
 from .upsampler import JBUOne, load_upsampler
 from .vision import image_features
@@ -141,13 +142,16 @@ class Segmenter:
 
     def __init__(self, clip: LoadedClip, upsampler: Optional[JBUOne], device: torch.device,
                  cache_dir: Optional[Path] = None, batch_size: Optional[int] = None,
-                 precision: str = "auto", upsampler_source: str = "none") -> None:
+                 precision: str = "auto", upsampler_source: str = "none", model_preset: Optional[str] = None,
+                 upsampler_reason: str = "") -> None:
         self.clip = clip
         self.device = device
         model = clip.model.to(device)
         self.visual: Any = model.visual
         self.upsampler = upsampler.to(device) if upsampler is not None else None
         self.upsampler_source = upsampler_source
+        self.model_preset = model_preset
+        self.upsampler_reason = upsampler_reason
         self.dtype = autocast_dtype(device, precision)
         self.batch_size = batch_size or 16
         self.patch = int(self.visual.conv1.kernel_size[0])
@@ -161,9 +165,13 @@ class Segmenter:
         """What is loaded where (for logs and the service's health answer)."""
         return {
             "model": self.clip.model_name,
+            "model_preset": self.model_preset,
             "clip_weights": self.clip.weights_source,
+            "feature_dim": self.feature_dim,
+            "patch_size": self.patch,
             "upsampler": "SimFeatUp (JBU-One)" if self.upsampler is not None else "bilinear",
             "upsampler_weights": self.upsampler_source,
+            "upsampler_reason": self.upsampler_reason,
             "device": describe(self.device),
             "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
             "batch_size": self.batch_size,
@@ -218,6 +226,35 @@ class Segmenter:
             probs_np = probs.float().cpu().numpy()
         timer.seconds["total"] = time.perf_counter() - start
         return Prediction(labels_np, probs_np, class_set, dict(timer.seconds))
+
+    @torch.inference_mode()
+    def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = -0.3,
+               valid: Optional[np.ndarray] = None) -> np.ndarray:
+        """Window-averaged logits of ``image`` before the decision (for evaluation).
+
+        The same sliding windows, features and CLS-bias term as :meth:`predict`,
+        stopped before the x50 softmax, the synonym max and the threshold.
+
+        Args:
+            image: ``H x W x 3`` uint8 RGB (row, column, channel).
+            classes: class lines (synonyms comma-separated); one row of logits per synonym.
+            bias_lambda: weight of the CLS-token bias term.
+            valid: optional ``H x W`` bool mask (False pixels are zeroed in normalised space).
+
+        Returns:
+            ``Q x H x W`` float32, ``Q`` = ``parse_classes(classes).num_queries``, queries in order.
+
+        Raises:
+            InputError (a ValueError): bad image, mask, class list or lambda.
+        """
+        image = check_image(image)
+        valid = check_valid_mask(valid, *image.shape[:2])
+        class_set = parse_classes(classes)
+        lam = check_lambda(bias_lambda)
+        timer = _Timer(self.device)
+        queries = self.text.embed(class_set.queries).float()
+        logits = self._image_logits(normalise(image, valid, self.device), queries, lam, timer)
+        return logits.float().cpu().numpy()
 
     def _batches(self, windows: list[Window]) -> Iterator[list[Window]]:
         for group in group_by_shape(windows).values():
@@ -283,24 +320,30 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     """Build a :class:`Segmenter`.
 
     Arguments left as None come from ``config`` when given, else from the
-    ``SEGEARTH_*`` environment variables, else the defaults
-    (``ViT-B-16-quickgelu``, ``openai``, the authors' SimFeatUp checkpoint,
-    ``auto`` device).
+    ``SEGEARTH_*`` environment variables, else the defaults (the
+    ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
+    checkpoint; ``auto`` device). ``model`` may be a preset name
+    (:mod:`.presets`); :mod:`.resolution` decides weights and upsampler.
 
     Raises:
-        ModelConfigError, WeightsNotFoundError, CheckpointError, DeviceError.
+        ModelConfigError (UpsamplerMismatchError: an upsampler that cannot fit the model),
+        WeightsNotFoundError, CheckpointError, DeviceError.
     """
     if config is None:
         config = EngineConfig.from_env(model=model, clip_weights=clip_weights,
                                        upsampler_weights=upsampler_weights, device=device,
                                        cache_dir=cache_dir, batch_size=batch_size, precision=precision)
     torch_device = resolve_device(config.device)
-    clip = load_clip(config.model, config.clip_weights, config.cache_dir)
-    upsampler_path = resolve_upsampler_weights(config.upsampler_weights, config.cache_dir)
+    resolved = resolve_model(config)
+    require_preset_file(resolved)
+    clip = load_clip(resolved.model, resolved.clip_weights, config.cache_dir)
     feature_dim = int(clip.model.visual.output_dim)
+    choice = choose_upsampler(config.upsampler_weights, feature_dim, int(clip.model.visual.conv1.kernel_size[0]),
+                              resolved.preset)
+    upsampler_path = resolve_upsampler_weights(choice.spec, config.cache_dir)
     upsampler = load_upsampler(upsampler_path, feature_dim) if upsampler_path is not None else None
-    if upsampler is None:
-        log.info("SimFeatUp disabled: features are upsampled bilinearly (the paper's ablation baseline)")
+    log.info("feature upsampling: %s", choice.reason)
     return Segmenter(clip, upsampler, torch_device, cache_dir=config.cache_dir,
                      batch_size=config.batch_size, precision=config.precision,
+                     model_preset=resolved.preset.name if resolved.preset else None, upsampler_reason=choice.reason,
                      upsampler_source=str(upsampler_path) if upsampler_path else "none")

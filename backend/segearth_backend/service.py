@@ -6,6 +6,7 @@ Endpoints (protocol version 1; see the README):
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
 - ``POST /classes/embed``: JSON ``{"classes": [...]}``: pre-computes embeddings.
+- ``GET /models`` (no token): the model presets and which are installed here.
 
 Inference runs on one worker thread (requests queue), so concurrent clients
 cannot exhaust device memory while ``/health`` keeps answering.
@@ -257,6 +258,14 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
         return JSONResponse({"classes": class_set.num_classes, "queries": class_set.num_queries,
                              "seconds": round(time.perf_counter() - start, 3)})
 
+    async def models(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        from .model_listing import model_status
+
+        rows = await run_in_threadpool(model_status, settings.engine.cache_dir)
+        return JSONResponse({"presets": rows, "loaded": engine.info.get("model_preset")})
+
     async def api_error(request: Request, error: Exception) -> JSONResponse:
         api = cast(ApiError, error)
         return error_response(api.status, api.code, api.message)
@@ -288,7 +297,7 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
 
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]), Route("/segment", segment, methods=["POST"]),
-                Route("/classes/embed", embed, methods=["POST"])],
+                Route("/classes/embed", embed, methods=["POST"]), Route("/models", models, methods=["GET"])],
         exception_handlers={ApiError: api_error, InputError: input_error, HTTPException: http_error,
                             Exception: fault},
         lifespan=lifespan,

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import EngineConfig
+from .presets import SIMFEATUP
+from .resolution import ResolvedModel, choose_upsampler, model_shape, resolve_model
 from .weights import BILINEAR_TAGS, SIMFEATUP_TAGS, SIMFEATUP_URL, simfeatup_cache_path
 
 HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -19,45 +21,87 @@ class MissingWeight:
     where: str
 
 
-def _clip_missing(config: EngineConfig) -> Optional[MissingWeight]:
-    weights = Path(config.clip_weights).expanduser()
-    if weights.is_file():
-        return None
-    if weights.suffix or "/" in config.clip_weights:
-        return MissingWeight(f"CLIP weights file {weights}", "(your own checkpoint)", str(weights))
+def tag_download_url(model: str, tag: str) -> str:
+    """Where open_clip downloads the weights of ``model`` / ``tag`` from."""
     import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(config.model, config.clip_weights) or {}
+    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
     repo = str(cfg.get("hf_hub", "")).rstrip("/")
-    cache = config.cache_dir / "open_clip"
+    if repo:
+        return f"https://huggingface.co/{repo}/resolve/main/{HF_FILENAMES[1]}"
+    return str(cfg.get("url") or "(no download address known)")
+
+
+def tag_is_cached(model: str, tag: str, cache_dir: Path) -> bool:
+    """True when open_clip's download of ``model`` / ``tag`` is in ``<cache>/open_clip``."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+    repo = str(cfg.get("hf_hub", "")).rstrip("/")
+    cache = cache_dir / "open_clip"
     if repo:
         from huggingface_hub import try_to_load_from_cache
 
         for name in HF_FILENAMES:
             found = try_to_load_from_cache(repo, name, cache_dir=str(cache))
             if isinstance(found, str) and Path(found).is_file():
-                return None
-        url = f"https://huggingface.co/{repo}/resolve/main/{HF_FILENAMES[1]}"
-    else:
-        url = str(cfg.get("url", "(no download address known)"))
-    return MissingWeight(f"CLIP weights {config.model} / {config.clip_weights}", url,
+                return True
+        return False
+    url = str(cfg.get("url") or "")
+    return bool(url) and (cache / url.rsplit("/", 1)[-1]).is_file()
+
+
+def _clip_missing(resolved: ResolvedModel, cache_dir: Path) -> Optional[MissingWeight]:
+    weights = Path(resolved.clip_weights).expanduser()
+    if weights.is_file():
+        return None
+    preset = resolved.preset
+    if preset is not None and preset.weights_file is not None and str(weights).endswith(preset.weights_file):
+        note = f" ({preset.download_note})" if preset.download_note else ""
+        return MissingWeight(f"CLIP weights of preset {preset.name} ({preset.family}){note}",
+                             str(preset.weights_url), str(weights))
+    if weights.suffix or "/" in resolved.clip_weights:
+        return MissingWeight(f"CLIP weights file {weights}", "(your own checkpoint)", str(weights))
+    if tag_is_cached(resolved.model, resolved.clip_weights, cache_dir):
+        return None
+    url = tag_download_url(resolved.model, resolved.clip_weights)
+    return MissingWeight(f"CLIP weights {resolved.model} / {resolved.clip_weights}", url,
                          f"anywhere, then SEGEARTH_CLIP_WEIGHTS=/path/to/{url.rsplit('/', 1)[-1]}")
 
 
-def _simfeatup_missing(config: EngineConfig) -> Optional[MissingWeight]:
-    spec = config.upsampler_weights.strip()
-    if spec.lower() in BILINEAR_TAGS:
+def _upsampler_spec(config: EngineConfig, resolved: ResolvedModel) -> str:
+    """The upsampler ``config`` ends up with (``auto`` decided from the model's shape when known).
+
+    Raises:
+        UpsamplerMismatchError: an explicit upsampler that cannot fit the model.
+    """
+    shape = model_shape(config.model) or model_shape(resolved.model)
+    if shape is None:
+        return config.upsampler_weights
+    return choose_upsampler(config.upsampler_weights, *shape, preset=resolved.preset).spec
+
+
+def _simfeatup_missing(spec: str, cache_dir: Path) -> Optional[MissingWeight]:
+    spec = spec.strip()
+    if spec.lower() in BILINEAR_TAGS or spec.lower() == "auto":
         return None
-    if spec.lower() in SIMFEATUP_TAGS:
-        target = simfeatup_cache_path(config.cache_dir)
+    if spec.lower() in SIMFEATUP_TAGS or spec == SIMFEATUP:
+        target = simfeatup_cache_path(cache_dir)
         return None if target.is_file() else MissingWeight("SimFeatUp checkpoint", SIMFEATUP_URL, str(target))
     path = Path(spec).expanduser()
     return None if path.is_file() else MissingWeight(f"SimFeatUp checkpoint {path}", SIMFEATUP_URL, str(path))
 
 
 def missing_weights(config: EngineConfig) -> list[MissingWeight]:
-    """The weight files ``config`` needs that are not on this machine."""
-    return [item for item in (_clip_missing(config), _simfeatup_missing(config)) if item is not None]
+    """The weight files ``config`` needs that are not on this machine.
+
+    Raises:
+        UpsamplerMismatchError: the configured upsampler cannot fit the model.
+    """
+    resolved = resolve_model(config)
+    items = (_clip_missing(resolved, config.cache_dir),
+             _simfeatup_missing(_upsampler_spec(config, resolved), config.cache_dir))
+    return [item for item in items if item is not None]
 
 
 def describe_missing(items: list[MissingWeight]) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import colorsys
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ClassesError
 
@@ -12,23 +14,36 @@ RGBA = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Preset:
-    """A class list with the settings the paper used for it."""
+    """A class list with the settings the paper's config uses for it."""
 
     name: str
     classes: tuple[str, ...]
     threshold: float
     background_index: int = 0
+    bias_lambda: float = -0.3
+    key: str = ""
+    task: str = ""
 
 
-#: The class sets and thresholds SegEarth-OV uses on its benchmarks.
-PRESETS: tuple[Preset, ...] = (
-    Preset("OpenEarthMap", ("background", "bareland,barren", "grass", "pavement", "road", "tree,forest",
-                            "water,river", "cropland", "building,roof,house"), 0.1),
-    Preset("LoveDA", ("background", "building,roof,house", "road", "water", "barren", "forest", "agricultural"), 0.3),
-    Preset("Buildings", ("background", "building"), 0.6),
-    Preset("Roads", ("background", "road"), 0.7),
-    Preset("Water", ("background", "water"), 0.6),
-)
+#: The benchmark class sets: a copy of the backend's ``segearth_backend/data/benchmarks.json``
+#: (the one source, written from the authors' configs; a test keeps the copy identical).
+BENCHMARKS_FILE = Path(__file__).with_name("benchmarks.json")
+
+
+def load_presets(path: Path = BENCHMARKS_FILE) -> tuple[Preset, ...]:
+    """Every preset of the benchmark file, in its order (OpenEarthMap first)."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    return tuple(
+        Preset(name=str(raw["name"]), classes=tuple(str(c) for c in raw["classes"]),
+               threshold=float(raw["prob_threshold"]), background_index=int(raw["background_index"]),
+               bias_lambda=float(raw["bias_lambda"]), key=str(raw["key"]), task=str(raw["task"]))
+        for raw in document["presets"]
+    )
+
+
+#: The class sets, thresholds, background indices and lambdas SegEarth-OV uses on its 17
+#: benchmarks, plus generic building / road / water sets.
+PRESETS: tuple[Preset, ...] = load_presets()
 
 #: Canonical colours by keyword, checked against every synonym of a class.
 _KEYWORD_COLOURS: tuple[tuple[tuple[str, ...], RGBA], ...] = (

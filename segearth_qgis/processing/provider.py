@@ -7,6 +7,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .accuracy import AccuracyAlgorithm
 from .class_stats import ClassStatsAlgorithm
 from .segment import SegmentAlgorithm, SegmentVectorAlgorithm
 
@@ -25,5 +26,5 @@ class SegEarthProvider(QgsProcessingProvider):
         return QIcon(str(Path(__file__).resolve().parents[1] / "icon.svg"))
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        for algorithm in (SegmentAlgorithm(), SegmentVectorAlgorithm(), ClassStatsAlgorithm()):
+        for algorithm in (SegmentAlgorithm(), SegmentVectorAlgorithm(), ClassStatsAlgorithm(), AccuracyAlgorithm()):
             self.addAlgorithm(algorithm)

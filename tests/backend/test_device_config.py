@@ -40,8 +40,7 @@ def test_environment_then_overrides():
 
 def test_defaults_and_offline_flags():
     config = EngineConfig.from_env({"HOME": "/home/u", "XDG_CACHE_HOME": "/c"})
-    assert (config.model, config.clip_weights) == ("ViT-B-16-quickgelu", "openai")
-    assert config.upsampler_weights == "simfeatup"
+    assert (config.model, config.clip_weights, config.upsampler_weights) == ("clip-vit-b16", "auto", "auto")
     assert default_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/segearth-ov")
     assert offline({"SEGEARTH_OFFLINE": "1"}) and offline({"HF_HUB_OFFLINE": "true"}) and not offline({})
     with pytest.raises(ValueError, match="batch_size"):

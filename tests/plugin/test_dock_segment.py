@@ -154,7 +154,8 @@ def test_geographic_uint16_single_band(dock, tmp_path, tiny_segmenter):
     layer = load(write_geotiff(tmp_path / "geo.tif", image, 4326, geotransform), "geo16")
     dock.raster_box.set_layer(layer)
     assert dock.area_box.resolution_label.text() == "m (converted)"
-    assert dock.area_box.resolution_spin.value() == pytest.approx(0.00002 * 111320 * np.cos(np.radians(52.498)), rel=1e-3)
+    expected_metres = 0.00002 * 111320 * np.cos(np.radians(52.498))
+    assert dock.area_box.resolution_spin.value() == pytest.approx(expected_metres, rel=1e-3)
     task = run(dock, layer, tmp_path / "geo_out.tif")
     assert task.result is not None, task.error
     labels = check_output(tmp_path / "geo_out.tif", layer, "EPSG:4326", geotransform, (200, 240))

@@ -47,9 +47,9 @@ def run(algorithm, **parameters):
     return processing.run(f"segearth:{algorithm}", parameters)
 
 
-def test_provider_lists_three_algorithms_with_help(provider):
+def test_provider_lists_the_algorithms_with_help(provider):
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segearth:class_stats", "segearth:segment", "segearth:segment_vector"]
+    assert ids == ["segearth:accuracy", "segearth:class_stats", "segearth:segment", "segearth:segment_vector"]
     assert all(len(a.shortHelpString()) > 100 for a in provider.algorithms())
 
 
