@@ -81,7 +81,7 @@ def check_background_index(value: Any, num_classes: int) -> int:
 
 
 def check_lambda(value: Any) -> float:
-    """The CLS-bias weight lambda: a finite number (the paper uses -0.3)."""
+    """The global-bias lambda: a finite number (the paper uses -0.3)."""
     number = _finite(value, "bias_lambda")
     if abs(number) > 10:
         raise ParameterError(f"bias_lambda must be between -10 and 10 (the paper uses -0.3), got {number}.")

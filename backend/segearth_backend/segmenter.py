@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .clip_loader import LoadedClip, load_clip
 from .config import EngineConfig
+from .weights_check import fail_fast_if_unobtainable
 from .device import autocast, autocast_dtype, describe, resolve_device, synchronize
 from .inputs import check_background_index, check_image, check_lambda, check_threshold, check_valid_mask
 from .resolution import choose_upsampler, require_preset_file, resolve_model
@@ -196,7 +197,7 @@ class Segmenter:
             classes: class lines (synonyms comma-separated), or one string of lines.
             prob_threshold: pixels whose top probability is below it get ``background_index``.
             background_index: class index used below the threshold.
-            bias_lambda: weight of the CLS-token bias term (-0.3 in the paper; 0 disables it).
+            bias_lambda: weight of the global-bias subtraction (-0.3 in the paper; 0 disables it).
             valid: optional ``H x W`` bool mask; False pixels are zeroed in
                 normalised space and get label 255 and probability 0.
 
@@ -209,13 +210,13 @@ class Segmenter:
         class_set = parse_classes(classes)
         threshold = check_threshold(prob_threshold)
         background = check_background_index(background_index, class_set.num_classes)
-        lam = check_lambda(bias_lambda)
+        bias_lambda = check_lambda(bias_lambda)
 
         timer = _Timer(self.device)
         start = time.perf_counter()
         with timer.stage("text"):
             queries = self.text.embed(class_set.queries).float()
-        logits = self._image_logits(normalise(image, valid, self.device), queries, lam, timer)
+        logits = self._image_logits(normalise(image, valid, self.device), queries, bias_lambda, timer)
         with timer.stage("logits"):
             probs, labels = decide(logits, class_set, threshold, background)
             if valid is not None:
@@ -232,13 +233,13 @@ class Segmenter:
                valid: Optional[np.ndarray] = None) -> np.ndarray:
         """Window-averaged logits of ``image`` before the decision (for evaluation).
 
-        The same sliding windows, features and CLS-bias term as :meth:`predict`,
+        The same sliding windows, features and global-bias term as :meth:`predict`,
         stopped before the x50 softmax, the synonym max and the threshold.
 
         Args:
             image: ``H x W x 3`` uint8 RGB (row, column, channel).
             classes: class lines (synonyms comma-separated); one row of logits per synonym.
-            bias_lambda: weight of the CLS-token bias term.
+            bias_lambda: weight of the global-bias subtraction.
             valid: optional ``H x W`` bool mask (False pixels are zeroed in normalised space).
 
         Returns:
@@ -250,10 +251,10 @@ class Segmenter:
         image = check_image(image)
         valid = check_valid_mask(valid, *image.shape[:2])
         class_set = parse_classes(classes)
-        lam = check_lambda(bias_lambda)
+        bias_lambda = check_lambda(bias_lambda)
         timer = _Timer(self.device)
         queries = self.text.embed(class_set.queries).float()
-        logits = self._image_logits(normalise(image, valid, self.device), queries, lam, timer)
+        logits = self._image_logits(normalise(image, valid, self.device), queries, bias_lambda, timer)
         return logits.float().cpu().numpy()
 
     def _batches(self, windows: list[Window]) -> Iterator[list[Window]]:
@@ -261,7 +262,7 @@ class Segmenter:
             for start in range(0, len(group), self.batch_size):
                 yield group[start:start + self.batch_size]
 
-    def _image_logits(self, image: torch.Tensor, queries: torch.Tensor, lam: float,
+    def _image_logits(self, image: torch.Tensor, queries: torch.Tensor, bias_lambda: float,
                       timer: _Timer) -> torch.Tensor:
         """Window-averaged logits ``Q x H x W`` for a normalised ``1 x 3 x H x W`` image."""
         height, width = image.shape[-2:]
@@ -274,7 +275,7 @@ class Segmenter:
                 F.pad(image[:, :, w.y0:w.y1, w.x0:w.x1], (w.pad.left, w.pad.right, w.pad.top, w.pad.bottom))
                 for w in batch
             ])
-            logits = self._window_logits(crops, queries, lam, timer)
+            logits = self._window_logits(crops, queries, bias_lambda, timer)
             with timer.stage("logits"):
                 for w, window_logits in zip(batch, logits):
                     total[:, w.y0:w.y1, w.x0:w.x1] += window_logits[
@@ -282,13 +283,13 @@ class Segmenter:
                     count[:, w.y0:w.y1, w.x0:w.x1] += 1
         return total / count
 
-    def _window_logits(self, crops: torch.Tensor, queries: torch.Tensor, lam: float,
+    def _window_logits(self, crops: torch.Tensor, queries: torch.Tensor, bias_lambda: float,
                        timer: _Timer) -> torch.Tensor:
         """Logits ``B x Q x H x W`` for ``B`` normalised windows ``B x 3 x H x W``."""
         with timer.stage("image_tower"), autocast(self.device, self.dtype):
             cls, patches = image_features(self.visual, crops)
         cls, patches = cls.float(), patches.float()
-        bias = lam * F.normalize(cls, dim=-1) @ queries.T  # B x Q
+        bias = bias_lambda * F.normalize(cls, dim=-1) @ queries.T  # B x Q
         if self.upsampler is None:
             with timer.stage("logits"):
                 low = torch.einsum("bdhw,qd->bqhw", F.normalize(patches, dim=1), queries)
@@ -319,7 +320,7 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                    precision: Optional[str] = None, config: Optional[EngineConfig] = None) -> Segmenter:
     """Build a :class:`Segmenter`.
 
-    Arguments left as None come from ``config`` when given, else from the
+    Arguments given win; those left as None come from ``config`` when given, else from the
     ``SEGEARTH_*`` environment variables, else the defaults (the
     ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
     checkpoint; ``auto`` device). ``model`` may be a preset name
@@ -329,11 +330,15 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
         ModelConfigError (UpsamplerMismatchError: an upsampler that cannot fit the model),
         WeightsNotFoundError, CheckpointError, DeviceError.
     """
+    explicit = {"model": model, "clip_weights": clip_weights, "upsampler_weights": upsampler_weights,
+                "device": device, "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
+                "batch_size": batch_size, "precision": precision}
     if config is None:
-        config = EngineConfig.from_env(model=model, clip_weights=clip_weights,
-                                       upsampler_weights=upsampler_weights, device=device,
-                                       cache_dir=cache_dir, batch_size=batch_size, precision=precision)
+        config = EngineConfig.from_env(**explicit)
+    else:  # explicit arguments win over the given configuration, as documented
+        config = replace(config, **{key: value for key, value in explicit.items() if value is not None})
     torch_device = resolve_device(config.device)
+    fail_fast_if_unobtainable(config)
     resolved = resolve_model(config)
     require_preset_file(resolved)
     clip = load_clip(resolved.model, resolved.clip_weights, config.cache_dir)

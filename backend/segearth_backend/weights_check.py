@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
+from urllib.parse import urlparse
 
-from .config import EngineConfig
+from .config import EngineConfig, offline
 from .presets import SIMFEATUP
 from .resolution import ResolvedModel, choose_upsampler, model_shape, resolve_model
 from .weights import BILINEAR_TAGS, SIMFEATUP_TAGS, SIMFEATUP_URL, simfeatup_cache_path
@@ -109,3 +111,48 @@ def describe_missing(items: list[MissingWeight]) -> str:
     for item in items:
         lines.append(f"  - {item.what}\n      download: {item.url}\n      put it:   {item.where}")
     return "\n".join(lines)
+
+
+#: One short connection attempt per host decides whether downloads are worth trying.
+PROBE_TIMEOUT = 3.0
+
+
+def hosts_reachable(urls: Iterable[str], timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when a TCP connection to each URL's host opens within ``timeout`` seconds (no retries)."""
+    hosts = {(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+             for parsed in (urlparse(url) for url in urls) if parsed.hostname}
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            return False
+    return True
+
+
+def fail_fast_if_unobtainable(config: EngineConfig) -> None:
+    """Raise at once, naming every missing file, when some are missing and cannot be downloaded now.
+
+    Offline mode (``SEGEARTH_OFFLINE`` / ``HF_HUB_OFFLINE``) or an unreachable
+    download host means downloads would only fail after minutes of retries.
+
+    Raises:
+        WeightsNotFoundError: the list of missing files with where to get them and where to put them.
+    """
+    missing = missing_weights(config)
+    if not missing:
+        return
+    downloadable = [item.url for item in missing if item.url.startswith(("http://", "https://"))]
+    reason = None
+    if offline():
+        reason = "downloads are switched off (offline mode: SEGEARTH_OFFLINE or HF_HUB_OFFLINE)"
+    elif len(downloadable) < len(missing):
+        reason = "some of them cannot be downloaded automatically"
+    elif not hosts_reachable(downloadable):
+        reason = "the download servers cannot be reached (no internet connection?)"
+    if reason is not None:
+        from .errors import WeightsNotFoundError
+
+        raise WeightsNotFoundError(
+            f"{describe_missing(missing)}\nThey cannot be fetched now: {reason}. Give the files' paths as the CLIP "
+            "weights and upsampler weights (in QGIS: SegEarth-OV panel, Backend, Weights…; on the command line: "
+            "--clip-weights / --upsampler-weights or SEGEARTH_CLIP_WEIGHTS / SEGEARTH_UPSAMPLER_WEIGHTS).")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,11 +27,35 @@ def test_info_prints_what_was_loaded(tiny_paths, tmp_path):
     assert info["model"] == "tiny-clip" and info["upsampler"] == "SimFeatUp (JBU-One)"
 
 
-def test_missing_weights_is_one_clear_line(tmp_path):
-    result = run("info", "--upsampler-weights", "none", "--cache-dir", str(tmp_path),
-                 env_extra={"HF_HUB_OFFLINE": "1"})
+def test_missing_weights_offline_fail_at_once_naming_every_file(tmp_path):
+    start = time.monotonic()
+    result = run("info", "--cache-dir", str(tmp_path), "--device", "cpu", env_extra={"SEGEARTH_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert time.monotonic() - start < 60  # no download retries (they took 50 s before)
+    assert "These weight files are missing" in result.stderr and "offline mode" in result.stderr
+    assert "open_clip_pytorch_model.bin" in result.stderr  # the CLIP weights, with where to get them
+    assert str(tmp_path / "simfeatup" / "xclip_jbu_one_million_aid.ckpt") in result.stderr  # and where it goes
+    assert "--clip-weights" in result.stderr and "Weights" in result.stderr
+
+
+def test_missing_weight_files_are_all_named(tmp_path):
+    result = run("info", "--clip-weights", str(tmp_path / "clip.pt"), "--upsampler-weights",
+                 str(tmp_path / "up.ckpt"), "--cache-dir", str(tmp_path), "--device", "cpu")
     assert result.returncode == 2
-    assert "error: The CLIP weights 'openai'" in result.stderr and "Traceback" not in result.stderr
+    assert str(tmp_path / "clip.pt") in result.stderr and str(tmp_path / "up.ckpt") in result.stderr
+
+
+def test_unreachable_download_servers_fail_fast(tmp_path):
+    """Without the offline flag, one short probe (not minutes of retries) finds that nothing can be downloaded."""
+    from segearth_backend.weights_check import hosts_reachable
+
+    if hosts_reachable(["https://huggingface.co", "https://github.com"]):
+        pytest.skip("this machine can reach the download servers (the download would really start)")
+    start = time.monotonic()
+    env = {"SEGEARTH_OFFLINE": "", "HF_HUB_OFFLINE": ""}
+    result = run("info", "--cache-dir", str(tmp_path), "--device", "cpu", env_extra=env)
+    assert result.returncode == 2 and "cannot be reached" in result.stderr
+    assert time.monotonic() - start < 60
 
 
 @pytest.mark.slow

@@ -21,8 +21,7 @@ from segearth_backend.resolution import choose_upsampler, model_shape, resolve_m
 from segearth_backend.segmenter import normalise
 from segearth_backend.vision import image_features
 from segearth_backend.weights_check import missing_weights
-from tests.backend.helpers import TEST_TOKEN, launch_server
-from tests.backend.helpers import SHAPES, write_tiny_clip
+from tests.backend.helpers import SHAPES, TEST_TOKEN, launch_server, write_tiny_clip
 
 CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
 

@@ -412,3 +412,64 @@ def test_virtual_raster_provider_end_to_end(dock, tmp_path):
     assert task.result is not None, task.error
     labels = gdal.Open(str(tmp_path / "virtual_out.tif")).ReadAsArray()
     assert labels.shape == (80, 90) and (labels < 5).all()
+
+
+def test_results_are_named_translucent_and_report_their_class_shares(dock, tmp_path, messages):
+    from segearth_qgis.styling import GROUP_NAME
+
+    layer = load(write_geotiff(tmp_path / "named.tif", smooth_image(120, 130), 32633, UTM), "named")
+    prepare(dock, layer, tmp_path / "named_out.tif", classes="background\nroad\nwater\ntree, forest")
+    dock.options_box.probabilities_check.setChecked(True)
+    task = dock.segment()
+    wait_until(lambda: dock.task is None)
+    dock.options_box.probabilities_check.setChecked(False)
+    assert task.result is not None, task.error
+    group = QgsProject.instance().layerTreeRoot().findGroup(GROUP_NAME)
+    assert group.isExpanded()
+    nodes = [n for n in group.findLayers() if n.layer().name().startswith("named — ")]
+    result = next(n for n in nodes if not n.layer().name().endswith("probabilities"))
+    name = result.layer().name()
+    assert "background, road, water +1" in name and "whole layer" in name and name.count(":") == 2  # HH:MM:SS
+    assert result.layer().renderer().opacity() == pytest.approx(0.6)
+    probabilities = next(n for n in nodes if n.layer().name().endswith("probabilities"))
+    assert not probabilities.itemVisibilityChecked() and probabilities.layer().bandCount() == 4
+    success = " ".join(messages.get_messages(Qgis.Success))
+    assert "Segmented 0.02 MP in" in success and "%" in success and "Probabilities: named_out_probabilities.tif" in success
+    import re
+
+    shares = re.findall(r"(background|road|water|tree, forest) (\d+)%", success)
+    assert shares and 95 <= sum(int(share) for _, share in shares) <= 102  # rounded shares of the valid pixels
+    assert (tmp_path / "named_out.qml").is_file()  # the dock writes the style beside its result too
+
+
+def test_a_result_that_is_all_background_says_why(dock, tmp_path, messages):
+    layer = load(write_geotiff(tmp_path / "empty.tif", smooth_image(80, 80), 32633, UTM), "empty")
+    task = run(dock, layer, tmp_path / "empty_out.tif", threshold=1.0, background=0)
+    assert task.result is not None
+    warning = " ".join(messages.get_messages(Qgis.Warning))
+    assert "the whole area is 'background'" in warning and "threshold 1" in warning and "lower it" in warning
+    assert not messages.get_messages(Qgis.Success)
+
+
+def test_unnamed_results_go_to_the_results_folder(dock, tmp_path):
+    folder = tmp_path / "my results"
+    settings.OUTPUT_FOLDER.save(str(folder))
+    dock.options_box.restore()
+    layer = load(write_geotiff(tmp_path / "unnamed.tif", smooth_image(50, 50), 32633, UTM), "unnamed")
+    task = run(dock, layer, None)
+    assert task.result is not None and task.result.output_path == folder / "unnamed_segearth_1.tif"
+    assert task.result.output_path.is_file()
+
+
+def test_progress_says_which_block_and_how_long(dock, tmp_path):
+    layer = load(write_geotiff(tmp_path / "steps.tif", smooth_image(600, 600), 32633, UTM), "steps")
+    seen = []
+    dock.runner.progress.connect(lambda value, text: seen.append(text))
+    settings.save("block_size", 336)
+    try:
+        task = run(dock, layer, tmp_path / "steps_out.tif")
+    finally:
+        settings.save("block_size", 1024)
+    assert task.result is not None and task.blocks == 9
+    assert any(text.startswith("block 2 of 9 · ") and "elapsed" in text and "left" in text for text in seen), seen
+    assert dock.run_box.progress_label.text().startswith("done in")
