@@ -29,8 +29,13 @@ plugin: $(STAMP) ## link segearth_qgis into $(QGIS_PLUGIN_DIR) and enable it (QG
 	mkdir -p "$(QGIS_PLUGIN_DIR)"
 	ln -sfn "$(CURDIR)/segearth_qgis" "$(QGIS_PLUGIN_DIR)/segearth_qgis"
 	echo "$(CURDIR)/$(PY)" > segearth_qgis/backend_python.txt
-	if [ -n "$(QGIS_PROCESS)" ]; then QT_QPA_PLATFORM=offscreen "$(QGIS_PROCESS)" plugins enable segearth_qgis \
-		> /dev/null 2>&1 || echo "note: could not enable the plugin with qgis_process; enable it in QGIS"; fi
+	@if [ -z "$(QGIS_PROCESS)" ]; then \
+		echo "plugin linked; qgis_process not found: enable SegEarth-OV in QGIS (Plugins > Manage and Install Plugins)"; \
+	elif QT_QPA_PLATFORM=offscreen "$(QGIS_PROCESS)" plugins 2>/dev/null | grep -q '^\* segearth_qgis$$'; then \
+		echo "plugin linked; it was already enabled"; \
+	elif QT_QPA_PLATFORM=offscreen "$(QGIS_PROCESS)" plugins enable segearth_qgis > /dev/null 2>&1; then \
+		echo "plugin linked and enabled"; \
+	else echo "plugin linked; qgis_process could not enable it: enable SegEarth-OV in QGIS (Plugins > Manage and Install Plugins)"; fi
 
 test: $(STAMP) ## the whole test suite (backend and plugin), in random order; QGIS in a throwaway profile
 	$(PY) -m pytest
@@ -45,9 +50,9 @@ coverage: $(STAMP) ## the test suite under coverage (backend processes and task 
 bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
 
-lint: install ## ruff on everything, mypy on the backend
+lint: $(STAMP) ## ruff on everything, mypy on both packages (Python 3.9 rules: the minimum, see mypy.ini)
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources
-	$(PY) -m mypy backend/segearth_backend
+	$(PY) -m mypy segearth_qgis backend/segearth_backend
 
 demo: install ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
 	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --out demo_out

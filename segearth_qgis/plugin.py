@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -11,6 +11,9 @@ from qgis.PyQt.QtWidgets import QToolBar
 
 from .dock import SegEarthDock
 from .qt_compat import QAction
+
+if TYPE_CHECKING:
+    from .result_style import ResultStyleHook
 
 MENU = "SegEarth-OV"
 ICON = Path(__file__).with_name("icon.svg")
@@ -23,8 +26,14 @@ class SegEarthPlugin:
         self.toolbar: Optional[QToolBar] = None
         self.dock: Optional[SegEarthDock] = None
         self.provider: Optional[Any] = None
+        self.style_hook: Optional[ResultStyleHook] = None
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name (also called by qgis_process)
+        if self.style_hook is None:
+            from .result_style import ResultStyleHook
+
+            self.style_hook = ResultStyleHook()
+            self.style_hook.connect()
         if self.provider is None:
             from qgis.core import QgsApplication
 
@@ -52,6 +61,9 @@ class SegEarthPlugin:
         self.iface.registerMainWindowAction(self.action, "")
 
     def unload(self) -> None:
+        if self.style_hook is not None:
+            self.style_hook.disconnect()
+            self.style_hook = None
         if self.provider is not None:
             from qgis.core import QgsApplication
 

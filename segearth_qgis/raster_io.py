@@ -189,6 +189,8 @@ class LabelWriter(GeoTiffWriter):
         band.SetCategoryNames(list(names))
         band.SetDescription("class")
         self.dataset.SetMetadataItem("SEGEARTH_CLASSES", json.dumps(list(names)))
+        # RGBA: a GeoTIFF colour table keeps no alpha, and the background class is transparent.
+        self.dataset.SetMetadataItem("SEGEARTH_COLOURS", json.dumps([list(colour) for colour in colours]))
         self.dataset.SetMetadataItem("SEGEARTH_SOFTWARE", "SegEarth-OV for QGIS")
 
     def write(self, labels: np.ndarray, row: int, col: int) -> None:

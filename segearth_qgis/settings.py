@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from qgis.core import QgsSettings
 
@@ -36,8 +36,8 @@ class Setting(Generic[T]):
         kind = type(self.default)
         try:
             if kind is bool:
-                return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
-            return kind(value)
+                return cast(T, value if isinstance(value, bool) else str(value).lower() in ("true", "1"))
+            return cast(T, kind(value))
         except (TypeError, ValueError):
             return self.default
 

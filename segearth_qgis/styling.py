@@ -17,7 +17,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 GROUP_NAME = "SegEarth-OV"
-#: Results are drawn over the imagery they describe: the imagery stays readable beneath.
+#: Opacity of a class raster shown over its image (0-1): the image stays visible beneath the classes.
 RESULT_OPACITY = 0.6
 
 
@@ -38,8 +38,7 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     layer = QgsRasterLayer(path, name, "gdal")
     if not layer.isValid():
         raise OSError(f"QGIS cannot open the result {path}")
-    apply_class_style(layer, names, colours)
-    layer.renderer().setOpacity(RESULT_OPACITY)
+    style_result_layer(layer, names, colours)
     root = project.layerTreeRoot()
     group = root.findGroup(GROUP_NAME)
     if not isinstance(group, QgsLayerTreeGroup):
@@ -60,7 +59,7 @@ def write_class_style(geotiff: Path, qml: Path, names: Sequence[str],
     layer = QgsRasterLayer(str(geotiff), "style", "gdal")
     if not layer.isValid():
         raise OSError(f"QGIS cannot open {geotiff.name} to style it")
-    apply_class_style(layer, names, colours)
+    style_result_layer(layer, names, colours)
     message, ok = layer.saveNamedStyle(str(qml))
     if not ok:
         raise OSError(f"could not write the style {qml.name}: {message}")
@@ -74,3 +73,30 @@ def class_vector_renderer(names: Sequence[str], colours: Sequence[tuple[int, int
         symbol = QgsFillSymbol.createSimple({"color": ",".join(map(str, colour)), "outline_style": "no"})
         categories.append(QgsRendererCategory(name, symbol, name))
     return QgsCategorizedSymbolRenderer(field, categories)
+
+
+def style_result_layer(layer: QgsRasterLayer, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
+                       opacity: float = RESULT_OPACITY) -> None:
+    """How a class raster is shown: :func:`apply_class_style` and ``opacity`` (0-1).
+
+    Values outside the classes (nodata, 255) get no palette entry and stay transparent.
+    """
+    apply_class_style(layer, names, colours)
+    layer.setOpacity(opacity)
+
+
+def has_default_palette(layer: QgsRasterLayer) -> bool:
+    """Whether ``layer`` shows the palette QGIS makes from band 1's colour table (nobody styled it).
+
+    That is the renderer of a paletted GeoTIFF loaded without a style: one
+    entry per colour-table entry (256 for a byte raster), with the file's
+    colours (alpha lost: GeoTIFF colour tables have none) and labels.
+    """
+    renderer = layer.renderer()
+    provider = layer.dataProvider()
+    if not isinstance(renderer, QgsPalettedRasterRenderer) or provider is None or renderer.band() != 1:
+        return False
+    expected = QgsPalettedRasterRenderer.colorTableToClassData(provider.colorTable(1))
+    current = renderer.classes()
+    return len(current) == len(expected) > 0 and all(
+        a.value == b.value and a.color == b.color and a.label == b.label for a, b in zip(current, expected))

@@ -72,22 +72,6 @@ def run_algorithm(binary: str, algorithm: str, parameters: dict[str, str], env: 
     return json.loads(result.stdout[result.stdout.index("{"):])["results"]
 
 
-def style_polygons(gpkg: Path, raster: Path) -> Path:
-    """A categorized QML for the polygons, with the raster's class names and colours."""
-    from qgis.core import QgsRasterLayer, QgsVectorLayer
-
-    from segearth_qgis.styling import class_vector_renderer
-
-    classes_layer = QgsRasterLayer(str(raster), "classes")  # must outlive its renderer's use
-    palette = classes_layer.renderer().classes()
-    layer = QgsVectorLayer(str(gpkg), "polygons", "ogr")
-    colours = [(c.color.red(), c.color.green(), c.color.blue(), max(c.color.alpha(), 90)) for c in palette]
-    layer.setRenderer(class_vector_renderer([c.label for c in palette], colours))
-    qml = gpkg.with_suffix(".qml")
-    layer.saveNamedStyle(str(qml))
-    return qml
-
-
 def preview(image: Path, raster: Path, target: Path) -> Path:
     """The result over the image at 60 % opacity, with a legend on the right."""
     from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer
@@ -151,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = "\n".join(OEM_CLASSES)
     raster = args.out / f"{image.stem}_segearth.tif"
     gpkg = args.out / f"{image.stem}_polygons.gpkg"
-    for stale in (raster, gpkg):
+    for stale in (raster, gpkg, raster.with_suffix(".qml"), gpkg.with_suffix(".qml")):
         if stale.exists():
             stale.unlink()
     run_algorithm(binary, "segearth:segment", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
@@ -164,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     app = QgsApplication([], False)
     app.initQgis()
     sys.path.insert(0, str(ROOT))
-    style_polygons(gpkg, raster)
     picture = preview(image, raster, args.out / "preview.png")
     say(f"wrote {raster.name} (+ .qml), {gpkg.name} (+ .qml) and {picture.name} in {args.out}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,6 @@ import torch.nn.functional as F
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .clip_loader import LoadedClip, load_clip
 from .config import EngineConfig
-from .weights_check import fail_fast_if_unobtainable
 from .device import autocast, autocast_dtype, describe, resolve_device, synchronize
 from .inputs import check_background_index, check_image, check_lambda, check_threshold, check_valid_mask
 from .resolution import choose_upsampler, require_preset_file, resolve_model
@@ -24,6 +24,7 @@ from .text import TextEmbedder
 from .upsampler import JBUOne, load_upsampler
 from .vision import image_features
 from .weights import resolve_upsampler_weights
+from .weights_check import fail_fast_if_unobtainable
 from .windows import Window, group_by_shape, window_grid
 
 log = logging.getLogger(__name__)
@@ -330,11 +331,11 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
         ModelConfigError (UpsamplerMismatchError: an upsampler that cannot fit the model),
         WeightsNotFoundError, CheckpointError, DeviceError.
     """
-    explicit = {"model": model, "clip_weights": clip_weights, "upsampler_weights": upsampler_weights,
+    explicit: dict[str, Any] = {"model": model, "clip_weights": clip_weights, "upsampler_weights": upsampler_weights,
                 "device": device, "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
                 "batch_size": batch_size, "precision": precision}
     if config is None:
-        config = EngineConfig.from_env(**explicit)
+        config = EngineConfig.from_env(os.environ, **explicit)
     else:  # explicit arguments win over the given configuration, as documented
         config = replace(config, **{key: value for key, value in explicit.items() if value is not None})
     torch_device = resolve_device(config.device)

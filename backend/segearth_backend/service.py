@@ -279,7 +279,8 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
         return error_response(http.status_code, "http_error", str(http.detail))
 
     async def fault(request: Request, error: Exception) -> JSONResponse:
-        log.error("internal error on %s:\n%s", request.url.path, "".join(traceback.format_exception(error)))
+        log.error("internal error on %s:\n%s", request.url.path,
+                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
         return error_response(500, "internal_error", f"The backend failed: {type(error).__name__}: {error}. "
                               "The backend log has the details; the backend keeps running.")
 

@@ -143,10 +143,10 @@ def fail_fast_if_unobtainable(config: EngineConfig) -> None:
         return
     downloadable = [item.url for item in missing if item.url.startswith(("http://", "https://"))]
     reason = None
-    if offline():
+    if len(downloadable) < len(missing):
+        reason = "a file given by its path does not exist (check the path)"
+    elif offline():
         reason = "downloads are switched off (offline mode: SEGEARTH_OFFLINE or HF_HUB_OFFLINE)"
-    elif len(downloadable) < len(missing):
-        reason = "some of them cannot be downloaded automatically"
     elif not hosts_reachable(downloadable):
         reason = "the download servers cannot be reached (no internet connection?)"
     if reason is not None:

@@ -53,19 +53,19 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         return "Accuracy assessment"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("<p>Compares a class raster (SegEarth-OV's, or any single-band class raster) with a reference: a "
-                "<b>reference raster</b> (resampled onto the class raster's grid by nearest neighbour; its nodata "
-                "is left out) or <b>reference polygons</b> with a <b>class field</b> (burnt in at every pixel "
-                "whose centre they cover; pixels outside them are left out).</p>"
-                "<p>Reference classes are matched to the classification's classes by name (the class raster's "
+        return ("Compares a class raster (SegEarth-OV's, or any single-band class raster) with a reference: a "
+                "reference raster (resampled onto the class raster's grid by nearest neighbour; its nodata "
+                "is left out) or reference polygons with a class field (burnt in at every pixel "
+                "whose centre they cover; pixels outside them are left out).\n\n"
+                "Reference classes are matched to the classification's classes by name (the class raster's "
                 "category names or SEGEARTH_CLASSES, any synonym; the reference raster's category names or the "
-                "field's text values), or by equal code when the reference has no names. The <b>class mapping</b> "
-                "overrides that, one <i>reference=classification</i> line per class, codes or names "
-                "(<i>3=building</i>, <i>low vegetation=tree</i>); <i>reference=ignore</i> leaves a class out.</p>"
-                "<p>Outputs: the confusion matrix (one row per class: reference class; columns pred_0, pred_1, ... "
+                "field's text values), or by equal code when the reference has no names. The class mapping "
+                "overrides that, one reference=classification line per class, codes or names "
+                "(3=building, low vegetation=tree); reference=ignore leaves a class out.\n\n"
+                "Outputs: the confusion matrix (one row per class: reference class; columns pred_0, pred_1, ... "
                 "the pixels classified as each class), per-class IoU, precision (user's accuracy), recall "
                 "(producer's accuracy) and F1, an HTML report, and the overall accuracy, Cohen's kappa and mean "
-                "IoU as numbers. Pixels where the classification is nodata are not counted.</p>")
+                "IoU as numbers. Pixels where the classification is nodata are not counted.")
 
     def createInstance(self) -> AccuracyAlgorithm:  # noqa: N802
         return AccuracyAlgorithm()

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
@@ -72,7 +73,7 @@ def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float
 
 
 class ClassStatsAlgorithm(QgsProcessingAlgorithm):
-    INPUT, ZONES, OUTPUT = "INPUT", "ZONES", "OUTPUT"
+    INPUT, ZONES, ZONE_FIELD, OUTPUT = "INPUT", "ZONES", "ZONE_FIELD", "OUTPUT"
 
     def name(self) -> str:
         return "class_stats"
@@ -81,11 +82,14 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
         return "Class statistics"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("<p>Pixel count, area (m²) and share of each class of a segmentation raster (SegEarth-OV's, or "
+        # Plain text, paragraphs separated by blank lines (qgis_process help prints HTML tags as they are).
+        return ("Pixel count, area (m²) and share of each class of a segmentation raster (SegEarth-OV's, or "
                 "any single-band class raster with a colour table or palette), for the whole raster or, with "
-                "<b>zones</b>, per polygon (native:zonalhistogram). Nodata (255) is not counted; shares are of "
-                "the counted pixels. Area is pixels times the pixel area (ellipsoidal at the raster's centre "
-                "for geographic CRSs).</p>")
+                "zones, per polygon (native:zonalhistogram).\n\n"
+                "Zone attribute: the zones' field whose value goes into the zone column (default: the feature "
+                "id). Without zones the zone column is empty.\n\n"
+                "Nodata (255) is not counted; shares are of the counted pixels. Area is pixels times the pixel "
+                "area (ellipsoidal at the raster's centre for geographic CRSs).")
 
     def createInstance(self) -> ClassStatsAlgorithm:  # noqa: N802
         return ClassStatsAlgorithm()
@@ -94,6 +98,8 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Segmentation raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, "Zones (polygons)",
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterField(self.ZONE_FIELD, "Zone attribute (empty: feature id)",
+                                                      parentLayerParameterName=self.ZONES, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", QgsProcessing.TypeVector))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
@@ -107,15 +113,17 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"INPUT has {layer.bandCount()} bands; a class raster has one.")
         names = class_names(layer)
         area = pixel_area_m2(layer, context)
+        zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) else ""
         fields = QgsFields()
-        for name, kind in (("zone", QVariant.LongLong), ("class_id", QVariant.Int), ("class_name", QVariant.String),
-                           ("pixels", QVariant.LongLong), ("area_m2", QVariant.Double), ("share", QVariant.Double)):
+        fields.append(self.zone_output_field(parameters, context, zone_field))
+        for name, kind in (("class_id", QVariant.Int), ("class_name", QVariant.String), ("pixels", QVariant.LongLong),
+                           ("area_m2", QVariant.Double), ("share", QVariant.Double)):
             fields.append(QgsField(name, kind))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
         if sink is None:
             raise QgsProcessingException("The output table could not be created: check the output path.")
 
-        rows: list[tuple[Optional[int], dict[int, int]]] = []
+        rows: list[tuple[Any, dict[int, int]]] = []
         if parameters.get(self.ZONES):
             histogram = processing.run("native:zonalhistogram", {
                 "INPUT_RASTER": layer, "RASTER_BAND": 1, "INPUT_VECTOR": parameters[self.ZONES],
@@ -125,7 +133,8 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             columns = [f.name() for f in zones.fields() if f.name().startswith("HISTO_") and f.name()[6:].isdigit()]
             for feature in zones.getFeatures():
                 counts = {int(c[6:]): int(feature[c] or 0) for c in columns}
-                rows.append((int(feature.id()), {k: v for k, v in counts.items() if k != NODATA and v}))
+                zone = feature[zone_field] if zone_field else int(feature.id())
+                rows.append((zone, {k: v for k, v in counts.items() if k != NODATA and v}))
         else:
             report = processing.run("native:rasterlayeruniquevaluesreport", {
                 "INPUT": layer, "BAND": 1, "OUTPUT_TABLE": "TEMPORARY_OUTPUT"},
@@ -144,3 +153,16 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
                                        pixels * area, pixels / total if total else 0.0])
                 sink.addFeature(feature, QgsFeatureSink.FastInsert)
         return {self.OUTPUT: dest}
+
+    def zone_output_field(self, parameters: dict[str, Any], context: QgsProcessingContext, name: str) -> QgsField:
+        """The ``zone`` column: a copy of the zones' field ``name`` (its type), or the feature id."""
+        if name:
+            source = self.parameterAsSource(parameters, self.ZONES, context)
+            index = source.fields().lookupField(name) if source is not None else -1
+            if index < 0:
+                raise QgsProcessingException(f"The zones have no field '{name}': choose one of their fields, or "
+                                             "leave the zone attribute empty for the feature id.")
+            field = source.fields().at(index)  # its type, not its constraints (a zone has one row per class)
+            return QgsField("zone", field.type(), field.typeName(), field.length(), field.precision(), "",
+                            field.subType())
+        return QgsField("zone", QVariant.LongLong)

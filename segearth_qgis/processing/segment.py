@@ -7,6 +7,7 @@ from typing import Any, Optional
 from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
+    QgsFeatureRequest,
     QgsFeatureSink,
     QgsField,
     QgsFields,
@@ -15,8 +16,8 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
@@ -29,27 +30,39 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import Qt, QVariant
 
 from .. import settings
 from ..aoi import AoiKind, AreaOfInterest
 from ..backend_manager import shared_manager
-from ..core.classes import PRESETS
+from ..core.classes import MAX_CLASSES, PRESETS
+from ..core.report import shares_message, shares_warning
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
 from ..job_request import JobInputs, plan_job
 from ..styling import class_vector_renderer, write_class_style
+from .post_processing import ResultPostProcessor, attach
+from .vector_style import planned_vector_style, write_vector_style
 
+#: The BACKGROUND value that means "no background class".
+NO_BACKGROUND = -1
+
+#: Help texts are plain text, paragraphs separated by blank lines: the dialog shows each as a paragraph and
+#: ``qgis_process help`` prints them as they are (HTML tags would show there).
 HELP_COMMON = (
-    "<p>Training-free open-vocabulary segmentation (SegEarth-OV, CVPR 2025): CLIP ViT-B/16 with the SegEarth "
+    "Training-free open-vocabulary segmentation (SegEarth-OV, CVPR 2025): CLIP ViT-B/16 with the SegEarth "
     "last-layer attention, global-bias subtraction, SimFeatUp upsampling and sliding windows, run by the "
-    "SegEarth-OV backend (started automatically, or the one at SEGEARTH_BACKEND_URL).</p>"
-    "<p><b>Classes</b>: one per line; synonyms on a line are separated by commas (<i>tree, forest</i>). "
-    "<b>Bands</b>: one (repeated) or three (R, G, B); default: the layer's renderer bands. "
-    "<b>Extent</b> and <b>Mask</b> limit the area (pixels outside the mask polygons become nodata, 255). "
-    "<b>Resolution</b>: map units per pixel (default: native). Pixels whose top probability is below the "
-    "<b>threshold</b> get the <b>background</b> class; <b>bias lambda</b> weighs the global-bias "
-    "subtraction (-0.3 in the paper, 0 disables it).</p>"
+    "SegEarth-OV backend (started automatically, or the one at SEGEARTH_BACKEND_URL).\n\n"
+    "Classes: one per line; synonyms on a line are separated by commas (tree, forest). The default is the "
+    f"{PRESETS[0].name} class list, with its threshold {PRESETS[0].threshold:g}.\n\n"
+    "Bands: one (repeated) or three (R, G, B); default: the layer's renderer bands. Extent and mask limit the "
+    "area (pixels outside the mask polygons become nodata, 255). Resolution: map units per pixel (default: "
+    "native).\n\n"
+    "Pixels whose top probability is below the probability threshold get the background class (a line number "
+    "counted from 0; -1: no background class, then every pixel keeps its best class and the threshold is not "
+    "used). Global-bias lambda weighs the global-bias subtraction (-0.3 in the paper, 0 disables it).\n\n"
+    "The log lists the share of each class; a result that is all one class comes with a warning saying what "
+    "to change."
 )
 
 
@@ -78,14 +91,24 @@ class _SegmentBase(QgsProcessingAlgorithm):
             self.RESOLUTION, "Processing resolution (map units per pixel; empty: native)",
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0,
-            maxValue=1.0))
+            self.THRESHOLD, "Probability threshold", QgsProcessingParameterNumber.Double, PRESETS[0].threshold,
+            minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BACKGROUND, "Background class index", QgsProcessingParameterNumber.Integer, 0, minValue=0,
-            maxValue=253))
+            self.BACKGROUND, "Background class (line number from 0; -1: none)", QgsProcessingParameterNumber.Integer,
+            PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
         self.addParameter(QgsProcessingParameterNumber(
             self.BIAS_LAMBDA, "Global-bias lambda", QgsProcessingParameterNumber.Double, -0.3, minValue=-10.0,
             maxValue=10.0))
+
+    def output_description(self, name: str) -> str:
+        """The description of output parameter ``name``: the name Processing gives its layer by default."""
+        definition = self.parameterDefinition(name)
+        return definition.description() if definition is not None else name
+
+    def background_index(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[int]:
+        """The BACKGROUND parameter: a class line (from 0), or None for -1 (no background class)."""
+        index = self.parameterAsInt(parameters, self.BACKGROUND, context)
+        return None if index == NO_BACKGROUND else index
 
     def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
                 output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
@@ -115,7 +138,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
             layer, self.parameterAsString(parameters, self.CLASSES, context),
             tuple(self.parameterAsInts(parameters, self.BANDS, context)), aoi, resolution, clip,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            background_index=self.parameterAsInt(parameters, self.BACKGROUND, context),
+            background_index=self.background_index(parameters, context),
             bias_lambda=self.parameterAsDouble(parameters, self.BIAS_LAMBDA, context),
             output=output, probabilities=probabilities or False, overwrite=True,
             block_size=settings.load("block_size"), other_inputs=other_inputs)
@@ -138,6 +161,11 @@ class _SegmentBase(QgsProcessingAlgorithm):
         for warning in result.warnings:
             feedback.reportError(warning, fatalError=False)
         feedback.pushInfo(f"{result.blocks} block(s) in {result.seconds:.1f} s")
+        feedback.pushInfo(shares_message(result.class_pixels, result.names))
+        one_class = shares_warning(result.class_pixels, result.names, planned.params.background_index,
+                                   planned.params.threshold)
+        if one_class:
+            feedback.reportError(one_class, fatalError=False)
         return result
 
 
@@ -152,9 +180,10 @@ class SegmentAlgorithm(_SegmentBase):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return HELP_COMMON + (
-            "<p><b>Output</b>: a GeoTIFF of class indices (uint8, nodata 255, colour table, class names as "
-            "categories and in SEGEARTH_CLASSES metadata) with a .qml style beside it, so it opens styled. "
-            "<b>Class probabilities</b>: optional float32 GeoTIFF, one band per class.</p>")
+            "\n\nSegmentation: a GeoTIFF of class indices (uint8, nodata 255, colour table, class names as "
+            "categories and in the SEGEARTH_CLASSES metadata) with a .qml style beside it, so it opens styled; "
+            "loaded into the project, it is named after its classes when it has no name of its own.\n\n"
+            "Class probabilities: optional float32 GeoTIFF, one band per class (-1: nodata).")
 
     def createInstance(self) -> SegmentAlgorithm:  # noqa: N802
         return SegmentAlgorithm()
@@ -170,27 +199,46 @@ class SegmentAlgorithm(_SegmentBase):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITIES, context) or None
         result = self.segment(parameters, context, feedback, output, probabilities)
+        if result.probabilities_path is not None:
+            feedback.pushInfo(f"Class probabilities (one float32 band per class): {result.probabilities_path}")
+        attach(ResultPostProcessor(result.names, result.colours, self.output_description(self.OUTPUT),
+                                   self.background_index(parameters, context)), context, output)
         return {self.OUTPUT: str(result.output_path),
                 self.OUTPUT_PROBABILITIES: str(result.probabilities_path) if result.probabilities_path else None}
 
 
-class _CategorizedStyle(QgsProcessingLayerPostProcessorInterface):
-    """Styles the vector output by class name when Processing loads it."""
+class _ChildFeedback(QgsProcessingFeedback):
+    """A child algorithm's feedback: cancelled with ``parent``, its errors and progress (scaled) passed on.
 
-    instances: list[_CategorizedStyle] = []  # Processing keeps no reference of its own
+    Direct connections only (no queued events that could outlive it).
+    """
 
-    def __init__(self, names: list[str], colours: list[tuple[int, int, int, int]]) -> None:
+    def __init__(self, parent: QgsProcessingFeedback, start: float, end: float) -> None:
         super().__init__()
-        self.names, self.colours = names, colours
+        self.parent_feedback, self.start, self.end = parent, start, end
+        parent.canceled.connect(self.cancel, Qt.DirectConnection)
+        self.progressChanged.connect(self.forward_progress, Qt.DirectConnection)
+        if parent.isCanceled():
+            self.cancel()
 
-    def postProcessLayer(self, layer: Any, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> None:  # noqa: N802
-        if isinstance(layer, QgsVectorLayer):
-            layer.setRenderer(class_vector_renderer(self.names, self.colours))
-            layer.triggerRepaint()
+    def forward_progress(self, value: float) -> None:
+        self.parent_feedback.setProgress(self.start + (self.end - self.start) * min(max(value, 0.0), 100.0) / 100.0)
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 - QGIS's names
+        self.parent_feedback.reportError(error, fatalError)
+
+    def detach(self) -> None:
+        self.parent_feedback.canceled.disconnect(self.cancel)
+        self.progressChanged.disconnect(self.forward_progress)
+
+
+def _raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
+    if feedback.isCanceled():
+        raise QgsProcessingException("Cancelled: no output was written.")
 
 
 class SegmentVectorAlgorithm(_SegmentBase):
-    OUTPUT, MIN_AREA, SIMPLIFY = "OUTPUT", "MIN_AREA", "SIMPLIFY"
+    OUTPUT, MIN_AREA, SIMPLIFY, DROP_BACKGROUND = "OUTPUT", "MIN_AREA", "SIMPLIFY", "DROP_BACKGROUND"
 
     def name(self) -> str:
         return "segment_vector"
@@ -200,16 +248,20 @@ class SegmentVectorAlgorithm(_SegmentBase):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return HELP_COMMON + (
-            "<p>Segments like <i>Segment raster</i>, then turns regions of one class into polygons "
-            "(gdal:polygonize) with <b>class_id</b>, <b>class_name</b> and <b>area_m2</b> (ellipsoidal area "
-            "for geographic CRSs). Polygons smaller than <b>minimum area</b> (m²) are dropped; "
-            "<b>simplification tolerance</b> (map units) simplifies the outlines. Styled by class name.</p>")
+            "\n\nSegments like Segment raster, then turns regions of one class into polygons (gdal:polygonize) "
+            "with class_id, class_name and area_m2 (ellipsoidal area for geographic CRSs).\n\n"
+            "Drop background polygons (on by default) leaves out the background class's polygons (none are "
+            "dropped when the background is -1). Polygons smaller than the minimum area (m²) are dropped; the "
+            "simplification tolerance (map units) simplifies the outlines.\n\n"
+            "The polygons are styled by class name when loaded; a GeoPackage output gets a .qml style beside it, "
+            "so it opens styled anywhere.")
 
     def createInstance(self) -> SegmentVectorAlgorithm:  # noqa: N802
         return SegmentVectorAlgorithm()
 
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802
         self.add_common_parameters()
+        self.addParameter(QgsProcessingParameterBoolean(self.DROP_BACKGROUND, "Drop background polygons", True))
         self.addParameter(QgsProcessingParameterNumber(
             self.MIN_AREA, "Minimum polygon area (m²)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
@@ -220,42 +272,32 @@ class SegmentVectorAlgorithm(_SegmentBase):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        import processing
-
         raster = QgsProcessingUtils.generateTempFilename("segearth_segmentation.tif")
-        # Progress: segmentation 0-80 %, polygons 80-100 %. (No QgsProcessingMultiStepFeedback: its queued
-        # progress events can outlive it.)
+        # Progress: segmentation 0-80 %, polygons 80-85 %, measuring 85-95 %, writing 95-100 %. (No
+        # QgsProcessingMultiStepFeedback: its queued progress events can outlive it.)
         result = self.segment(parameters, context, feedback, raster, progress_scale=0.8)
-        polygons = processing.run("gdal:polygonize", {"INPUT": raster, "BAND": 1, "FIELD": "class_id",
-                                                      "EIGHT_CONNECTEDNESS": False, "OUTPUT": "TEMPORARY_OUTPUT"},
-                                  context=context, feedback=None, is_child_algorithm=True)["OUTPUT"]
-        if feedback.isCanceled():
-            raise QgsProcessingException("Cancelled.")
+        polygons = self.polygonize(raster, context, feedback)
         feedback.setProgress(85)
-        layer = QgsProcessingUtils.mapLayerFromString(polygons, context)
+        background = self.background_index(parameters, context)
+        drop = background if self.parameterAsBool(parameters, self.DROP_BACKGROUND, context) else None
+        kept = self.select(polygons, result.names, drop, self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                           context, feedback)
+        _raise_if_cancelled(feedback)
+        # From here on the output is written whole: a cancel no longer stops it half-way.
+        style = planned_vector_style(parameters.get(self.OUTPUT), context)
         fields = QgsFields()
         fields.append(QgsField("class_id", QVariant.Int))
         fields.append(QgsField("class_name", QVariant.String))
         fields.append(QgsField("area_m2", QVariant.Double))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon,
-                                          layer.crs())
+                                          polygons.crs())
         if sink is None:
             raise QgsProcessingException("The output layer could not be created: check the output path.")
-        measure = QgsDistanceArea()
-        measure.setSourceCrs(layer.crs(), context.transformContext())
-        ellipsoid = context.ellipsoid() if context.ellipsoid() not in ("", "NONE") else layer.crs().ellipsoidAcronym()
-        measure.setEllipsoid(ellipsoid or "EPSG:7030")
-        minimum = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
-        total = max(layer.featureCount(), 1)
-        for index, feature in enumerate(layer.getFeatures()):
-            if feedback.isCanceled():
-                break
-            class_id = int(feature["class_id"])
+        request = QgsFeatureRequest().setFilterFids(list(kept))
+        for index, feature in enumerate(polygons.getFeatures(request)):
+            class_id, area = kept[feature.id()]
             geometry = feature.geometry()
-            area = measure.convertAreaMeasurement(measure.measureArea(geometry), QgsUnitTypes.AreaSquareMeters)
-            if class_id >= len(result.names) or area < minimum:
-                continue
             if tolerance > 0:
                 geometry = geometry.simplify(tolerance)
             geometry.convertToMultiType()
@@ -263,9 +305,57 @@ class SegmentVectorAlgorithm(_SegmentBase):
             out.setGeometry(geometry)
             out.setAttributes([class_id, result.names[class_id], area])
             sink.addFeature(out, QgsFeatureSink.FastInsert)
-            feedback.setProgress(85 + 15.0 * index / total)
-        if context.willLoadLayerOnCompletion(dest):
-            styler = _CategorizedStyle(result.names, result.colours)
-            _CategorizedStyle.instances.append(styler)
-            context.layerToLoadOnCompletionDetails(dest).setPostProcessor(styler)
+            feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
+        del sink  # flushed and closed before the style is written beside it
+        if style.path is not None:
+            try:
+                write_vector_style(style.path, fields, class_vector_renderer(result.names, result.colours))
+            except OSError as error:
+                feedback.reportError(f"The style {style.path.name} was not written ({error}); the polygons are "
+                                     "styled when Processing loads them.", fatalError=False)
+        elif style.reason:
+            feedback.reportError(style.reason, fatalError=False)
+        attach(ResultPostProcessor(result.names, result.colours, self.output_description(self.OUTPUT), background),
+               context, dest)
         return {self.OUTPUT: dest}
+
+    def polygonize(self, raster: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> QgsVectorLayer:
+        """Regions of one class of ``raster`` as polygons with ``class_id`` (a temporary layer); cancellable."""
+        import processing
+
+        child = _ChildFeedback(feedback, 80.0, 85.0)
+        try:
+            output = processing.run("gdal:polygonize", {"INPUT": raster, "BAND": 1, "FIELD": "class_id",
+                                                        "EIGHT_CONNECTEDNESS": False, "OUTPUT": "TEMPORARY_OUTPUT"},
+                                    context=context, feedback=child, is_child_algorithm=True)["OUTPUT"]
+        finally:
+            child.detach()
+        _raise_if_cancelled(feedback)
+        layer = QgsProcessingUtils.mapLayerFromString(output, context)
+        if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+            raise QgsProcessingException("gdal:polygonize did not produce polygons: see its messages above.")
+        return layer
+
+    def select(self, polygons: QgsVectorLayer, names: list[str], drop: Optional[int], minimum: float,
+               context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict[int, tuple[int, float]]:
+        """The polygons to keep: ``{feature id: (class id, area in m²)}``; cancellable.
+
+        Leaves out nodata, the class ``drop`` (None: none) and polygons under ``minimum`` m².
+        """
+        measure = QgsDistanceArea()
+        measure.setSourceCrs(polygons.crs(), context.transformContext())
+        ellipsoid = context.ellipsoid() if context.ellipsoid() not in ("", "NONE") else ""
+        measure.setEllipsoid(ellipsoid or polygons.crs().ellipsoidAcronym() or "EPSG:7030")
+        total = max(polygons.featureCount(), 1)
+        kept: dict[int, tuple[int, float]] = {}
+        for index, feature in enumerate(polygons.getFeatures()):
+            _raise_if_cancelled(feedback)
+            class_id = int(feature["class_id"])
+            if class_id >= len(names) or class_id == drop:
+                continue
+            area = measure.convertAreaMeasurement(measure.measureArea(feature.geometry()),
+                                                  QgsUnitTypes.AreaSquareMeters)
+            if area >= minimum:
+                kept[feature.id()] = (class_id, area)
+            feedback.setProgress(85 + 10.0 * index / total)
+        return kept

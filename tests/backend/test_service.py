@@ -247,8 +247,9 @@ def test_failed_model_load_exits_with_the_reason(tmp_path):
          "--clip-weights", str(tmp_path / "missing.pt"), "--device", "cpu", "--cache-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "does not exist" in json.loads(ready.read_text())["error"]
-    assert "missing.pt' does not exist" in result.stderr and "Traceback" not in result.stderr
+    error = json.loads(ready.read_text())["error"]
+    assert "These weight files are missing" in error and str(tmp_path / "missing.pt") in error
+    assert str(tmp_path / "missing.pt") in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sigterm_shuts_down_cleanly(tiny_paths, tmp_path):

@@ -22,25 +22,6 @@ from tests.plugin.helpers import CLASS_NAMES as NAMES
 from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
 
 
-@pytest.fixture(scope="module")
-def provider(qgis_processing, backend_environment):
-    from segearth_qgis.processing.provider import SegEarthProvider
-
-    provider = SegEarthProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
-    yield provider
-    QgsApplication.processingRegistry().removeProvider(provider)
-    shared_manager().stop()
-
-
-@pytest.fixture(scope="module")
-def raster(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    image = smooth_image(260, 300, seed=4)
-    image[:, :10, :] = 0
-    return write_geotiff(folder / "scene.tif", image, 32633, UTM, nodata=0)
-
-
 def run(algorithm, **parameters):
     import processing
 

@@ -94,3 +94,21 @@ def test_qgis_process_refuses_to_overwrite_its_input(tmp_path):
                          timeout=120)
     assert run.returncode != 0 and "would overwrite the input" in run.stdout + run.stderr
     assert hashlib.sha256(raster.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_help_is_plain_text(tmp_path):
+    """`qgis_process help` prints the help as it is: HTML tags would show as tags."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+           "QGIS_PLUGINPATH": str(ROOT)}
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
+    for algorithm in ("segment", "segment_vector", "class_stats"):
+        shown = subprocess.run([QGIS_PROCESS, "help", f"segearth:{algorithm}"], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-2000:]
+        assert "Training-free" in shown.stdout or algorithm == "class_stats"
+        for tag in ("<p>", "</p>", "<b>", "<i>"):
+            assert tag not in shown.stdout, (algorithm, tag)
+    segment = subprocess.run([QGIS_PROCESS, "help", "segearth:segment"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert "-1: no background class" in segment.stdout

@@ -1,0 +1,29 @@
+"""Processing fixtures: the SegEarth-OV provider on a tiny-weights backend, and a scene to segment."""
+
+from __future__ import annotations
+
+import pytest
+from qgis.core import QgsApplication
+
+from tests.plugin.helpers import UTM, smooth_image, write_geotiff
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_processing, backend_environment):
+    from segearth_qgis.backend_manager import shared_manager
+    from segearth_qgis.processing.provider import SegEarthProvider
+
+    provider = SegEarthProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield provider
+    QgsApplication.processingRegistry().removeProvider(provider)
+    shared_manager().stop()
+
+
+@pytest.fixture(scope="module")
+def raster(tmp_path_factory):
+    """260 x 300 px of blocky 'land cover' on a 2 m UTM grid; the first 10 columns are nodata (0)."""
+    folder = tmp_path_factory.mktemp("inputs")
+    image = smooth_image(260, 300, seed=4)
+    image[:, :10, :] = 0
+    return write_geotiff(folder / "scene.tif", image, 32633, UTM, nodata=0)
