@@ -155,7 +155,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
         except BackendError as error:
             if error.code == "cancelled" or feedback.isCanceled():
                 raise QgsProcessingException("Cancelled: no output was written.") from None
-            raise QgsProcessingException(shared_manager().explain(error)) from None
+            raise _failure(shared_manager().explain(error), feedback) from None
         except (ValueError, OutputError, OSError) as error:
             raise QgsProcessingException(str(error)) from None
         for warning in result.warnings:
@@ -359,3 +359,13 @@ class SegmentVectorAlgorithm(_SegmentBase):
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)
         return kept
+
+
+def _failure(message: str, feedback: QgsProcessingFeedback) -> QgsProcessingException:
+    """The error to raise: a long message (a list of missing files, a log tail) is written to the log once,
+    and the exception carries its first line, since QGIS repeats an algorithm's error in several places."""
+    lines = message.strip().splitlines()
+    if len(lines) <= 2:
+        return QgsProcessingException(message)
+    feedback.pushInfo(message)
+    return QgsProcessingException(f"{lines[0].rstrip(':')} (the details are above).")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,21 @@ def test_qgis_process_help_is_plain_text(tmp_path):
     segment = subprocess.run([QGIS_PROCESS, "help", "segearth:segment"], env=env, capture_output=True, text=True,
                              timeout=120)
     assert "-1: no background class" in segment.stdout
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_without_weights_names_the_files_once_within_seconds(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+           "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "SEGEARTH_OFFLINE": "1",
+           "PYTHONPATH": tree_pythonpath()}
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(40, 40), 32633,
+                           (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
+    start = time.monotonic()
+    run = subprocess.run([QGIS_PROCESS, "run", "segearth:segment", "--", f"INPUT={raster}",
+                          f"OUTPUT={tmp_path / 'o.tif'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and time.monotonic() - start < 60
+    everything = run.stdout + run.stderr
+    target = "put it:   " + str(tmp_path / "home" / ".cache" / "segearth-ov" / "simfeatup")
+    assert everything.count(target) == 1  # the list of files appears once, not three times
+    assert "Traceback" not in everything and not (tmp_path / "o.tif").exists()
