@@ -33,10 +33,22 @@ class ImageError(InputError):
     code = "bad_image"
 
 
+class ShapeError(ImageError):
+    """The image is so thin and long that padding its windows would cost far more than its pixels."""
+
+    code = "bad_shape"
+
+
 class ParameterError(InputError):
     """A numeric parameter (threshold, background index, lambda...) is out of range."""
 
     code = "bad_parameter"
+
+
+class PredictionCancelledError(SegEarthError):
+    """``should_stop()`` asked a prediction to stop; it stopped between two batches of windows."""
+
+    code = "cancelled"
 
 
 class WeightsError(SegEarthError):
