@@ -40,7 +40,7 @@ def test_quoted_names_are_cut():
     with pytest.raises(ClassListError) as caught:
         parse_classes(["road", "w" * 150, "W" * 150])
     message = str(caught.value)
-    assert "w" * 39 + "\u2026" in message and "w" * 41 not in message
+    assert "W" * 39 + "\u2026" in message and "W" * 41 not in message
 
 
 def test_the_largest_allowed_list_is_accepted():
