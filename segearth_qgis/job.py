@@ -2,8 +2,8 @@
 
 One implementation serves the dock panel (inside a QgsTask) and the
 Processing algorithms. Progress goes to a callback; cancellation is polled
-between blocks, so a cancel takes effect within one block and removes the
-partial outputs.
+between blocks and, while a block is computed, by the backend client, which
+drops the request (the backend then stops its work); partial outputs are removed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .backend_client import BackendError
 from .core.blocks import plan_blocks
 from .core.classes import class_colours, class_name
 from .core.grid import Grid
@@ -79,10 +80,15 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             rgb, valid = source.read(rows, cols)
             core_rows, core_cols = block.core_in_block()
             if valid.any():
-                answer = client.segment(rgb, params.classes, prob_threshold=params.threshold,
-                                        background_index=params.background_index or 0,
-                                        bias_lambda=params.bias_lambda, valid=valid,
-                                        probabilities=probs_out is not None)
+                try:
+                    answer = client.segment(rgb, params.classes, prob_threshold=params.threshold,
+                                            background_index=params.background_index or 0,
+                                            bias_lambda=params.bias_lambda, valid=valid,
+                                            probabilities=probs_out is not None, cancelled=cancelled)
+                except BackendError as error:
+                    if error.code == "cancelled":
+                        raise JobCancelledError("Cancelled: no output was written.") from None
+                    raise
                 labels = answer.labels[core_rows, core_cols]
                 if probs_out is not None:
                     probs_out.write(answer.probabilities[:, core_rows, core_cols], valid[core_rows, core_cols],

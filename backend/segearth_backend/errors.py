@@ -75,6 +75,12 @@ class ModelConfigError(SegEarthError, ValueError):
     code = "bad_model"
 
 
+class ServiceConfigError(SegEarthError, ValueError):
+    """A service setting (port, queue, token, token file...) is invalid."""
+
+    code = "bad_config"
+
+
 class DeviceError(SegEarthError):
     """The requested compute device is not available."""
 
