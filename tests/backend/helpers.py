@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,8 +29,6 @@ from segearth_backend.windows import window_grid
 
 TOKEN = "hostile-test-token-7d1e"
 CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
-#: urllib without any proxy, whatever the environment says.
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # ------------------------------------------------------------------ the previous engine, as a reference
@@ -88,19 +87,22 @@ def reference_predict(segmenter: Any, image: np.ndarray, classes: list[str], pro
 def call(url: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
          content_type: Optional[str] = BUNDLE_TYPE, method: Optional[str] = None, timeout: float = 60,
          headers: Optional[dict[str, str]] = None) -> tuple[int, bytes, dict[str, str]]:
-    """One request without proxies: (status, body, headers)."""
-    request = urllib.request.Request(url + path, data=body, method=method or ("POST" if body is not None else "GET"))
+    """One request over ``http.client`` (no proxies, no headers added but Host and Content-Length):
+    (status, body, lower-cased headers)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    sent: dict[str, str] = {}
     if content_type is not None and body is not None:
-        request.add_header("Content-Type", content_type)
+        sent["Content-Type"] = content_type
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
+        sent["Authorization"] = f"Bearer {token}"
+    sent.update(headers or {})
     try:
-        with DIRECT.open(request, timeout=timeout) as response:
-            return response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
+        connection.request(method or ("POST" if body is not None else "GET"), path, body=body, headers=sent)
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
 
 
 def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> bytes:
