@@ -187,10 +187,18 @@ class BackendClient:
             if length.isdigit() and int(length) > max_answer:
                 raise BackendError(f"The backend's answer to {path} is {int(length)} bytes, more than the "
                                    f"{max_answer} expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
-            data = response.read(max_answer + 1)
-            if len(data) > max_answer:
-                raise BackendError(f"The backend's answer to {path} is larger than the {max_answer} bytes "
-                                   f"expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                chunk = response.read(min(1 << 20, max_answer + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_answer:
+                    raise BackendError(f"The backend's answer to {path} is larger than the {max_answer} bytes "
+                                       f"expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+            data = b"".join(chunks)
             if length.isdigit() and len(data) < int(length):
                 raise http.client.IncompleteRead(data, int(length) - len(data))
             return response.status, answer_headers, data
