@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .service import ENV_TOKEN, ServiceSettings, read_token_file, serve
 
+    token: Optional[str]
     if args.token_file:
         token = read_token_file(Path(args.token_file))
     elif args.token:

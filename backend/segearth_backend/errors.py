@@ -63,6 +63,12 @@ class WeightsNotFoundError(WeightsError):
     code = "weights_missing"
 
 
+class ChecksumError(WeightsError):
+    """A downloaded weights file does not have the expected sha256 (it is not kept)."""
+
+    code = "bad_checksum"
+
+
 class CheckpointError(WeightsError, ValueError):
     """A checkpoint file exists but is unreadable, truncated or of the wrong layout."""
 
@@ -75,8 +81,8 @@ class ModelConfigError(SegEarthError, ValueError):
     code = "bad_model"
 
 
-class ServiceConfigError(SegEarthError, ValueError):
-    """A service setting (port, queue, token, token file...) is invalid."""
+class ConfigError(SegEarthError, ValueError):
+    """A setting (command-line option or environment variable: port, queue, token file, sha256...) is invalid."""
 
     code = "bad_config"
 

@@ -45,7 +45,7 @@ from .inputs import (
 )
 from .text import TextEmbedder
 from .upsampler import JBUOne, load_upsampler
-from .weights import resolve_upsampler_weights
+from .weights import SIMFEATUP_SHA256, resolve_upsampler_weights
 from .windows import Cell, cell_grid, window_grid
 
 __all__ = ["Segmenter", "Prediction", "load_segmenter", "decide", "normalise", "reduced_coordinates",
@@ -293,7 +293,8 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                                        cache_dir=cache_dir, batch_size=batch_size, precision=precision)
     torch_device = resolve_device(config.device)
     clip = load_clip(config.model, config.clip_weights, config.cache_dir)
-    upsampler_path = resolve_upsampler_weights(config.upsampler_weights, config.cache_dir)
+    upsampler_path = resolve_upsampler_weights(config.upsampler_weights, config.cache_dir,
+                                               sha256=config.simfeatup_sha256 or SIMFEATUP_SHA256)
     feature_dim = int(clip.model.visual.output_dim)
     upsampler = load_upsampler(upsampler_path, feature_dim) if upsampler_path is not None else None
     if upsampler is None:

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .classes import parse_classes
 from .config import EngineConfig
-from .errors import InputError, PredictionCancelledError, ServiceConfigError
+from .errors import ConfigError, InputError, PredictionCancelledError
 from .guards import (
     ApiError,
     RequestGuard,
@@ -98,29 +98,29 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
-            raise ServiceConfigError("--max-request-mb must be positive.")
+            raise ConfigError("--max-request-mb must be positive.")
         if self.max_queue < 0:
-            raise ServiceConfigError(f"--max-queue must be 0 or more, got {self.max_queue}.")
+            raise ConfigError(f"--max-queue must be 0 or more, got {self.max_queue}.")
         if self.body_timeout <= 0 or self.oom_recover_after < 1:
-            raise ServiceConfigError("body_timeout must be positive and oom_recover_after at least 1.")
+            raise ConfigError("body_timeout must be positive and oom_recover_after at least 1.")
         if not 0 <= self.port <= 65535:
-            raise ServiceConfigError(f"--port must be between 0 and 65535, got {self.port}.")
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}.")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
-            raise ServiceConfigError("The token must be non-empty and contain no spaces or line breaks.")
+            raise ConfigError("The token must be non-empty and contain no spaces or line breaks.")
 
 
 def read_token_file(path: Path) -> str:
     """The token stored in ``path`` (surrounding whitespace removed).
 
     Raises:
-        ServiceConfigError: unreadable or empty file.
+        ConfigError: unreadable or empty file.
     """
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise ServiceConfigError(f"Cannot read the token file {path}: {error}.") from None
+        raise ConfigError(f"Cannot read the token file {path}: {error}.") from None
     if not token:
-        raise ServiceConfigError(f"The token file {path} is empty: write the token into it.")
+        raise ConfigError(f"The token file {path} is empty: write the token into it.")
     return token
 
 
