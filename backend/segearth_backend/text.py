@@ -199,20 +199,23 @@ class TextEmbedder:
             self._memory.popitem(last=False)
 
     def _encode_chunk(self, queries: Sequence[str]) -> list[np.ndarray]:
-        sentences = [template(query) for query in queries for template in self.templates]
-        tokens = self.tokenizer(sentences)
-        # Sort by length so each chunk is cut at its own end-of-text position.
-        order = torch.argsort(tokens.argmax(dim=-1))
-        chunks = []
-        for start in range(0, len(sentences), TEXT_CHUNK):
-            index = order[start:start + TEXT_CHUNK]
-            chunks.append((index, encode_sentences(self.model, tokens[index].to(self.device)).cpu()))
-        dim = chunks[0][1].shape[1]
-        features = torch.empty(len(sentences), dim)
-        for index, chunk in chunks:
-            features[index] = chunk
-        features = F.normalize(features, dim=-1).reshape(len(queries), len(self.templates), dim)
-        means = F.normalize(features.mean(dim=1), dim=-1)
+        """Embeddings of a few queries. Each query's sentences are encoded as their own batch, so an
+        embedding never depends on which other queries were encoded with it (bit for bit)."""
+        per_query = len(self.templates)
+        tokens = self.tokenizer([template(query) for query in queries for template in self.templates])
+        means = []
+        for start in range(0, tokens.shape[0], per_query):
+            rows = tokens[start:start + per_query]
+            # Sort by length so each chunk is cut at its own end-of-text position.
+            order = torch.argsort(rows.argmax(dim=-1))
+            features = torch.empty(rows.shape[0], 0)
+            for first in range(0, rows.shape[0], TEXT_CHUNK):
+                index = order[first:first + TEXT_CHUNK]
+                encoded = encode_sentences(self.model, rows[index].to(self.device)).cpu()
+                if features.shape[1] == 0:
+                    features = torch.empty(rows.shape[0], encoded.shape[1])
+                features[index] = encoded
+            means.append(F.normalize(F.normalize(features, dim=-1).mean(dim=0), dim=-1))
         return [row.numpy().astype(np.float32) for row in means]
 
     def _encode(self, queries: Sequence[str]) -> list[np.ndarray]:

@@ -50,12 +50,15 @@ def test_the_largest_allowed_list_is_accepted():
 
 
 @torch.inference_mode()
-def test_chunked_encoding_equals_one_query_at_a_time(tiny_clip, tmp_path):
+def test_an_embedding_does_not_depend_on_the_other_queries(tiny_clip, tmp_path):
+    """Bit for bit: a class embedded alone, in a long list, or in another order gets the same vector."""
     queries = [f"thing number {i}" for i in range(37)]  # more than two chunks of 16
     together = TextEmbedder(tiny_clip.model, tiny_clip.tokenizer, torch.device("cpu")).embed(queries)
     alone = TextEmbedder(tiny_clip.model, tiny_clip.tokenizer, torch.device("cpu"))
     single = torch.cat([alone.embed([q]) for q in queries])
-    torch.testing.assert_close(together, single, rtol=0, atol=1e-6)
+    assert torch.equal(together, single)
+    shuffled = TextEmbedder(tiny_clip.model, tiny_clip.tokenizer, torch.device("cpu")).embed(["x y z", *queries[::-1]])
+    assert torch.equal(shuffled[1:].flip(0), together)
 
 
 def test_memory_cache_keeps_the_most_recent(tiny_clip):
