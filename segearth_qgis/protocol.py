@@ -26,9 +26,10 @@ def encode(members: dict[str, Any]) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, value in members.items():
             if name.endswith(".npy"):
-                array_bytes = io.BytesIO()
-                np.save(array_bytes, np.ascontiguousarray(value), allow_pickle=False)
-                archive.writestr(name, array_bytes.getvalue())
+                array = np.ascontiguousarray(value)
+                # Straight into the archive: no intermediate copy of the array's bytes.
+                with archive.open(name, "w", force_zip64=array.nbytes > 2**30) as member:
+                    np.save(member, array, allow_pickle=False)
             else:
                 archive.writestr(name, json.dumps(value).encode("utf-8"))
     return buffer.getvalue()

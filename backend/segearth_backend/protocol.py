@@ -37,9 +37,10 @@ def write_bundle(members: dict[str, Any]) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, value in members.items():
             if name.endswith(".npy"):
-                data = io.BytesIO()
-                np.save(data, np.ascontiguousarray(value), allow_pickle=False)
-                archive.writestr(name, data.getvalue())
+                array = np.ascontiguousarray(value)
+                # Straight into the archive: no intermediate copy of the array's bytes.
+                with archive.open(name, "w", force_zip64=array.nbytes > 2**30) as member:
+                    np.save(member, array, allow_pickle=False)
             elif name.endswith(".json"):
                 archive.writestr(name, json.dumps(value).encode("utf-8"))
             else:
