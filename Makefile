@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install plugin test bench demo package lint screenshot clean
+.PHONY: help install plugin test bench stress demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -37,6 +37,9 @@ test: install ## the whole test suite (backend and plugin)
 
 bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
+
+stress: install ## clients x requests against a real backend (answers checked) + the 254-class request: bench_out/stress.json
+	$(PY) tools/stress.py --clients $(or $(CLIENTS),4) --requests $(or $(REQUESTS),5) --out bench_out/stress.json
 
 lint: install ## ruff on everything, mypy on the backend
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources
