@@ -48,11 +48,13 @@ def _serve(args: argparse.Namespace) -> int:
         token = args.token
     else:
         token = os.environ.get(ENV_TOKEN) or None
+    given = {"max_queue": args.max_queue}  # None: the setting's own default
     settings = ServiceSettings(
         engine=_engine_config(args), host=args.host, port=args.port, token=token,
-        max_request_bytes=int(args.max_request_mb * 2**20), max_queue=args.max_queue,
+        max_request_bytes=int(args.max_request_mb * 2**20),
         ready_file=Path(args.ready_file) if args.ready_file else None,
         warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent,
+        **{key: value for key, value in given.items() if value is not None},
     )
     return serve(settings)
 
@@ -77,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     serve.add_argument("--token-file", help="read the token from this file (first choice over --token and "
                        "$SEGEARTH_BACKEND_TOKEN)")
     serve.add_argument("--max-request-mb", type=float, default=512, help="largest request body (default 512)")
-    serve.add_argument("--max-queue", type=int, default=4,
+    serve.add_argument("--max-queue", type=int,
                        help="requests that may wait while one runs; more get 503 with Retry-After (default 4)")
     serve.add_argument("--ready-file", help="write {url, pid} here (JSON) once the model is loaded")
     serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
