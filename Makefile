@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install plugin test coverage bench demo package lint screenshot clean
+.PHONY: help install plugin test coverage bench stress demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -49,6 +49,9 @@ coverage: $(STAMP) ## the test suite under coverage (backend processes and task 
 
 bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
+
+stress: $(STAMP) ## clients x requests against a real backend (answers checked) + the 254-class request: bench_out/stress.json
+	$(PY) tools/stress.py --clients $(or $(CLIENTS),4) --requests $(or $(REQUESTS),5) --out bench_out/stress.json
 
 lint: $(STAMP) ## ruff on everything, mypy on both packages (Python 3.9 rules: the minimum, see mypy.ini)
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources

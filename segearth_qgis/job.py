@@ -2,9 +2,9 @@
 
 One implementation serves the dock panel (inside a QgsTask) and the
 Processing algorithms. Progress goes to a callback; cancellation is polled
-between blocks (and the client aborts a block in flight). Outputs are written
-under temporary names and moved into place together at the very end, so a
-failure or a cancel leaves the folder as it was.
+between blocks and, while a block is computed, by the backend client, which drops the request
+(the backend then stops its work). Outputs are written under temporary names and moved into place
+together at the very end, so a failure or a cancel leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .backend_client import BackendError
 from .core.blocks import plan_blocks
 from .core.classes import class_colours, class_name
 from .core.grid import Grid
@@ -118,10 +119,15 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             rgb, valid = source.read(rows, cols)
             core_rows, core_cols = block.core_in_block()
             if valid.any():
-                answer = client.segment(
-                    rgb, params.classes, prob_threshold=threshold, background_index=background,
-                    bias_lambda=params.bias_lambda, valid=valid, probabilities=probs_out is not None,
-                    **_block_callbacks(client, number, len(blocks), progress, cancelled))
+                try:
+                    answer = client.segment(
+                        rgb, params.classes, prob_threshold=threshold, background_index=background,
+                        bias_lambda=params.bias_lambda, valid=valid, probabilities=probs_out is not None,
+                        progress=_within_block(progress, number, len(blocks)), cancelled=cancelled)
+                except BackendError as error:
+                    if error.code == "cancelled":
+                        raise JobCancelledError("Cancelled: no output was written.") from None
+                    raise
                 labels = answer.labels[core_rows, core_cols]
             else:  # nothing valid: no need to ask the backend
                 labels = np.full((block.rows.core_stop - block.rows.core_start,
@@ -174,13 +180,12 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                      tuple(warnings))
 
 
-def _block_callbacks(client: Any, number: int, total: int, progress: Callable[[float], None],
-                     cancelled: Callable[[], bool]) -> dict[str, Any]:
-    """Window progress within a block and prompt cancel, for clients that support them."""
-    if not getattr(client, "supports_block_progress", False):
-        return {}
-    return {"progress": lambda fraction: progress(100.0 * (number + min(max(fraction, 0.0), 1.0)) / total),
-            "cancelled": cancelled}
+def _within_block(progress: Callable[[float], None], number: int, total: int) -> Callable[[int, int], None]:
+    """The backend's window progress within block ``number`` as the job's 0-100 progress."""
+    def report(done: int, windows: int) -> None:
+        if windows > 0:
+            progress(100.0 * (number + min(done / windows, 1.0)) / total)
+    return report
 
 
 def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -25,25 +26,65 @@ def encode(members: dict[str, Any]) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, value in members.items():
             if name.endswith(".npy"):
-                array_bytes = io.BytesIO()
-                np.save(array_bytes, np.ascontiguousarray(value), allow_pickle=False)
-                archive.writestr(name, array_bytes.getvalue())
+                array = np.ascontiguousarray(value)
+                # Straight into the archive: no intermediate copy of the array's bytes.
+                with archive.open(name, "w", force_zip64=array.nbytes > 2**30) as member:
+                    np.save(member, array, allow_pickle=False)
             else:
                 archive.writestr(name, json.dumps(value).encode("utf-8"))
     return buffer.getvalue()
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    """Bundle bytes -> ``{name: ndarray or JSON value}``; ValueError when malformed."""
+def decode(body: bytes, allowed: Optional[set[str]] = None) -> dict[str, Any]:
+    """Bundle bytes -> ``{name: ndarray or JSON value}``.
+
+    Members must be stored uncompressed (a compressed member could inflate
+    without bound) and every array's declared shape and dtype must match its
+    size before anything is allocated. Members outside ``allowed`` (when
+    given) are not read.
+
+    Raises:
+        ValueError: the bundle is malformed, with the reason.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
-    except zipfile.BadZipFile:
-        raise ValueError("the backend's answer is not a SegEarth bundle") from None
+    except (zipfile.BadZipFile, ValueError):
+        raise ValueError("it is not a SegEarth bundle") from None
+    infos = [info for info in archive.infolist() if allowed is None or info.filename in allowed]
+    if sum(info.file_size for info in infos) > len(body):
+        raise ValueError("its members are larger than the bundle (truncated or compressed)")
     members: dict[str, Any] = {}
-    for info in archive.infolist():
-        data = archive.read(info)
-        if info.filename.endswith(".npy"):
-            members[info.filename] = np.load(io.BytesIO(data), allow_pickle=False)
-        else:
-            members[info.filename] = json.loads(data.decode("utf-8"))
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"member {info.filename} is compressed; bundles are stored uncompressed")
+        try:
+            if info.filename.endswith(".npy"):
+                members[info.filename] = _read_npy(archive, info)
+            else:
+                members[info.filename] = json.loads(archive.read(info).decode("utf-8"))
+        except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, RecursionError) as error:
+            raise ValueError(f"member {info.filename} is unreadable ({type(error).__name__}: {error})") from None
     return members
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member; its header is checked against its size before the array is allocated."""
+    name = info.filename
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"{name} has the unsupported .npy version {version}")
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise ValueError(f"{name} is not a plain numeric array")
+        count = math.prod(shape)
+        declared = count * dtype.itemsize
+        if declared != info.file_size - stream.tell():
+            raise ValueError(f"{name} declares {declared} bytes of data but holds {info.file_size - stream.tell()}")
+        data = stream.read(declared)
+    if len(data) != declared:
+        raise ValueError(f"{name} is truncated")
+    return np.frombuffer(data, dtype, count).reshape(shape, order="F" if fortran else "C").copy()

@@ -14,3 +14,21 @@ except ImportError:  # Qt 5: in QtWidgets
     from qgis.PyQt.QtWidgets import QAction, QShortcut
 
 __all__ = ["QAction", "QKeySequence", "QShortcut"]
+
+
+def field_type(name: str) -> object:
+    """The type of a ``QgsField``: ``QMetaType.Type`` where QGIS takes it (3.38 and QGIS 4, where ``QVariant`` types
+    are gone), ``QVariant.Type`` before.
+
+    Args:
+        name: ``"Int"``, ``"LongLong"``, ``"Double"`` or ``"String"``.
+    """
+    from qgis.core import Qgis
+
+    if Qgis.QGIS_VERSION_INT >= 33800:
+        from qgis.PyQt.QtCore import QMetaType
+
+        return getattr(QMetaType.Type, "QString" if name == "String" else name)
+    from qgis.PyQt import QtCore
+
+    return getattr(QtCore.QVariant, name)  # QGIS < 3.38 runs on Qt 5, where QVariant has these

@@ -13,13 +13,17 @@ from .classes import ClassSet, parse_classes
 from .config import EngineConfig
 from .errors import (
                      CheckpointError,
+                     ChecksumError,
                      ClassListError,
+                     ConfigError,
                      DeviceError,
                      ImageError,
                      InputError,
                      ModelConfigError,
                      ParameterError,
+                     PredictionCancelledError,
                      SegEarthError,
+                     ShapeError,
                      WeightsError,
                      WeightsNotFoundError,
 )
@@ -28,5 +32,6 @@ from .segmenter import Prediction, Segmenter, load_segmenter
 __all__ = [
     "__version__", "load_segmenter", "Segmenter", "Prediction", "EngineConfig", "ClassSet", "parse_classes",
     "SegEarthError", "InputError", "ClassListError", "ImageError", "ParameterError", "WeightsError",
-    "WeightsNotFoundError", "CheckpointError", "ModelConfigError", "DeviceError",
+    "WeightsNotFoundError", "CheckpointError", "ModelConfigError", "DeviceError", "ShapeError",
+    "PredictionCancelledError", "ConfigError", "ChecksumError",
 ]

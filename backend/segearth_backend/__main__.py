@@ -38,14 +38,25 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .service import ENV_TOKEN, ServiceSettings, serve
+    from .service import ENV_TOKEN, ServiceSettings, read_token_file, serve
 
+    token: Optional[str]
+    if args.token_file:
+        token = read_token_file(Path(args.token_file))
+    elif args.token:
+        logging.getLogger("segearth_backend").warning(
+            "the token was given on the command line, where other users of this machine can see it (ps); "
+            "use --token-file or $%s instead", ENV_TOKEN)
+        token = args.token
+    else:
+        token = os.environ.get(ENV_TOKEN) or None
+    given = {"max_queue": args.max_queue}  # None: the setting's own default
     settings = ServiceSettings(
-        engine=_engine_config(args), host=args.host, port=args.port,
-        token=args.token or os.environ.get(ENV_TOKEN) or None,
+        engine=_engine_config(args), host=args.host, port=args.port, token=token,
         max_request_bytes=int(args.max_request_mb * 2**20),
         ready_file=Path(args.ready_file) if args.ready_file else None,
         warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent,
+        **{key: value for key, value in given.items() if value is not None},
     )
     return serve(settings)
 
@@ -112,9 +123,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     _engine_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (0: pick a free one and report it)")
-    serve.add_argument("--token", help="require this token (default: $SEGEARTH_BACKEND_TOKEN); "
-                       "needed to listen beyond loopback")
+    serve.add_argument("--token", help="require this token (default: $SEGEARTH_BACKEND_TOKEN); needed to listen "
+                       "beyond loopback. Visible to other users in `ps`: prefer --token-file")
+    serve.add_argument("--token-file", help="read the token from this file (first choice over --token and "
+                       "$SEGEARTH_BACKEND_TOKEN)")
     serve.add_argument("--max-request-mb", type=float, default=512, help="largest request body (default 512)")
+    serve.add_argument("--max-queue", type=int,
+                       help="requests that may wait while one runs; more get 503 with Retry-After (default 4)")
     serve.add_argument("--ready-file", help="write {url, pid} here (JSON) once the model is loaded")
     serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
     serve.add_argument("--exit-with-parent", action="store_true",

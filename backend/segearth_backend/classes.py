@@ -15,6 +15,22 @@ from .errors import ClassListError
 #: Label values 0..254 are classes; 255 is reserved for nodata.
 MAX_CLASSES = 254
 NODATA_LABEL = 255
+#: Limits on the text work one request may ask for. CLIP reads at most 77
+#: tokens (about 300 characters of English, less with the prompt templates
+#: around it), so a longer synonym only costs time.
+MAX_SYNONYM_CHARS = 200
+MAX_SYNONYMS_PER_CLASS = 16
+MAX_LINE_CHARS = 4000
+#: Every query is 80 template sentences through the text tower.
+MAX_QUERIES = 1024
+#: Class text quoted in messages is cut to this many characters.
+QUOTE_CHARS = 40
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` in quotes for a message, cut to ``limit`` characters (with an ellipsis)."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
 
 
 @dataclass(frozen=True)
@@ -60,9 +76,16 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
 
     Raises:
         ClassListError: empty list, blank class or synonym, a synonym used
-            twice (within or across classes), or more than 254 classes.
+            twice (within or across classes), more than 254 classes, or a
+            limit exceeded (``MAX_LINE_CHARS``, ``MAX_SYNONYM_CHARS``,
+            ``MAX_SYNONYMS_PER_CLASS``, ``MAX_QUERIES``).
     """
     if isinstance(classes, str):
+        if len(classes) > MAX_CLASSES * (MAX_LINE_CHARS + 1):
+            raise ClassListError(
+                f"The class list is {len(classes)} characters long; at most {MAX_CLASSES} lines of "
+                f"{MAX_LINE_CHARS} characters are allowed. Shorten it."
+            )
         raw_lines = [line for line in classes.splitlines() if line.strip()]
     else:
         if not isinstance(classes, Sequence):
@@ -88,19 +111,12 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
     query_class: list[int] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_lines):
-        if not isinstance(raw, str):
+        synonyms = _split_line(raw, index)
+        if len(queries) + len(synonyms) > MAX_QUERIES:
+            total = len(queries) + sum(len(str(line).split(",")) for line in raw_lines[index:])
             raise ClassListError(
-                f"Class {index + 1} is a {type(raw).__name__}, not text."
-            )
-        if not raw.strip():
-            raise ClassListError(
-                f"Class {index + 1} is blank: remove the empty line or type a class name."
-            )
-        synonyms = [_collapse_spaces(part) for part in raw.split(",")]
-        if any(not s for s in synonyms):
-            raise ClassListError(
-                f"Class {index + 1} ('{raw.strip()}') has an empty synonym: "
-                "remove the extra comma."
+                f"The class list has about {total} names (classes and synonyms); at most {MAX_QUERIES} are "
+                "allowed, since each is encoded with 80 prompt sentences. Drop rare synonyms."
             )
         for synonym in synonyms:
             key = synonym.casefold()
@@ -110,7 +126,7 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
                     f"in class {other + 1} and class {index + 1}"
                 )
                 raise ClassListError(
-                    f"'{synonym}' appears {where}: each class name and synonym "
+                    f"{quote(synonym)} appears {where}: each class name and synonym "
                     "must be unique (case-insensitive)."
                 )
             seen[key] = index
@@ -119,3 +135,32 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
         lines.append(",".join(synonyms))
         names.append(synonyms[0])
     return ClassSet(tuple(lines), tuple(names), tuple(queries), tuple(query_class))
+
+
+def _split_line(raw: object, index: int) -> list[str]:
+    """One class line -> its synonyms (whitespace collapsed), checked against the limits."""
+    if not isinstance(raw, str):
+        raise ClassListError(f"Class {index + 1} is a {type(raw).__name__}, not text.")
+    if not raw.strip():
+        raise ClassListError(f"Class {index + 1} is blank: remove the empty line or type a class name.")
+    if len(raw) > MAX_LINE_CHARS:
+        raise ClassListError(
+            f"Class {index + 1} ({quote(raw)}) is {len(raw)} characters long; at most {MAX_LINE_CHARS} "
+            "are allowed. Keep a few short names per class."
+        )
+    parts = raw.split(",")
+    if len(parts) > MAX_SYNONYMS_PER_CLASS:
+        raise ClassListError(
+            f"Class {index + 1} ({quote(raw)}) has {len(parts)} synonyms; at most {MAX_SYNONYMS_PER_CLASS} "
+            "are allowed. Keep the most typical names."
+        )
+    synonyms = [_collapse_spaces(part) for part in parts]
+    if any(not s for s in synonyms):
+        raise ClassListError(f"Class {index + 1} ({quote(raw)}) has an empty synonym: remove the extra comma.")
+    for synonym in synonyms:
+        if len(synonym) > MAX_SYNONYM_CHARS:
+            raise ClassListError(
+                f"Class {index + 1}: the name {quote(synonym)} is {len(synonym)} characters long; at most "
+                f"{MAX_SYNONYM_CHARS} are allowed (CLIP reads only 77 tokens). Use a short name."
+            )
+    return synonyms

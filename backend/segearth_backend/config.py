@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional
+
+from .errors import ConfigError
 
 #: A model preset name (see :mod:`.presets`): OpenAI CLIP ViT-B/16.
 DEFAULT_MODEL = "clip-vit-b16"
@@ -21,6 +24,7 @@ ENV_UPSAMPLER = "SEGEARTH_UPSAMPLER_WEIGHTS"
 ENV_DEVICE = "SEGEARTH_DEVICE"
 ENV_CACHE_DIR = "SEGEARTH_CACHE_DIR"
 ENV_OFFLINE = "SEGEARTH_OFFLINE"
+ENV_SIMFEATUP_SHA256 = "SEGEARTH_SIMFEATUP_SHA256"
 
 
 def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -57,6 +61,8 @@ class EngineConfig:
         cache_dir: downloads and the text-embedding cache.
         batch_size: windows per image-tower pass (None: 16).
         precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"`` (CUDA only; CPU is fp32).
+        simfeatup_sha256: expected sha256 (hex) of the downloaded SimFeatUp
+            checkpoint; None: the pinned constant of :mod:`.weights`.
     """
 
     model: str = DEFAULT_MODEL
@@ -66,11 +72,15 @@ class EngineConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     batch_size: Optional[int] = None
     precision: str = "auto"
+    simfeatup_sha256: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("model", "clip_weights", "upsampler_weights"):
             if not str(getattr(self, name)).strip():
                 raise ValueError(f"{name} must not be empty (use 'auto' for the default)")
+        if self.simfeatup_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.simfeatup_sha256):
+            raise ConfigError(f"{ENV_SIMFEATUP_SHA256} must be 64 lower-case hexadecimal digits, "
+                             f"got {self.simfeatup_sha256[:80]!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -85,6 +95,8 @@ class EngineConfig:
             if env.get(name):
                 values[key] = env[name]
         values["cache_dir"] = default_cache_dir(env)
+        if env.get(ENV_SIMFEATUP_SHA256):
+            values["simfeatup_sha256"] = env[ENV_SIMFEATUP_SHA256].strip().lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("cache_dir"), str):
             values["cache_dir"] = Path(str(values["cache_dir"])).expanduser()

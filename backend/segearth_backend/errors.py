@@ -33,10 +33,22 @@ class ImageError(InputError):
     code = "bad_image"
 
 
+class ShapeError(ImageError):
+    """The image is so thin and long that padding its windows would cost far more than its pixels."""
+
+    code = "bad_shape"
+
+
 class ParameterError(InputError):
     """A numeric parameter (threshold, background index, lambda...) is out of range."""
 
     code = "bad_parameter"
+
+
+class PredictionCancelledError(SegEarthError):
+    """``should_stop()`` asked a prediction to stop; it stopped between two batches of windows."""
+
+    code = "cancelled"
 
 
 class WeightsError(SegEarthError):
@@ -51,6 +63,12 @@ class WeightsNotFoundError(WeightsError):
     code = "weights_missing"
 
 
+class ChecksumError(WeightsError):
+    """A downloaded weights file does not have the expected sha256 (it is not kept)."""
+
+    code = "bad_checksum"
+
+
 class CheckpointError(WeightsError, ValueError):
     """A checkpoint file exists but is unreadable, truncated or of the wrong layout."""
 
@@ -61,6 +79,12 @@ class ModelConfigError(SegEarthError, ValueError):
     """The model name or JSON config is unknown or malformed."""
 
     code = "bad_model"
+
+
+class ConfigError(SegEarthError, ValueError):
+    """A setting (command-line option or environment variable: port, queue, token file, sha256...) is invalid."""
+
+    code = "bad_config"
 
 
 class DeviceError(SegEarthError):

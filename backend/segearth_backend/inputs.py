@@ -7,7 +7,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import ImageError, ParameterError
+from .errors import ImageError, ParameterError, ShapeError
+from .windows import grid_count, padded_area, padded_size
+
+#: The padded window area may be at most this many times the image's pixels (a large
+#: square image needs about 4 times: every pixel is in about 4 windows)...
+MAX_WORK_FACTOR = 16
+#: ...or at most this many full windows' worth, whatever the shape (small images).
+MAX_WORK_FLOOR_WINDOWS = 16
 
 
 def check_image(image: Any) -> np.ndarray:
@@ -41,6 +48,37 @@ def check_image(image: Any) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"image must be at least 1 x 1 pixel, got {image.shape[0]} x {image.shape[1]}.")
     return np.ascontiguousarray(image)
+
+
+def check_shape_cost(height: int, width: int, crop: int, stride: int, patch: int, min_size: int) -> None:
+    """Refuse shapes whose padded windows cost far more than their pixels (a 1 x 100000 strip).
+
+    Every window is padded to at least ``min_size`` pixels per side, so a
+    very thin, long image is processed as many nearly empty windows. Allowed:
+    a padded area of at most ``MAX_WORK_FACTOR`` times the pixel count, or
+    ``MAX_WORK_FLOOR_WINDOWS`` full windows.
+
+    Raises:
+        ShapeError: the shape is refused; the message gives the longest side
+            allowed at this thickness.
+    """
+    work = padded_area(height, width, crop, stride, patch, min_size)
+    floor = MAX_WORK_FLOOR_WINDOWS * crop * crop
+    if work <= max(MAX_WORK_FACTOR * height * width, floor):
+        return
+    thin, long = min(height, width), max(height, width)
+    windows = grid_count(height, crop, stride) * grid_count(width, crop, stride)
+    thick = padded_size(min(thin, crop), patch, min_size)
+    per_window = thick * crop
+    longest = (floor // per_window - 1) * stride + crop  # windows allowed by the floor alone
+    need = next(t for t in range(thin, crop + 1)
+                if padded_area(t, long, crop, stride, patch, min_size) <= MAX_WORK_FACTOR * t * long)
+    raise ShapeError(
+        f"A {height} x {width} image is processed as {windows} windows of at least {thick} x "
+        f"{min(long, crop)} pixels, {work / (height * width):.0f} times its pixel count (at most "
+        f"{MAX_WORK_FACTOR} is allowed). Send blocks at least {need} pixels thick (224 or more is best), or, "
+        f"at {thin} pixels thick, at most {max(longest, crop)} pixels long."
+    )
 
 
 def check_valid_mask(valid: Any, height: int, width: int) -> Optional[np.ndarray]:

@@ -1,40 +1,63 @@
-"""The SegEarth-OV segmenter: image + class list in, labels and probabilities out."""
+"""The SegEarth-OV segmenter: image + class list in, labels and probabilities out.
+
+The work is split in two: :mod:`.features` computes each window's features
+(image tower, SimFeatUp), which do not depend on the classes, and
+:mod:`.decision` turns logits into labels a chunk of queries at a time. The
+segmenter walks the image cell by cell (:func:`~.windows.cell_grid`), so it
+holds the features of about two window rows and the logits of one cell and
+one chunk of queries: memory does not grow with the number of classes.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .clip_loader import LoadedClip, load_clip
 from .config import EngineConfig
-from .device import autocast, autocast_dtype, describe, resolve_device, synchronize
-from .inputs import check_background_index, check_image, check_lambda, check_threshold, check_valid_mask
+from .decision import LOGIT_SCALE, QUERY_CHUNK_ELEMENTS, StreamingDecision, decide
+from .device import autocast_dtype, describe, resolve_device, synchronize
+from .features import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    ImageTower,
+    PixelFeatures,
+    WindowFeatureSource,
+    normalise,
+    reduced_coordinates,
+)
+from .inputs import (
+    check_background_index,
+    check_image,
+    check_lambda,
+    check_shape_cost,
+    check_threshold,
+    check_valid_mask,
+)
 from .resolution import choose_upsampler, require_preset_file, resolve_model
 from .text import TextEmbedder
 from .upsampler import JBUOne, load_upsampler
-from .vision import image_features
-from .weights import resolve_upsampler_weights
+from .weights import SIMFEATUP_SHA256, resolve_upsampler_weights
 from .weights_check import fail_fast_if_unobtainable
-from .windows import Window, group_by_shape, window_grid
+from .windows import Cell, cell_grid, window_grid
+
+__all__ = ["Segmenter", "Prediction", "load_segmenter", "decide", "normalise", "reduced_coordinates",
+           "PIXEL_MEAN", "PIXEL_STD", "LOGIT_SCALE", "CROP", "STRIDE"]
 
 log = logging.getLogger(__name__)
 
-#: CLIP's normalisation constants times 255 (RGB order).
-PIXEL_MEAN = (122.771, 116.746, 104.094)
-PIXEL_STD = (68.501, 66.632, 70.323)
 CROP = 224
 STRIDE = 112
-LOGIT_SCALE = 50.0
 #: With SimFeatUp, windows are padded to at least this size: the first x2
 #: step must be larger than the kernel radius for its reflect padding.
 MIN_WINDOW_WITH_UPSAMPLER = 48
@@ -47,13 +70,14 @@ class Prediction:
     Attributes:
         labels: ``H x W`` uint8 class indices; 255 where the input was invalid.
         probabilities: ``K x H x W`` float32 class probabilities (after the
-            x50 softmax and the max over synonyms); 0 where invalid.
+            x50 softmax and the max over synonyms); 0 where invalid. None when
+            ``predict`` was called with ``probabilities=False``.
         classes: the parsed class list (``classes.names[k]`` names label k).
         timings: seconds per stage (text, image_tower, upsampler, logits, total).
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: Optional[np.ndarray]
     classes: ClassSet
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -80,63 +104,42 @@ class _Stage:
         self.timer.seconds[self.name] += time.perf_counter() - self.start
 
 
-def normalise(image: np.ndarray, valid: Optional[np.ndarray], device: torch.device) -> torch.Tensor:
-    """``H x W x 3`` uint8 RGB -> ``1 x 3 x H x W`` float32 ``(x - mean) / std``; invalid pixels 0."""
-    tensor = torch.from_numpy(image).to(device).permute(2, 0, 1).float().unsqueeze(0)
-    mean = torch.tensor(PIXEL_MEAN, device=device).reshape(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=device).reshape(1, 3, 1, 1)
-    tensor = (tensor - mean) / std
-    if valid is not None:
-        tensor = tensor * torch.from_numpy(valid).to(device)
-    return tensor
+class _CellFeatures:
+    """The features of the windows being walked, cut into the cells they cover.
 
-
-def decide(logits: torch.Tensor, class_set: ClassSet, threshold: float,
-           background: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits -> (probabilities ``K x H x W``, labels ``H x W`` int64).
-
-    ``softmax(50 * logits)`` over all queries, max over each class's synonyms,
-    argmax over classes, and the background index where the top probability
-    is below ``threshold``.
+    A window's features are fetched when the first cell that needs them comes
+    up, cut into one block per cell (so finished cells free their memory), and
+    dropped block by block as cells are finished.
     """
-    probs = torch.softmax(logits * LOGIT_SCALE, dim=0)
-    if class_set.num_queries != class_set.num_classes:
-        members: list[list[int]] = [[] for _ in range(class_set.num_classes)]
-        for query, owner in enumerate(class_set.query_class):
-            members[owner].append(query)
-        probs = torch.stack([probs[rows].amax(dim=0) for rows in members])
-    top, labels = probs.max(dim=0)
-    labels = torch.where(top < threshold, torch.full_like(labels, background), labels)
-    return probs, labels
 
+    def __init__(self, source: WindowFeatureSource, cells: list[Cell]) -> None:
+        self.source = source
+        self.cells_of: dict[int, list[int]] = defaultdict(list)
+        for index, cell in enumerate(cells):
+            for window in cell.windows:
+                self.cells_of[window].append(index)
+        self.cells = cells
+        self.blocks: dict[tuple[int, int], PixelFeatures] = {}
+        self.fetched: set[int] = set()
 
-def reduced_coordinates(upsampler: JBUOne, patches: torch.Tensor, queries: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Express the upsampled features in the fewest exact coordinates.
+    def _fetch(self, window: int) -> None:
+        for index, features in self.source.features(window):
+            w = self.source.windows[index]
+            for cell_index in self.cells_of[index]:
+                cell = self.cells[cell_index]
+                rows = slice(cell.y0 - w.y0, cell.y1 - w.y0)
+                cols = slice(cell.x0 - w.x0, cell.x1 - w.x0)
+                self.blocks[(index, cell_index)] = features.crop(rows, cols)
+            self.fetched.add(index)
 
-    The upsampler output is ``F = A U(P) + c = U(A P) + c`` (``U``, the four
-    joint-bilateral steps, is linear and shared by all channels; ``A, c``
-    the final 1x1 fixup). Every pixel of ``F`` is thus a combination of the
-    ``h*w`` columns of ``A P`` plus ``c``. When that is fewer than ``D``
-    vectors, an orthonormal basis ``V`` of their span (``[A P | c] = V T``,
-    thin QR) lets ``U`` run on ``r = h*w + 1`` channels instead of ``D``:
-    norms and dot products with queries are the same in those coordinates.
-
-    Returns:
-        ``coords`` ``B x r x h x w`` (to upsample), ``offset`` ``B x r``
-        (added after upsampling) and ``directions`` ``B x r x Q`` (the
-        queries in the same coordinates).
-    """
-    weight, bias = upsampler.final_affine()
-    batch, dim, rows, cols = patches.shape
-    mixed = weight @ patches.reshape(batch, dim, rows * cols)  # B x D x hw
-    if dim <= rows * cols + 1:
-        return (mixed.reshape(batch, dim, rows, cols), bias.expand(batch, dim),
-                queries.T.expand(batch, dim, queries.shape[0]))
-    basis, factors = torch.linalg.qr(torch.cat([mixed, bias.reshape(1, dim, 1).expand(batch, dim, 1)], dim=2))
-    rank = factors.shape[1]
-    coords = factors[:, :, :rows * cols].reshape(batch, rank, rows, cols)
-    return coords, factors[:, :, rows * cols], basis.transpose(1, 2) @ queries.T
+    def take(self, cell_index: int) -> list[PixelFeatures]:
+        """The blocks of every window covering cell ``cell_index`` (in window order); forgets them."""
+        blocks = []
+        for window in self.cells[cell_index].windows:
+            if window not in self.fetched:
+                self._fetch(window)
+            blocks.append(self.blocks.pop((window, cell_index)))
+        return blocks
 
 
 class Segmenter:
@@ -144,7 +147,8 @@ class Segmenter:
 
     def __init__(self, clip: LoadedClip, upsampler: Optional[JBUOne], device: torch.device,
                  cache_dir: Optional[Path] = None, batch_size: Optional[int] = None,
-                 precision: str = "auto", upsampler_source: str = "none", model_preset: Optional[str] = None,
+                 precision: str = "auto", upsampler_source: str = "none",
+                 query_chunk_elements: int = QUERY_CHUNK_ELEMENTS, model_preset: Optional[str] = None,
                  upsampler_reason: str = "") -> None:
         self.clip = clip
         self.device = device
@@ -156,6 +160,7 @@ class Segmenter:
         self.upsampler_reason = upsampler_reason
         self.dtype = autocast_dtype(device, precision)
         self.batch_size = batch_size or 16
+        self.query_chunk_elements = query_chunk_elements
         self.patch = int(self.visual.conv1.kernel_size[0])
         self.text = TextEmbedder(model, clip.tokenizer, device, cache_dir)
         self.feature_dim = int(self.visual.output_dim)
@@ -179,6 +184,11 @@ class Segmenter:
             "batch_size": self.batch_size,
         }
 
+    @property
+    def min_window(self) -> int:
+        """Windows are padded to at least this many pixels per side."""
+        return MIN_WINDOW_WITH_UPSAMPLER if self.upsampler is not None else 1
+
     # ------------------------------------------------------------------ text
     def embed_classes(self, classes: Union[str, Sequence[str]]) -> ClassSet:
         """Validate ``classes`` and compute (or load) their text embeddings now."""
@@ -186,24 +196,46 @@ class Segmenter:
         self.text.embed(class_set.queries)
         return class_set
 
+    # ----------------------------------------------------------- image work
+    def window_features(self, image: np.ndarray, valid: Optional[np.ndarray] = None,
+                        should_stop: Optional[Callable[[], bool]] = None,
+                        progress: Optional[Callable[[int, int], None]] = None,
+                        timer: Optional[_Timer] = None) -> WindowFeatureSource:
+        """The class-independent features of ``image``'s windows, computed as they are asked for.
+
+        ``image`` and ``valid`` must already be checked (``check_image``, ``check_valid_mask``).
+        """
+        height, width = image.shape[:2]
+        tower = ImageTower(self.visual, self.upsampler, self.device, self.dtype, self.batch_size)
+        windows = window_grid(height, width, CROP, STRIDE, self.patch, self.min_window)
+        return WindowFeatureSource(tower, image, valid, windows, timer or _Timer(self.device), should_stop, progress)
+
     # ----------------------------------------------------------- prediction
     @torch.inference_mode()
     def predict(self, image: np.ndarray, classes: Union[str, Sequence[str]], prob_threshold: float = 0.0,
-                background_index: int = 0, bias_lambda: float = -0.3,
-                valid: Optional[np.ndarray] = None) -> Prediction:
+                background_index: int = 0, bias_lambda: float = -0.3, valid: Optional[np.ndarray] = None, *,
+                probabilities: bool = True, should_stop: Optional[Callable[[], bool]] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment ``image`` into ``classes``.
 
         Args:
-            image: ``H x W x 3`` uint8 RGB (row, column, channel), any H, W >= 1.
+            image: ``H x W x 3`` uint8 RGB (row, column, channel), any H, W >= 1
+                (very thin, long strips are refused: see ``check_shape_cost``).
             classes: class lines (synonyms comma-separated), or one string of lines.
             prob_threshold: pixels whose top probability is below it get ``background_index``.
             background_index: class index used below the threshold.
             bias_lambda: weight of the global-bias subtraction (-0.3 in the paper; 0 disables it).
             valid: optional ``H x W`` bool mask; False pixels are zeroed in
                 normalised space and get label 255 and probability 0.
+            probabilities: also return the ``K x H x W`` probabilities (else
+                they are never built: labels need ``H x W`` only).
+            should_stop: asked between batches of windows; True stops with
+                :class:`~segearth_backend.errors.PredictionCancelledError`.
+            progress: ``progress(windows_done, windows_total)`` after each window.
 
         Raises:
             InputError (a ValueError): bad image, mask, class list or parameter.
+            PredictionCancelledError: ``should_stop()`` returned True.
         """
         image = check_image(image)
         height, width = image.shape[:2]
@@ -212,22 +244,35 @@ class Segmenter:
         threshold = check_threshold(prob_threshold)
         background = check_background_index(background_index, class_set.num_classes)
         bias_lambda = check_lambda(bias_lambda)
+        check_shape_cost(height, width, CROP, STRIDE, self.patch, self.min_window)
 
         timer = _Timer(self.device)
         start = time.perf_counter()
         with timer.stage("text"):
             queries = self.text.embed(class_set.queries).float()
-        logits = self._image_logits(normalise(image, valid, self.device), queries, bias_lambda, timer)
-        with timer.stage("logits"):
-            probs, labels = decide(logits, class_set, threshold, background)
-            if valid is not None:
-                invalid = ~torch.from_numpy(valid).to(self.device)
-                labels[invalid] = NODATA_LABEL
-                probs[:, invalid] = 0.0
-            labels_np = labels.to(torch.uint8).cpu().numpy()
-            probs_np = probs.float().cpu().numpy()
+        source = self.window_features(image, valid, should_stop, progress, timer)
+        decision = StreamingDecision(queries, class_set, threshold, background, probabilities,
+                                     self.query_chunk_elements)
+        labels_out = np.empty((height, width), np.uint8)
+        probs_out = np.empty((class_set.num_classes, height, width), np.float32) if probabilities else None
+        cells = cell_grid(height, width, CROP, STRIDE)
+        store = _CellFeatures(source, cells)
+        for index, cell in enumerate(cells):
+            blocks = store.take(index)
+            with timer.stage("logits"):
+                average = functools.partial(_average, blocks, bias_lambda=bias_lambda)
+                labels, probs = decision.decide(average, cell.height, cell.width)
+                del blocks
+                if valid is not None:
+                    invalid = ~torch.from_numpy(valid[cell.y0:cell.y1, cell.x0:cell.x1]).to(self.device)
+                    labels[invalid] = NODATA_LABEL
+                    if probs is not None:
+                        probs[:, invalid] = 0.0
+                labels_out[cell.y0:cell.y1, cell.x0:cell.x1] = labels.to(torch.uint8).cpu().numpy()
+                if probs_out is not None and probs is not None:
+                    probs_out[:, cell.y0:cell.y1, cell.x0:cell.x1] = probs.float().cpu().numpy()
         timer.seconds["total"] = time.perf_counter() - start
-        return Prediction(labels_np, probs_np, class_set, dict(timer.seconds))
+        return Prediction(labels_out, probs_out, class_set, dict(timer.seconds))
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = -0.3,
@@ -250,69 +295,27 @@ class Segmenter:
             InputError (a ValueError): bad image, mask, class list or lambda.
         """
         image = check_image(image)
-        valid = check_valid_mask(valid, *image.shape[:2])
+        height, width = image.shape[:2]
+        valid = check_valid_mask(valid, height, width)
         class_set = parse_classes(classes)
         bias_lambda = check_lambda(bias_lambda)
-        timer = _Timer(self.device)
+        check_shape_cost(height, width, CROP, STRIDE, self.patch, self.min_window)
         queries = self.text.embed(class_set.queries).float()
-        logits = self._image_logits(normalise(image, valid, self.device), queries, bias_lambda, timer)
-        return logits.float().cpu().numpy()
+        out = np.empty((class_set.num_queries, height, width), np.float32)
+        cells = cell_grid(height, width, CROP, STRIDE)
+        store = _CellFeatures(self.window_features(image, valid), cells)
+        for index, cell in enumerate(cells):
+            blocks = store.take(index)
+            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, queries, bias_lambda=bias_lambda).float().cpu()
+        return out
 
-    def _batches(self, windows: list[Window]) -> Iterator[list[Window]]:
-        for group in group_by_shape(windows).values():
-            for start in range(0, len(group), self.batch_size):
-                yield group[start:start + self.batch_size]
 
-    def _image_logits(self, image: torch.Tensor, queries: torch.Tensor, bias_lambda: float,
-                      timer: _Timer) -> torch.Tensor:
-        """Window-averaged logits ``Q x H x W`` for a normalised ``1 x 3 x H x W`` image."""
-        height, width = image.shape[-2:]
-        min_size = MIN_WINDOW_WITH_UPSAMPLER if self.upsampler is not None else 1
-        windows = window_grid(height, width, CROP, STRIDE, self.patch, min_size)
-        total = torch.zeros(queries.shape[0], height, width, device=self.device)
-        count = torch.zeros(1, height, width, device=self.device)
-        for batch in self._batches(windows):
-            crops = torch.cat([
-                F.pad(image[:, :, w.y0:w.y1, w.x0:w.x1], (w.pad.left, w.pad.right, w.pad.top, w.pad.bottom))
-                for w in batch
-            ])
-            logits = self._window_logits(crops, queries, bias_lambda, timer)
-            with timer.stage("logits"):
-                for w, window_logits in zip(batch, logits):
-                    total[:, w.y0:w.y1, w.x0:w.x1] += window_logits[
-                        :, w.pad.top:w.pad.top + w.height, w.pad.left:w.pad.left + w.width]
-                    count[:, w.y0:w.y1, w.x0:w.x1] += 1
-        return total / count
-
-    def _window_logits(self, crops: torch.Tensor, queries: torch.Tensor, bias_lambda: float,
-                       timer: _Timer) -> torch.Tensor:
-        """Logits ``B x Q x H x W`` for ``B`` normalised windows ``B x 3 x H x W``."""
-        with timer.stage("image_tower"), autocast(self.device, self.dtype):
-            cls, patches = image_features(self.visual, crops)
-        cls, patches = cls.float(), patches.float()
-        bias = bias_lambda * F.normalize(cls, dim=-1) @ queries.T  # B x Q
-        if self.upsampler is None:
-            with timer.stage("logits"):
-                low = torch.einsum("bdhw,qd->bqhw", F.normalize(patches, dim=1), queries)
-                low = low + bias[:, :, None, None]
-                return F.interpolate(low, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-        # The upsampler's working set is large: on the CPU one window at a time
-        # stays in cache and is fastest; on a GPU the whole batch at once.
-        step = crops.shape[0] if self.device.type == "cuda" else 1
-        parts = []
-        for start in range(0, crops.shape[0], step):
-            part = slice(start, start + step)
-            with timer.stage("upsampler"):
-                coords, offset, directions = reduced_coordinates(self.upsampler, patches[part], queries)
-                with autocast(self.device, self.dtype):
-                    kernels = self.upsampler.step_kernels(crops[part], *patches.shape[-2:])
-                    upsampled = self.upsampler.spatial(coords, kernels)
-                upsampled = upsampled.float() + offset[:, :, None, None]
-            with timer.stage("logits"):
-                norm = upsampled.norm(dim=1, keepdim=True).clamp(min=1e-12)
-                dots = torch.einsum("brhw,brq->bqhw", upsampled, directions)
-                parts.append(dots / norm + bias[part, :, None, None])
-        return torch.cat(parts)
+def _average(blocks: list[PixelFeatures], queries: torch.Tensor, *, bias_lambda: float) -> torch.Tensor:
+    """The mean over the covering windows of their logits ``c x h x w`` (summed in window order)."""
+    total = blocks[0].logits(queries, bias_lambda)
+    for block in blocks[1:]:
+        total += block.logits(queries, bias_lambda)
+    return total / len(blocks)
 
 
 def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = None,
@@ -326,14 +329,16 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
     checkpoint; ``auto`` device). ``model`` may be a preset name
     (:mod:`.presets`); :mod:`.resolution` decides weights and upsampler.
+    Missing weights that cannot be downloaded now fail at once, all named.
 
     Raises:
         ModelConfigError (UpsamplerMismatchError: an upsampler that cannot fit the model),
         WeightsNotFoundError, CheckpointError, DeviceError.
     """
-    explicit: dict[str, Any] = {"model": model, "clip_weights": clip_weights, "upsampler_weights": upsampler_weights,
-                "device": device, "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
-                "batch_size": batch_size, "precision": precision}
+    explicit: dict[str, Any] = {"model": model, "clip_weights": clip_weights,
+                                "upsampler_weights": upsampler_weights, "device": device,
+                                "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
+                                "batch_size": batch_size, "precision": precision}
     if config is None:
         config = EngineConfig.from_env(os.environ, **explicit)
     else:  # explicit arguments win over the given configuration, as documented
@@ -346,7 +351,8 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     feature_dim = int(clip.model.visual.output_dim)
     choice = choose_upsampler(config.upsampler_weights, feature_dim, int(clip.model.visual.conv1.kernel_size[0]),
                               resolved.preset)
-    upsampler_path = resolve_upsampler_weights(choice.spec, config.cache_dir)
+    upsampler_path = resolve_upsampler_weights(choice.spec, config.cache_dir,
+                                               sha256=config.simfeatup_sha256 or SIMFEATUP_SHA256)
     upsampler = load_upsampler(upsampler_path, feature_dim) if upsampler_path is not None else None
     log.info("feature upsampling: %s", choice.reason)
     return Segmenter(clip, upsampler, torch_device, cache_dir=config.cache_dir,

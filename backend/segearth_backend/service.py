@@ -2,21 +2,22 @@
 
 Endpoints (protocol version 1; see the README):
 
-- ``GET /health`` (no token): versions, device, loaded weights, status.
+- ``GET /health``: versions, status, device; with the token (or when the
+  server has none) also the loaded weights and the load error.
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
+- ``GET /progress/{request_id}``: windows done / total of a named request.
 - ``POST /classes/embed``: JSON ``{"classes": [...]}``: pre-computes embeddings.
-- ``GET /models`` (no token): the model presets and which are installed here.
+- ``GET /models``: the model presets and which are installed here (token: it names local paths).
 
-Inference runs on one worker thread (requests queue), so concurrent clients
-cannot exhaust device memory while ``/health`` keeps answering.
+Inference runs on one worker thread behind a bounded queue (:mod:`.worker`);
+:mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
+oversized bodies before any work is done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -26,156 +27,102 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .classes import parse_classes
 from .config import EngineConfig
-from .errors import InputError, SegEarthError
-from .protocol import BUNDLE_TYPE, PROTOCOL_VERSION, ProtocolError, read_bundle, write_bundle
+from .errors import ConfigError, InputError, PredictionCancelledError
+from .guards import (
+    ApiError,
+    RequestGuard,
+    check_content_type,
+    check_token,
+    error_response,
+    is_loopback,
+    read_body,
+    token_matches,
+    wait_for_disconnect,
+)
+from .progress import REQUEST_ID, Job, JobBoard
+from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, ProtocolError, read_bundle, write_bundle
+from .worker import Engine
+
+__all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "Engine", "ENV_TOKEN"]
 
 log = logging.getLogger(__name__)
 
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 DEFAULT_MAX_REQUEST_MB = 512
-SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities", "protocol"}
+DEFAULT_MAX_QUEUE = 4
+SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities",
+                  "protocol", "request_id"}
+#: /health fields that name local files; shown only to clients with the token.
+PRIVATE_HEALTH_FIELDS = ("clip_weights", "upsampler_weights", "upsampler_reason", "error")
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """How the service listens and what it loads."""
+    """How the service listens, what it loads and how much work it accepts (validated here, once).
+
+    Attributes:
+        max_request_bytes: largest request body.
+        max_queue: requests that may wait while one runs (more get 503 + Retry-After).
+        body_timeout: seconds a client may take to send its body.
+        oom_recover_after: successful requests after a CUDA out-of-memory
+            error before the configured batch size is tried again.
+    """
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     host: str = "127.0.0.1"
     port: int = 8765
     token: Optional[str] = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
+    max_queue: int = DEFAULT_MAX_QUEUE
+    body_timeout: float = 300.0
+    oom_recover_after: int = 20
     ready_file: Optional[Path] = None
     warmup: bool = True
     exit_with_parent: bool = False
 
+    def __post_init__(self) -> None:
+        if self.max_request_bytes < 1:
+            raise ConfigError("--max-request-mb must be positive.")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be 0 or more, got {self.max_queue}.")
+        if self.body_timeout <= 0 or self.oom_recover_after < 1:
+            raise ConfigError("body_timeout must be positive and oom_recover_after at least 1.")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}.")
+        if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
+            raise ConfigError("The token must be non-empty and contain no spaces or line breaks.")
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+
+def read_token_file(path: Path) -> str:
+    """The token stored in ``path`` (surrounding whitespace removed).
+
+    Raises:
+        ConfigError: unreadable or empty file.
+    """
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": ...}`` with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
-class Engine:
-    """The segmenter behind the service: loading state, one worker thread, busy count."""
-
-    def __init__(self, factory: Callable[[], Any], warmup: bool) -> None:
-        self.factory = factory
-        self.warmup = warmup
-        self.status = "loading"
-        self.error: Optional[str] = None
-        self.segmenter: Any = None
-        self.info: dict[str, Any] = {}
-        self.loaded = threading.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segearth-inference")
-        self.pending = 0
-        self.seconds_per_megapixel: Optional[float] = None
-
-    def load(self) -> None:
-        """Build the segmenter and warm it up (compiles kernels); runs on a thread."""
-        try:
-            segmenter = self.factory()
-            if self.warmup:
-                segmenter.predict(np.zeros((64, 64, 3), np.uint8), ["warm-up a", "warm-up b"])
-            self.segmenter, self.info, self.status = segmenter, segmenter.describe(), "ready"
-        except SegEarthError as error:
-            self.status, self.error = "failed", str(error)
-            log.error("the model could not be loaded: %s", error)
-        except Exception as error:  # noqa: BLE001 - reported through /health and the exit code
-            self.status, self.error = "failed", f"{type(error).__name__}: {error}"
-            log.error("the model could not be loaded:\n%s", traceback.format_exc())
-        finally:
-            self.loaded.set()
-
-    def require_ready(self) -> None:
-        """Raise the 503 answer while the model loads or after it failed to."""
-        if self.status == "loading":
-            raise ApiError(503, "loading", "The model is still loading; retry in a few seconds.")
-        if self.status == "failed":
-            raise ApiError(503, "model_failed", f"The model failed to load: {self.error}")
-
-    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function(segmenter, *args)`` on the inference thread (queued)."""
-        self.require_ready()
-        self.pending += 1
-        try:
-            return await asyncio.wrap_future(self.executor.submit(self._with_retry, function, *args))
-        finally:
-            self.pending -= 1
-
-    def _with_retry(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Call on the worker; a CUDA out-of-memory error is retried with smaller batches."""
-        import torch
-
-        while True:
-            try:
-                return function(self.segmenter, *args)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if self.segmenter.batch_size <= 1:
-                    raise ApiError(503, "out_of_memory", "The GPU ran out of memory even one window at a time; "
-                                   "send smaller blocks or free GPU memory.") from None
-                self.segmenter.batch_size = max(1, self.segmenter.batch_size // 2)
-                log.warning("CUDA out of memory: retrying with batches of %d windows", self.segmenter.batch_size)
-
-
-def _check_token(request: Request, token: Optional[str]) -> None:
-    if token is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "unauthorized", "This backend needs a token: send 'Authorization: Bearer <token>'.")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "The token is wrong: check the backend token in the plugin settings.")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "bad_request", "Content-Length is not a number.")
-        if int(declared) > limit:
-            raise ApiError(413, "too_large", f"The request is {int(declared) / 2**20:.1f} MB; this backend accepts at "
-                           f"most {limit / 2**20:.0f} MB. Send smaller blocks.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"The request is larger than {limit / 2**20:.0f} MB. Send smaller blocks.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Cannot read the token file {path}: {error}.") from None
+    if not token:
+        raise ConfigError(f"The token file {path} is empty: write the token into it.")
+    return token
 
 
 def _segment_params(params: Any) -> dict[str, Any]:
@@ -183,27 +130,67 @@ def _segment_params(params: Any) -> dict[str, Any]:
         raise ApiError(422, "bad_parameter", "params.json must be a JSON object.")
     unknown = sorted(set(params) - SEGMENT_PARAMS)
     if unknown:
-        raise ApiError(422, "bad_parameter", f"Unknown parameter(s) {', '.join(unknown)}; "
+        raise ApiError(422, "bad_parameter", f"Unknown parameter(s) {', '.join(u[:40] for u in unknown[:5])}; "
                        f"known: {', '.join(sorted(SEGMENT_PARAMS))}.")
     if params.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise ApiError(422, "protocol_mismatch", f"The client speaks protocol {params['protocol']}, this backend "
-                       f"{PROTOCOL_VERSION}: update the plugin or the backend so they match.")
+        raise ApiError(422, "protocol_mismatch", f"The client speaks protocol {str(params['protocol'])[:20]}, this "
+                       f"backend {PROTOCOL_VERSION}: update the plugin or the backend so they match.")
     if "classes" not in params:
         raise ApiError(422, "bad_classes", "params.json needs 'classes': a list of class lines.")
     if not isinstance(params.get("return_probabilities", False), bool):
         raise ApiError(422, "bad_parameter", "return_probabilities must be true or false.")
+    request_id = params.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id)):
+        raise ApiError(422, "bad_parameter", "request_id must be 1 to 64 letters, digits, '.', '_' or '-'.")
     return params
+
+
+class FaultBarrier:
+    """ASGI middleware: an unexpected exception becomes one logged traceback and a generic 500 answer.
+
+    The answer names a reference to find the traceback in the log, and no
+    internals (exception text can hold paths or data).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:  # noqa: BLE001 - the barrier: log once, answer generically, keep serving
+            reference = uuid.uuid4().hex[:8]
+            log.error("internal error %s on %s %s:\n%s", reference, scope.get("method"), scope.get("path"),
+                      traceback.format_exc())
+            if not started:
+                response = error_response(500, "internal_error", f"The backend failed on an internal error "
+                                          f"(reference {reference} in its log). The backend keeps running; "
+                                          "retry, and report the problem if it happens again.")
+                await response(scope, receive, send)
 
 
 def create_app(settings: ServiceSettings, factory: Callable[[], Any],
                on_ready: Optional[Callable[[Engine], None]] = None) -> Starlette:
     """The ASGI app. ``factory()`` builds the segmenter (on a background thread at start-up)."""
-    engine = Engine(factory, settings.warmup)
+    engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
+    board = JobBoard()
 
     async def health(request: Request) -> JSONResponse:
-        status = "busy" if engine.status == "ready" and engine.pending else engine.status
+        status = "busy" if engine.status == "ready" and engine.admitted else engine.status
         body: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "version": __version__, "status": status,
-                                "queued": engine.pending, "auth": settings.token is not None}
+                                "queued": engine.admitted, "max_queue": engine.max_queue,
+                                "auth": settings.token is not None}
         if engine.error:
             body["error"] = engine.error
         if engine.info:
@@ -212,63 +199,98 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
                 from .device import describe
 
                 body["device"] = describe(engine.segmenter.device)  # fresh free-memory figure
+            if engine.segmenter is not None:
+                body["batch_size"] = engine.segmenter.batch_size
         if engine.seconds_per_megapixel is not None:
             body["seconds_per_megapixel"] = round(engine.seconds_per_megapixel, 3)
+        if not token_matches(request, settings.token):
+            for name in PRIVATE_HEALTH_FIELDS:
+                body.pop(name, None)
         return JSONResponse(body)
 
     async def segment(request: Request) -> Response:
-        _check_token(request, settings.token)
-        engine.require_ready()  # before reading a large body
-        body = await _read_body(request, settings.max_request_bytes)
-        members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
-        if "image.npy" not in members or "params.json" not in members:
-            raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
-        params = _segment_params(members["params.json"])
-        image, valid = members["image.npy"], members.get("valid.npy")
-        start = time.perf_counter()
-        prediction = await engine.run(
-            lambda s: s.predict(image, params["classes"], prob_threshold=params.get("prob_threshold", 0.0),
-                                background_index=params.get("background_index", 0),
-                                bias_lambda=params.get("bias_lambda", -0.3), valid=valid))
-        seconds = time.perf_counter() - start
-        if image.size:
-            engine.seconds_per_megapixel = seconds / (image.shape[0] * image.shape[1] / 1e6)
-        out: dict[str, Any] = {
-            "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(prediction.classes.lines),
-                          "names": list(prediction.classes.names), "timings": prediction.timings,
-                          "server_seconds": seconds},
-            "labels.npy": prediction.labels,
-        }
-        if params.get("return_probabilities", False):
-            out["probabilities.npy"] = prediction.probabilities.astype(np.float16)
-        return Response(write_bundle(out), media_type=BUNDLE_TYPE)
+        check_token(request, settings.token)
+        check_content_type(request, BUNDLE_TYPE)
+        with engine.admit():  # before reading a large body
+            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
+            members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
+            del body
+            if "image.npy" not in members or "params.json" not in members:
+                raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
+            params = _segment_params(members["params.json"])
+            parse_classes(params["classes"])  # validate before queueing
+            image, valid = members["image.npy"], members.get("valid.npy")
+            job = board.open(params.get("request_id"))
+            if job is None:
+                raise ApiError(409, "request_id_in_use", f"A request named {params['request_id']!r} is still "
+                               "running: give each request its own request_id.")
+            want_probabilities = params.get("return_probabilities", False)
+
+            def work(segmenter: Any, job: Job) -> Any:
+                return segmenter.predict(image, params["classes"], prob_threshold=params.get("prob_threshold", 0.0),
+                                         background_index=params.get("background_index", 0),
+                                         bias_lambda=params.get("bias_lambda", -0.3), valid=valid,
+                                         probabilities=want_probabilities, should_stop=job.cancel.is_set,
+                                         progress=job.progress)
+
+            start = time.perf_counter()
+            prediction = await _run_watched(request, engine, work, job, board)
+            seconds = time.perf_counter() - start
+            engine.last_seconds = seconds
+            if image.size:
+                engine.seconds_per_megapixel = seconds / (image.shape[0] * image.shape[1] / 1e6)
+            out: dict[str, Any] = {
+                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(prediction.classes.lines),
+                              "names": list(prediction.classes.names), "timings": prediction.timings,
+                              "server_seconds": seconds, "request_id": job.request_id},
+                "labels.npy": prediction.labels,
+            }
+            if want_probabilities:
+                out["probabilities.npy"] = prediction.probabilities.astype("float16")
+            return Response(write_bundle(out), media_type=BUNDLE_TYPE)
+
+    async def progress(request: Request) -> JSONResponse:
+        check_token(request, settings.token)
+        request_id = request.path_params["request_id"]
+        job = board.get(request_id) if REQUEST_ID.fullmatch(request_id) else None
+        if job is None:
+            raise ApiError(404, "unknown_request", "No request with that request_id is running or finished "
+                           "recently: send request_id in params.json to follow a request.")
+        return JSONResponse(job.document())
 
     async def embed(request: Request) -> JSONResponse:
-        _check_token(request, settings.token)
-        body = await _read_body(request, settings.max_request_bytes)
-        try:
-            payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ApiError(400, "bad_request", f"The body is not JSON: {error}.") from None
-        if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
-            raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
-        parse_classes(payload["classes"])  # validate before queueing
-        start = time.perf_counter()
-        class_set = await engine.run(lambda s: s.embed_classes(payload["classes"]))
-        return JSONResponse({"classes": class_set.num_classes, "queries": class_set.num_queries,
-                             "seconds": round(time.perf_counter() - start, 3)})
+        check_token(request, settings.token)
+        check_content_type(request, JSON_TYPE)
+        with engine.admit():
+            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
+            try:
+                payload = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ApiError(400, "bad_request", f"The body is not JSON: {error}.") from None
+            except RecursionError:
+                raise ApiError(400, "bad_request", "The body is nested too deeply; send {\"classes\": [...]}.") \
+                    from None
+            if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
+                raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
+            parse_classes(payload["classes"])  # validate before queueing
+            start = time.perf_counter()
+            class_set = await engine.run(lambda s, job: s.embed_classes(payload["classes"]))
+            return JSONResponse({"classes": class_set.num_classes, "queries": class_set.num_queries,
+                                 "seconds": round(time.perf_counter() - start, 3)})
 
     async def models(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
         from .model_listing import model_status
 
+        check_token(request, settings.token)  # the list names local paths
+
         rows = await run_in_threadpool(model_status, settings.engine.cache_dir)
         return JSONResponse({"presets": rows, "loaded": engine.info.get("model_preset")})
 
     async def api_error(request: Request, error: Exception) -> JSONResponse:
         api = cast(ApiError, error)
-        return error_response(api.status, api.code, api.message)
+        return error_response(api.status, api.code, api.message, api.headers)
 
     async def input_error(request: Request, error: Exception) -> JSONResponse:
         status = 400 if isinstance(error, ProtocolError) else 422
@@ -278,11 +300,13 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
         http = cast(HTTPException, error)
         return error_response(http.status_code, "http_error", str(http.detail))
 
-    async def fault(request: Request, error: Exception) -> JSONResponse:
-        log.error("internal error on %s:\n%s", request.url.path,
-                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
-        return error_response(500, "internal_error", f"The backend failed: {type(error).__name__}: {error}. "
-                              "The backend log has the details; the backend keeps running.")
+    async def client_gone(request: Request, error: Exception) -> JSONResponse:
+        log.info("%s %s: the client went away before sending its whole request", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "The client closed the connection.")
+
+    async def cancelled(request: Request, error: Exception) -> JSONResponse:
+        log.info("%s %s: %s", request.method, request.url.path, error)
+        return error_response(409, "cancelled", str(error))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -298,13 +322,42 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
 
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]), Route("/segment", segment, methods=["POST"]),
+                Route("/progress/{request_id}", progress, methods=["GET"]),
                 Route("/classes/embed", embed, methods=["POST"]), Route("/models", models, methods=["GET"])],
+        middleware=[Middleware(FaultBarrier), Middleware(RequestGuard, loopback_only=is_loopback(settings.host))],
         exception_handlers={ApiError: api_error, InputError: input_error, HTTPException: http_error,
-                            Exception: fault},
+                            ClientDisconnect: client_gone, PredictionCancelledError: cancelled},
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.board = board
     return app
+
+
+async def _run_watched(request: Request, engine: Engine, work: Callable[..., Any], job: Job,
+                       board: JobBoard) -> Any:
+    """Run ``work`` on the engine; if the client disconnects meanwhile, cancel it between window batches."""
+    async def watch() -> None:
+        try:
+            await wait_for_disconnect(request)
+        except Exception:  # noqa: BLE001 - a broken receive channel is not a disconnect; keep working
+            return
+        log.info("request %s: the client went away; stopping its work", job.request_id)
+        job.cancel.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        result = await engine.run(work, job)
+    except PredictionCancelledError:
+        board.close(job, "cancelled")
+        raise
+    except BaseException:
+        board.close(job, "failed")
+        raise
+    finally:
+        watcher.cancel()
+    board.close(job, "done")
+    return result
 
 
 def write_ready_file(path: Path, document: dict[str, Any]) -> None:

@@ -2,18 +2,23 @@
 
 A query's embedding is the mean of the L2-normalised embeddings of its 80
 template sentences, renormalised. Embeddings depend only on the query text and
-the model, so they are kept in memory and, when a cache directory is given,
-on disk (one ``.npy`` per query under a folder named by the model's
-fingerprint).
+the model, so they are kept in memory (the most recently used
+``MEMORY_CACHE_ENTRIES``) and, when a cache directory is given, on disk (one
+``.npy`` per query under a folder named by the model's fingerprint; the
+least recently used files go once ``text/`` holds more than
+``DISK_CACHE_BYTES``). Queries are tokenised and encoded
+``QUERY_CHUNK`` at a time, so the work of a long class list stays bounded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,6 +33,12 @@ log = logging.getLogger(__name__)
 TEXT_CACHE_VERSION = "1"
 #: Template sentences are encoded in chunks of this many (bounds memory).
 TEXT_CHUNK = 128
+#: Queries tokenised and encoded together (x 80 template sentences).
+QUERY_CHUNK = 16
+#: Embeddings kept in memory (about 2 KB each for ViT-B/16).
+MEMORY_CACHE_ENTRIES = 8192
+#: Size of the disk cache (all models together) before the oldest files are removed.
+DISK_CACHE_BYTES = 64 * 2**20
 
 
 def imagenet_templates() -> list[Callable[[str], str]]:
@@ -97,17 +108,22 @@ def encode_sentences(model: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 class TextEmbedder:
-    """Embeds class queries with the template ensemble; caches in memory and on disk."""
+    """Embeds class queries with the template ensemble; caches in memory and on disk (both bounded)."""
 
     def __init__(self, model: Any, tokenizer: Callable[[list[str]], torch.Tensor],
-                 device: torch.device, cache_dir: Optional[Path] = None) -> None:
+                 device: torch.device, cache_dir: Optional[Path] = None,
+                 memory_entries: int = MEMORY_CACHE_ENTRIES, disk_bytes: int = DISK_CACHE_BYTES) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.templates = imagenet_templates()
         self.fingerprint = model_fingerprint(model)
-        self.disk_dir = (cache_dir / "text" / f"{self.fingerprint}-v{TEXT_CACHE_VERSION}") if cache_dir else None
-        self._memory: dict[str, np.ndarray] = {}
+        self.cache_root = cache_dir / "text" if cache_dir else None
+        self.disk_dir = self.cache_root / f"{self.fingerprint}-v{TEXT_CACHE_VERSION}" if self.cache_root else None
+        self.memory_entries = memory_entries
+        self.disk_bytes = disk_bytes
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._disk_used: Optional[int] = None  # bytes under cache_root, measured on first write
         self._lock = threading.Lock()
         self.computed = 0  # queries encoded by the network (not served from a cache)
 
@@ -130,6 +146,8 @@ class TextEmbedder:
         ):
             log.warning("ignoring malformed text-cache file %s", path)
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: evicted last
         return array
 
     def _write_disk(self, query: str, array: np.ndarray) -> None:
@@ -142,30 +160,82 @@ class TextEmbedder:
             with os.fdopen(handle, "wb") as stream:
                 np.save(stream, array, allow_pickle=False)
             os.replace(tmp, path)
+            if self._disk_used is not None:
+                self._disk_used += path.stat().st_size
         except OSError as error:  # a read-only cache must not break inference
             log.warning("could not write text cache %s: %s", path, error)
 
-    def _encode(self, queries: Sequence[str]) -> list[np.ndarray]:
-        sentences = [template(query) for query in queries for template in self.templates]
-        tokens = self.tokenizer(sentences)
-        # Sort by length so each chunk is cut at its own end-of-text position.
-        order = torch.argsort(tokens.argmax(dim=-1))
-        chunks = []
-        for start in range(0, len(sentences), TEXT_CHUNK):
-            index = order[start:start + TEXT_CHUNK]
-            chunks.append((index, encode_sentences(self.model, tokens[index].to(self.device)).cpu()))
-        dim = chunks[0][1].shape[1]
-        features = torch.empty(len(sentences), dim)
-        for index, chunk in chunks:
-            features[index] = chunk
-        features = F.normalize(features, dim=-1).reshape(len(queries), len(self.templates), dim)
-        means = F.normalize(features.mean(dim=1), dim=-1)
+    def _trim_disk(self) -> None:
+        """Remove the least recently used cache files while ``text/`` holds more than ``disk_bytes``."""
+        if self.cache_root is None or (self._disk_used is not None and self._disk_used <= self.disk_bytes):
+            return
+        files = []
+        for path in self.cache_root.rglob("*.npy"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        used = sum(size for _, size, _ in files)
+        if used > self.disk_bytes:
+            files.sort()
+            target = int(self.disk_bytes * 0.9)
+            for _, size, path in files:
+                if used <= target:
+                    break
+                try:
+                    path.unlink()
+                    used -= size
+                except OSError as error:
+                    log.warning("could not remove old text-cache file %s: %s", path, error)
+                    break
+            log.info("text cache trimmed to %.1f MB", used / 2**20)
+        self._disk_used = used
+
+    def _remember(self, query: str, array: np.ndarray) -> None:
+        self._memory[query] = array
+        self._memory.move_to_end(query)
+        while len(self._memory) > self.memory_entries:
+            self._memory.popitem(last=False)
+
+    def _encode_chunk(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Embeddings of a few queries. Each query's sentences are encoded as their own batch, so an
+        embedding never depends on which other queries were encoded with it (bit for bit)."""
+        per_query = len(self.templates)
+        tokens = self.tokenizer([template(query) for query in queries for template in self.templates])
+        means = []
+        for start in range(0, tokens.shape[0], per_query):
+            rows = tokens[start:start + per_query]
+            # Sort by length so each chunk is cut at its own end-of-text position.
+            order = torch.argsort(rows.argmax(dim=-1))
+            features = torch.empty(rows.shape[0], 0)
+            for first in range(0, rows.shape[0], TEXT_CHUNK):
+                index = order[first:first + TEXT_CHUNK]
+                encoded = encode_sentences(self.model, rows[index].to(self.device)).cpu()
+                if features.shape[1] == 0:
+                    features = torch.empty(rows.shape[0], encoded.shape[1])
+                features[index] = encoded
+            means.append(F.normalize(F.normalize(features, dim=-1).mean(dim=0), dim=-1))
         return [row.numpy().astype(np.float32) for row in means]
+
+    def _encode(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Embeddings of ``queries``, ``QUERY_CHUNK`` queries (x 80 sentences) at a time."""
+        arrays: list[np.ndarray] = []
+        for start in range(0, len(queries), QUERY_CHUNK):
+            arrays.extend(self._encode_chunk(queries[start:start + QUERY_CHUNK]))
+        return arrays
 
     def embed(self, queries: Sequence[str]) -> torch.Tensor:
         """``Q x D`` float32 unit vectors for ``queries``, on the engine's device."""
         with self._lock:
-            missing = [q for q in dict.fromkeys(queries) if q not in self._memory]
+            found: dict[str, np.ndarray] = {}
+            missing = []
+            for query in dict.fromkeys(queries):
+                if query in self._memory:
+                    self._memory.move_to_end(query)
+                    found[query] = self._memory[query]
+                else:
+                    missing.append(query)
             dim = next(iter(self._memory.values())).shape[0] if self._memory else None
             still_missing = []
             for query in missing:
@@ -173,11 +243,14 @@ class TextEmbedder:
                 if array is None:
                     still_missing.append(query)
                 else:
-                    self._memory[query] = array
+                    found[query] = array
             if still_missing:
                 for query, array in zip(still_missing, self._encode(still_missing)):
-                    self._memory[query] = array
+                    found[query] = array
                     self._write_disk(query, array)
                 self.computed += len(still_missing)
-            stacked = np.stack([self._memory[q] for q in queries])
+                self._trim_disk()
+            for query in missing:
+                self._remember(query, found[query])
+            stacked = np.stack([found[q] for q in queries])
         return torch.from_numpy(stacked).to(self.device)

@@ -77,6 +77,19 @@ def patch_padding(height: int, width: int, patch: int, min_size: int = 1) -> Pad
     return Padding(top, bottom, left, right)
 
 
+def axis_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the window positions along one axis of ``size`` pixels.
+
+    Windows start every ``stride`` pixels; one that would run past the border
+    is shifted back so it ends on the border.
+    """
+    spans = []
+    for index in range(grid_count(size, crop, stride)):
+        stop = min(index * stride + crop, size)
+        spans.append((max(stop - crop, 0), stop))
+    return spans
+
+
 def window_grid(height: int, width: int, crop: int = 224, stride: int = 112,
                 patch: int = 16, min_size: int = 1) -> list[Window]:
     """The sliding windows covering a ``height x width`` image, row-major.
@@ -97,15 +110,66 @@ def window_grid(height: int, width: int, crop: int = 224, stride: int = 112,
             f"crop ({crop}) must be a positive multiple of the patch size ({patch}), "
             f"stride ({stride}) positive"
         )
-    windows = []
-    for row in range(grid_count(height, crop, stride)):
-        for col in range(grid_count(width, crop, stride)):
-            y1 = min(row * stride + crop, height)
-            x1 = min(col * stride + crop, width)
-            y0 = max(y1 - crop, 0)
-            x0 = max(x1 - crop, 0)
-            windows.append(Window(y0, y1, x0, x1, patch_padding(y1 - y0, x1 - x0, patch, min_size)))
-    return windows
+    return [Window(y0, y1, x0, x1, patch_padding(y1 - y0, x1 - x0, patch, min_size))
+            for y0, y1 in axis_spans(height, crop, stride) for x0, x1 in axis_spans(width, crop, stride)]
+
+
+def padded_size(size: int, patch: int, min_size: int = 1) -> int:
+    """The size a window side of ``size`` pixels is padded to (see :func:`patch_padding`)."""
+    target = max(size, min_size)
+    return target + (-target) % patch
+
+
+def padded_area(height: int, width: int, crop: int = 224, stride: int = 112, patch: int = 16,
+                min_size: int = 1) -> int:
+    """Sum of the padded window areas of :func:`window_grid`: the pixels the network processes."""
+    rows = sum(padded_size(y1 - y0, patch, min_size) for y0, y1 in axis_spans(height, crop, stride))
+    cols = sum(padded_size(x1 - x0, patch, min_size) for x0, x1 in axis_spans(width, crop, stride))
+    return rows * cols
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A rectangle of the image covered by one fixed set of windows.
+
+    ``windows`` are indices into the :func:`window_grid` list, in increasing
+    order (the order in which their logits are summed).
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    windows: tuple[int, ...]
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+def _bands(spans: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+    """The intervals between consecutive window edges, each with the positions covering it."""
+    edges = sorted({edge for span in spans for edge in span})
+    return [(a, b, [i for i, (start, stop) in enumerate(spans) if start <= a and stop >= b])
+            for a, b in zip(edges, edges[1:])]
+
+
+def cell_grid(height: int, width: int, crop: int = 224, stride: int = 112) -> list[Cell]:
+    """The image cut along every window edge, row-major; every pixel is in exactly one cell.
+
+    The windows covering a cell are the same for all its pixels, and a cell
+    is complete once its last window is known, so a walk over the cells in
+    this order needs only the windows of about two window rows at a time.
+    """
+    columns = len(axis_spans(width, crop, stride))
+    row_bands = _bands(axis_spans(height, crop, stride))
+    col_bands = _bands(axis_spans(width, crop, stride))
+    return [Cell(y0, y1, x0, x1, tuple(r * columns + c for r in rows for c in cols))
+            for y0, y1, rows in row_bands for x0, x1, cols in col_bands]
 
 
 def group_by_shape(windows: list[Window]) -> dict[tuple[int, int], list[Window]]:

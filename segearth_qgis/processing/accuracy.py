@@ -27,11 +27,11 @@ from qgis.core import (
     QgsRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ..core.accuracy import AccuracyReport, assess, class_lookup, matrix_from_pairs, parse_mapping
 from ..core.accuracy_html import html_report
 from ..errors import AccuracyError
+from ..qt_compat import field_type
 from ..reference_grid import count_pairs, open_class_grid, rasterize_reference, warp_reference
 from .class_stats import class_names
 
@@ -169,11 +169,11 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
     def _write_matrix(self, parameters: dict[str, Any], context: QgsProcessingContext,
                       report: AccuracyReport) -> str:
         fields = QgsFields()
-        fields.append(QgsField("reference_id", QVariant.Int))
-        fields.append(QgsField("reference", QVariant.String))
+        fields.append(QgsField("reference_id", field_type("Int")))
+        fields.append(QgsField("reference", field_type("String")))
         for index in range(len(report.names)):
-            fields.append(QgsField(f"pred_{index}", QVariant.LongLong))
-        fields.append(QgsField("total", QVariant.LongLong))
+            fields.append(QgsField(f"pred_{index}", field_type("LongLong")))
+        fields.append(QgsField("total", field_type("LongLong")))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT_MATRIX, context, fields, QgsWkbTypes.NoGeometry)
         if sink is None:
             raise QgsProcessingException("The confusion matrix table could not be created: check the output path.")
@@ -187,10 +187,12 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
     def _write_metrics(self, parameters: dict[str, Any], context: QgsProcessingContext,
                        report: AccuracyReport) -> str:
         fields = QgsFields()
-        for name, kind in (("class_id", QVariant.Int), ("class_name", QVariant.String),
-                           ("reference_pixels", QVariant.LongLong), ("classified_pixels", QVariant.LongLong),
-                           ("correct_pixels", QVariant.LongLong), ("iou", QVariant.Double),
-                           ("precision", QVariant.Double), ("recall", QVariant.Double), ("f1", QVariant.Double)):
+        for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
+                           ("reference_pixels", field_type("LongLong")),
+                           ("classified_pixels", field_type("LongLong")),
+                           ("correct_pixels", field_type("LongLong")), ("iou", field_type("Double")),
+                           ("precision", field_type("Double")), ("recall", field_type("Double")),
+                           ("f1", field_type("Double"))):
             fields.append(QgsField(name, kind))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT_METRICS, context, fields, QgsWkbTypes.NoGeometry)
         if sink is None:

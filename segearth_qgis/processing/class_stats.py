@@ -29,7 +29,8 @@ from qgis.core import (
     QgsUnitTypes,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+
+from ..qt_compat import field_type
 
 NODATA = 255
 
@@ -116,8 +117,9 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
         zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) else ""
         fields = QgsFields()
         fields.append(self.zone_output_field(parameters, context, zone_field))
-        for name, kind in (("class_id", QVariant.Int), ("class_name", QVariant.String), ("pixels", QVariant.LongLong),
-                           ("area_m2", QVariant.Double), ("share", QVariant.Double)):
+        for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
+                           ("pixels", field_type("LongLong")),
+                           ("area_m2", field_type("Double")), ("share", field_type("Double"))):
             fields.append(QgsField(name, kind))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
         if sink is None:
@@ -165,4 +167,4 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             field = source.fields().at(index)  # its type, not its constraints (a zone has one row per class)
             return QgsField("zone", field.type(), field.typeName(), field.length(), field.precision(), "",
                             field.subType())
-        return QgsField("zone", QVariant.LongLong)
+        return QgsField("zone", field_type("LongLong"))

@@ -30,7 +30,7 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import Qt, QVariant
+from qgis.PyQt.QtCore import Qt
 
 from .. import settings
 from ..aoi import AoiKind, AreaOfInterest
@@ -40,6 +40,7 @@ from ..core.report import shares_message, shares_warning
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
 from ..job_request import JobInputs, plan_job
+from ..qt_compat import field_type
 from ..styling import class_vector_renderer, write_class_style
 from .post_processing import ResultPostProcessor, attach
 from .vector_style import planned_vector_style, write_vector_style
@@ -216,8 +217,8 @@ class _ChildFeedback(QgsProcessingFeedback):
     def __init__(self, parent: QgsProcessingFeedback, start: float, end: float) -> None:
         super().__init__()
         self.parent_feedback, self.start, self.end = parent, start, end
-        parent.canceled.connect(self.cancel, Qt.DirectConnection)
-        self.progressChanged.connect(self.forward_progress, Qt.DirectConnection)
+        parent.canceled.connect(self.cancel, Qt.ConnectionType.DirectConnection)
+        self.progressChanged.connect(self.forward_progress, Qt.ConnectionType.DirectConnection)
         if parent.isCanceled():
             self.cancel()
 
@@ -286,9 +287,9 @@ class SegmentVectorAlgorithm(_SegmentBase):
         # From here on the output is written whole: a cancel no longer stops it half-way.
         style = planned_vector_style(parameters.get(self.OUTPUT), context)
         fields = QgsFields()
-        fields.append(QgsField("class_id", QVariant.Int))
-        fields.append(QgsField("class_name", QVariant.String))
-        fields.append(QgsField("area_m2", QVariant.Double))
+        fields.append(QgsField("class_id", field_type("Int")))
+        fields.append(QgsField("class_name", field_type("String")))
+        fields.append(QgsField("area_m2", field_type("Double")))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon,
                                           polygons.crs())
         if sink is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from segearth_backend.resolution import choose_upsampler, model_shape, resolve_m
 from segearth_backend.segmenter import normalise
 from segearth_backend.vision import image_features
 from segearth_backend.weights_check import missing_weights
-from tests.backend.helpers import SHAPES, TEST_TOKEN, launch_server, write_tiny_clip
+from tests.backend.helpers import SHAPES, TEST_TOKEN, call, launch_server, write_tiny_clip
 
 CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
 
@@ -150,31 +149,23 @@ def test_other_patch_sizes_refuse_simfeatup(tiny_zoo, parity_dir, tmp_path):
                        **paths)
 
 
-def _call(url: str, path: str, body: bytes = b"", token: str = "") -> tuple[int, bytes]:
-    request = urllib.request.Request(url + path, data=body or None, method="POST" if body else "GET")
-    request.add_header("Content-Type", "application/x-segearth-bundle")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return response.status, response.read()
-
-
 def test_other_patch_sizes_through_the_service(tiny_zoo, tmp_path, rng):
     shape, paths, segmenter = tiny_zoo
     process, url, _ = launch_server(["--model", paths["model"], "--clip-weights", paths["clip_weights"],
                                      "--device", "cpu", "--cache-dir", str(tmp_path / "cache")],
                                     tmp_path, env_extra={"SEGEARTH_BACKEND_TOKEN": TEST_TOKEN})
     try:
-        health = json.loads(_call(url, "/health")[1])
+        health = json.loads(call(url, "/health", token=TEST_TOKEN)[1])
         assert health["upsampler"] == "bilinear" and health["patch_size"] == SHAPES[shape]["patch_size"]
         assert health["model_preset"] is None and "bilinear" in health["upsampler_reason"]
-        models = json.loads(_call(url, "/models")[1])
+        assert call(url, "/models")[0] == 401  # it names local paths: token only
+        models = json.loads(call(url, "/models", token=TEST_TOKEN)[1])
         assert [row["name"] for row in models["presets"]] == [p.name for p in MODEL_PRESETS]
         assert not any(row["installed"] for row in models["presets"])
         image = rng.integers(0, 256, size=(150, 260, 3), dtype=np.uint8)
         body = write_bundle({"params.json": {"classes": CLASSES, "prob_threshold": 0.2, "return_probabilities": True},
                              "image.npy": image})
-        status, answer = _call(url, "/segment", body, TEST_TOKEN)
+        status, answer = call(url, "/segment", body, TEST_TOKEN, timeout=120)
         assert status == 200
         result = read_bundle(answer, {"meta.json", "labels.npy", "probabilities.npy"})
         expected = segmenter.predict(image, CLASSES, prob_threshold=0.2)

@@ -1,0 +1,238 @@
+"""Helpers of the service hardening tests: raw HTTP with headers, server processes, the pre-streaming engine."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segearth_backend.classes import NODATA_LABEL, parse_classes
+from segearth_backend.decision import decide
+from segearth_backend.device import autocast
+from segearth_backend.features import normalise, reduced_coordinates
+from segearth_backend.protocol import BUNDLE_TYPE, write_bundle
+from segearth_backend.vision import image_features
+from segearth_backend.windows import window_grid
+from tests.helpers import subprocess_env
+
+TOKEN = "hostile-test-token-7d1e"
+CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
+
+
+# ------------------------------------------------------------------ the previous engine, as a reference
+
+@torch.inference_mode()
+def reference_predict(segmenter: Any, image: np.ndarray, classes: list[str], prob_threshold: float = 0.0,
+                      background_index: int = 0, bias_lambda: float = -0.3,
+                      valid: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward algorithm the streaming engine replaced: ``Q x H x W`` logits, then :func:`decide`.
+
+    Returns (labels ``H x W`` uint8, probabilities ``K x H x W`` float32).
+    """
+    class_set = parse_classes(classes)
+    queries = segmenter.text.embed(class_set.queries).float()
+    height, width = image.shape[:2]
+    tensor = normalise(image, valid, segmenter.device)
+    windows = window_grid(height, width, 224, 112, segmenter.patch, segmenter.min_window)
+    total = torch.zeros(queries.shape[0], height, width)
+    count = torch.zeros(1, height, width)
+    for start in range(0, len(windows), segmenter.batch_size):
+        batch = windows[start:start + segmenter.batch_size]
+        crops = torch.cat([F.pad(tensor[:, :, w.y0:w.y1, w.x0:w.x1],
+                                 (w.pad.left, w.pad.right, w.pad.top, w.pad.bottom)) for w in batch])
+        with autocast(segmenter.device, segmenter.dtype):
+            cls, patches = image_features(segmenter.visual, crops)
+        cls, patches = cls.float(), patches.float()
+        bias = bias_lambda * F.normalize(cls, dim=-1) @ queries.T
+        if segmenter.upsampler is None:
+            low = torch.einsum("bdhw,qd->bqhw", F.normalize(patches, dim=1), queries) + bias[:, :, None, None]
+            logits = F.interpolate(low, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            parts = []
+            for index in range(crops.shape[0]):
+                part = slice(index, index + 1)
+                coords, offset, directions = reduced_coordinates(segmenter.upsampler, patches[part], queries)
+                kernels = segmenter.upsampler.step_kernels(crops[part], *patches.shape[-2:])
+                upsampled = segmenter.upsampler.spatial(coords, kernels).float() + offset[:, :, None, None]
+                norm = upsampled.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                dots = torch.einsum("brhw,brq->bqhw", upsampled, directions)
+                parts.append(dots / norm + bias[part, :, None, None])
+            logits = torch.cat(parts)
+        for w, window_logits in zip(batch, logits):
+            total[:, w.y0:w.y1, w.x0:w.x1] += window_logits[:, w.pad.top:w.pad.top + w.height,
+                                                             w.pad.left:w.pad.left + w.width]
+            count[:, w.y0:w.y1, w.x0:w.x1] += 1
+    probs, labels = decide(total / count, class_set, prob_threshold, background_index)
+    if valid is not None:
+        invalid = ~torch.from_numpy(valid)
+        labels[invalid] = NODATA_LABEL
+        probs[:, invalid] = 0.0
+    return labels.to(torch.uint8).numpy(), probs.float().numpy()
+
+
+# ------------------------------------------------------------------ HTTP
+
+def call(url: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
+         content_type: Optional[str] = BUNDLE_TYPE, method: Optional[str] = None, timeout: float = 60,
+         headers: Optional[dict[str, str]] = None) -> tuple[int, bytes, dict[str, str]]:
+    """One request over ``http.client`` (no proxies, no headers added but Host and Content-Length):
+    (status, body, lower-cased headers)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    sent: dict[str, str] = {}
+    if content_type is not None and body is not None:
+        sent["Content-Type"] = content_type
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    sent.update(headers or {})
+    try:
+        connection.request(method or ("POST" if body is not None else "GET"), path, body=body, headers=sent)
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> bytes:
+    """Send a hand-written request (``head`` without the final blank line) and read the whole answer."""
+    host, port = url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+        conn.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        chunks = []
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                break
+    return b"".join(chunks)
+
+
+def _complete(data: bytes) -> bool:
+    head, _, rest = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(rest) >= int(value.strip())
+    return False
+
+
+def segment_body(image: np.ndarray, params: Optional[dict[str, Any]] = None, valid: Optional[np.ndarray] = None,
+                 extra: Optional[dict[str, Any]] = None) -> bytes:
+    members: dict[str, Any] = {"params.json": {"classes": CLASSES, **(params or {})}, "image.npy": image}
+    if valid is not None:
+        members["valid.npy"] = valid
+    members.update(extra or {})
+    return write_bundle(members)
+
+
+def error_of(body: bytes) -> tuple[str, str]:
+    payload = json.loads(body)
+    if set(payload) != {"error", "message"}:
+        raise AssertionError(f"not an error document: {payload}")
+    return payload["error"], payload["message"]
+
+
+def health(url: str, token: Optional[str] = None) -> dict[str, Any]:
+    status, body, _ = call(url, "/health", token=token, timeout=10)
+    if status != 200:
+        raise AssertionError(f"/health answered {status}: {body[:300]!r}")
+    return dict(json.loads(body))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+# ------------------------------------------------------------------ servers
+
+def tiny_server_args(parity_dir: Path, cache_dir: Path, upsampler: Optional[str] = None) -> list[str]:
+    return ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),
+            "--upsampler-weights", upsampler or str(parity_dir / "tiny-simfeatup.ckpt"), "--device", "cpu",
+            "--cache-dir", str(cache_dir)]
+
+
+class ServerProcess:
+    """``python -m segearth_backend serve`` in a subprocess, ready when its ready file appears."""
+
+    def __init__(self, args: list[str], tmp_dir: Path, env_extra: Optional[dict[str, str]] = None,
+                 timeout: float = 120.0) -> None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        ready, self.log_path = tmp_dir / "ready.json", tmp_dir / "server.log"
+        env = subprocess_env(**(env_extra or {}))
+        with open(self.log_path, "wb") as log_stream:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "segearth_backend", "serve", "--port", "0", "--ready-file", str(ready), *args],
+                stdout=subprocess.DEVNULL, stderr=log_stream, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.is_file():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.url: str = json.loads(ready.read_text())["url"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (Linux ``VmHWM``), in MB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+class ThreadServer:
+    """A Starlette app served by uvicorn on a thread, on a loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        if not wait_for(lambda: bool(self.server.started), 20, 0.02):
+            raise RuntimeError("the thread server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
