@@ -11,9 +11,11 @@ from typing import Any, Callable, Optional
 
 from .backend_client import BackendClient, BackendSettings, LocalBackend, start_local_backend
 from .errors import BackendError, BackendStartError
+from .version import plugin_version, same_release
 
 #: The states a backend can be in, as the panel shows them.
 STOPPED, STARTING, LOADING, READY, FAILED, REMOTE = "stopped", "starting", "loading model", "ready", "failed", "remote"
+NOT_SET_UP = "not set up"
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,24 @@ class BackendManager:
                 line = f"ready — {describe_health(health)}" if health else "ready"
                 if health.get("status") == "busy":
                     line = line.replace("ready", "busy", 1)
-                return BackendStatus(READY, line, f"Local backend at {local.url}; log {local.log_path}",
-                                     local.log_path, health or None)
+                details = f"Local backend at {local.url}; log {local.log_path}"
+                if health.get("version") and not same_release(health["version"]):
+                    line = (f"ready — backend {health['version']}, plugin {plugin_version()}: update it "
+                            "(Set up backend…)")
+                    details = ("The backend environment holds another version than this plugin. Set up backend… "
+                               "installs the plugin's own version into it. " + details)
+                return BackendStatus(READY, line, details, local.log_path, health or None)
             return BackendStatus(FAILED, f"stopped unexpectedly ({self._exit_text(local)})",
                                  self.explain_exit(local), local.log_path)
         if self._start_error is not None:
             message = self._start_error.message
+            if self._start_error.code in ("no_python", "bad_python", "exited") and "segearth" in message.lower():
+                return BackendStatus(NOT_SET_UP, "no working backend: click Set up backend…", message)
             return BackendStatus(FAILED, f"could not start: {_first_line(message)}", message)
+        if not self.settings().python:
+            return BackendStatus(NOT_SET_UP, "not set up yet: click Set up backend… (once, a few minutes)",
+                                 "The backend runs in its own Python environment with PyTorch. Set up backend… "
+                                 "creates it; or give the Python of an existing one.")
         return BackendStatus(STOPPED, "not started (starts with the first job)")
 
     @staticmethod

@@ -55,6 +55,29 @@ class SetupError(Exception):
     """A step failed; the message names the step, the command and what to do."""
 
 
+class SetupCancelledError(SetupError):
+    """The set-up was cancelled; running it again continues where it stopped."""
+
+
+class Cancellation:
+    """Lets another thread stop a running set-up: the current command is killed, no new one starts."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.process: Optional[subprocess.Popen[str]] = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise SetupCancelledError("The set-up was cancelled. Run it again to finish: it continues where it "
+                                      "stopped.")
+
+
 @dataclass
 class Plan:
     """What the set-up will do (``--plan`` prints it as JSON for the plugin's dialog)."""
@@ -235,15 +258,20 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+_NO_CANCEL = Cancellation()
+
+
 def run(step: str, command: Sequence[str], advice: str, env: Optional[dict[str, str]] = None,
-        echo: Say = say) -> str:
+        echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> str:
     """Run ``command``, forwarding its output line by line; SetupError (step, command, advice) on failure."""
+    cancel.check()
     echo("    $ " + " ".join(command))
     try:
         process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=env or clean_env(), stdin=subprocess.DEVNULL, bufsize=1)
     except OSError as error:
         raise SetupError(f"Step '{step}' could not run {command[0]}: {error}. {advice}") from None
+    cancel.process = process
     lines = []
     assert process.stdout is not None  # noqa: S101 - Popen with stdout=PIPE
     for line in process.stdout:
@@ -252,6 +280,8 @@ def run(step: str, command: Sequence[str], advice: str, env: Optional[dict[str, 
         if line and not line.startswith("WARNING: Location"):
             echo("    " + line)
     code = process.wait()
+    cancel.process = None
+    cancel.check()
     if code != 0:
         tail = "\n".join(lines[-12:])
         raise SetupError(f"Step '{step}' failed (exit code {code}) running:\n  {' '.join(command)}\nLast output:\n"
@@ -260,7 +290,7 @@ def run(step: str, command: Sequence[str], advice: str, env: Optional[dict[str, 
 
 
 def pip_install(python: Path, packages: Sequence[str], plan: Plan, step: str, index: Optional[str] = None,
-                echo: Say = say) -> None:
+                echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> None:
     command = [str(python), "-m", "pip", "install", "--progress-bar", "off"]
     if plan.wheelhouse:
         command += ["--no-index", "--find-links", plan.wheelhouse]
@@ -268,7 +298,7 @@ def pip_install(python: Path, packages: Sequence[str], plan: Plan, step: str, in
         command += ["--index-url", index]
     advice = ("check the internet connection (or a proxy: set HTTPS_PROXY), then run the set-up again; it continues "
               "where it stopped. Offline: make a wheelhouse elsewhere and pass --wheelhouse.")
-    run(step, [*command, *packages], advice, echo=echo)
+    run(step, [*command, *packages], advice, echo=echo, cancel=cancel)
 
 
 def installed_version(python: Path, distribution: str) -> Optional[str]:
@@ -304,13 +334,19 @@ def find_weights(folder: Path) -> dict[str, str]:
     return found
 
 
-def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
-    """Run every step of ``plan``; returns the record written to ``<target>/segearth-backend.json``."""
+def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> dict[str, object]:
+    """Run every step of ``plan``; returns the record written to ``<target>/segearth-backend.json``.
+
+    Raises:
+        SetupError: a step failed (the message says which, the command and what to do).
+        SetupCancelledError: ``cancel.cancel()`` was called; a second run continues.
+    """
     total = len(plan.steps)
     target = Path(plan.target)
     python = Path(plan.venv_python)
 
     def step(number: int, text: str) -> None:
+        cancel.check()
         echo(f"[{number}/{total}] {text}")
 
     step(1, f"Python: {plan.base_python} ({plan.python_version})")
@@ -320,7 +356,7 @@ def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
     else:
         target.mkdir(parents=True, exist_ok=True)
         run("virtual environment", [plan.base_python, "-m", "venv", "--clear", str(target / "venv")],
-            "on Debian/Ubuntu install python3-venv; check that the folder is writable.", echo=echo)
+            "on Debian/Ubuntu install python3-venv; check that the folder is writable.", echo=echo, cancel=cancel)
     step(3, f"PyTorch: {plan.torch_build} (about {plan.download_mb} MB to download)" if plan.download_mb
          else f"PyTorch: {plan.torch_build} (from {plan.wheelhouse})")
     if torch_works(python):
@@ -331,7 +367,7 @@ def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
             echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead "
                  "(on Linux that is the larger CUDA build)")
             index = None
-        pip_install(python, ["torch", "torchvision"], plan, "PyTorch", index, echo=echo)
+        pip_install(python, ["torch", "torchvision"], plan, "PyTorch", index, echo=echo, cancel=cancel)
         if not torch_works(python):
             raise SetupError("Step 'PyTorch' installed torch and torchvision, but they do not import together. "
                              f"Remove {target / 'venv'} and run the set-up again.")
@@ -339,7 +375,7 @@ def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
     if installed_version(python, "segearth-backend") == plan.backend_version:
         echo("    already installed")
     else:
-        pip_install(python, [plan.backend_source], plan, "backend", echo=echo)
+        pip_install(python, [plan.backend_source], plan, "backend", echo=echo, cancel=cancel)
     record: dict[str, object] = {"python": str(python), "version": plan.backend_version, "device": plan.device,
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     step(5, f"Weights: {plan.weights}")
@@ -348,7 +384,7 @@ def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
     elif plan.weights == "download":
         run("weights", [str(python), "-m", "segearth_backend", "fetch-weights"],
             "without internet, download the files listed above elsewhere and run again with --weights FOLDER.",
-            echo=echo)
+            echo=echo, cancel=cancel)
     else:
         found = find_weights(Path(plan.weights).expanduser())
         for key in ("clip_weights", "upsampler_weights"):
@@ -356,7 +392,8 @@ def set_up(plan: Plan, echo: Say = say) -> dict[str, object]:
         record.update(found)
     step(6, "Check")
     info = run("check", [str(python), "-m", "segearth_backend", "info", "--environment"],
-               "read the output above; remove the environment folder and run the set-up again.", echo=echo)
+               "read the output above; remove the environment folder and run the set-up again.", echo=echo,
+               cancel=cancel)
     try:
         record["environment"] = json.loads(info[info.index("{"):])
     except ValueError:

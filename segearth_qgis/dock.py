@@ -41,6 +41,7 @@ from .ui.classes_box import ClassesBox
 from .ui.options_box import OptionsBox
 from .ui.raster_box import RasterBox
 from .ui.run_box import RunBox
+from .ui.setup_dialog import SetupDialog
 from .ui.weights_dialog import WeightsDialog
 from .user_presets import UserPreset
 
@@ -112,6 +113,7 @@ class SegEarthDock(QDockWidget):
         box.stop_button.clicked.connect(lambda: self._backend_action("stop"))
         box.restart_button.clicked.connect(lambda: self._backend_action("restart"))
         box.weights_button.clicked.connect(self.open_weights)
+        box.setup_button.clicked.connect(self.open_setup)
         box.details_button.clicked.connect(self.show_backend_details)
 
     def _restore(self) -> None:
@@ -298,6 +300,14 @@ class SegEarthDock(QDockWidget):
             stale = local is not None and local.running() and local.args != settings.backend_settings().serve_args()
             if stale and self.confirm("The backend runs with the previous weights. Restart it now with the new ones?"):
                 self._backend_action("restart")
+        return dialog
+
+    def open_setup(self) -> SetupDialog:
+        """The set-up dialog; when a set-up succeeds the backend is (re)started with it."""
+        dialog = SetupDialog(self, on_done=lambda record: self._backend_action("restart"))
+        dialog.finished.connect(self.backend_box.restore)
+        dialog.show()
+        self.setup_dialog = dialog
         return dialog
 
     def show_backend_details(self) -> None:

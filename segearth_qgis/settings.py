@@ -64,12 +64,14 @@ BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token")
 BACKEND_PYTHON = Setting("backend_python", "", "the Python that runs the local backend")
 CLIP_WEIGHTS = Setting("clip_weights", "", "CLIP weights file (empty: the backend's default)")
 UPSAMPLER_WEIGHTS = Setting("upsampler_weights", "", "SimFeatUp checkpoint file (empty: the backend's default)")
+SETUP_PYTHON = Setting("setup_python", "", "the base Python the backend set-up uses (empty: found automatically)")
 USER_PRESETS = Setting("user_presets", "{}", "the user's presets (JSON)")
 SPEED_HISTORY = Setting("speed_history", "{}", "measured seconds per megapixel by device (JSON)")
 
 ALL: dict[str, Setting[Any]] = {s.key: s for s in (
     CLASSES, THRESHOLD, BACKGROUND_INDEX, BIAS_LAMBDA, PROBABILITIES, BLOCK_SIZE, LARGE_JOB_MEGAPIXELS,
-    OUTPUT_FOLDER, BACKEND_URL, BACKEND_TOKEN, BACKEND_PYTHON, CLIP_WEIGHTS, UPSAMPLER_WEIGHTS, USER_PRESETS,
+    OUTPUT_FOLDER, BACKEND_URL, BACKEND_TOKEN, BACKEND_PYTHON, CLIP_WEIGHTS, UPSAMPLER_WEIGHTS, SETUP_PYTHON,
+    USER_PRESETS,
     SPEED_HISTORY)}
 
 
@@ -111,16 +113,30 @@ def output_folder() -> str:
 BACKEND_PYTHON_FILE = Path(__file__).with_name("backend_python.txt")
 
 
+def set_up_python() -> str:
+    """The interpreter of a finished *Set up backend…* in its default folder (the QGIS profile), or ''."""
+    from qgis.core import QgsApplication
+
+    record = Path(QgsApplication.qgisSettingsDirPath()) / "segearth-ov" / "backend" / "segearth-backend.json"
+    try:
+        python = str(json.loads(record.read_text(encoding="utf-8"))["python"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return python if Path(python).is_file() else ""
+
+
 def backend_settings() -> BackendSettings:
-    """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt``."""
+    """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt`` (a
+    developer checkout), then a set-up in the profile's default folder."""
     from .backend_client import BackendSettings
 
     found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=BACKEND_TOKEN.load() or None,
                                      python=BACKEND_PYTHON.load() or None,
                                      clip_weights=CLIP_WEIGHTS.load() or None,
                                      upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)
-    if found.python is None and BACKEND_PYTHON_FILE.is_file():
-        python = BACKEND_PYTHON_FILE.read_text(encoding="utf-8").strip()
+    if found.python is None:
+        python = BACKEND_PYTHON_FILE.read_text(encoding="utf-8").strip() if BACKEND_PYTHON_FILE.is_file() else ""
+        python = python or set_up_python()
         if python:
             from dataclasses import replace
 

@@ -62,11 +62,34 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.environment:
+        from .device import environment_report
+
+        print(json.dumps(environment_report(), indent=2))
+        return 0
     from .segmenter import load_segmenter
 
     segmenter = load_segmenter(config=_engine_config(args))
     print(json.dumps(segmenter.describe(), indent=2))
     return 0
+
+
+def _fetch_weights(args: argparse.Namespace) -> int:
+    """Download whatever weights the configuration needs and lacks (nothing when all are there)."""
+    from .segmenter import load_segmenter
+    from .weights_check import missing_weights
+
+    config = _engine_config(args)
+    missing = missing_weights(config)
+    if not missing:
+        print("All weight files are present.")
+        return 0
+    for item in missing:
+        print(f"fetching: {item.what} from {item.url}", flush=True)
+    load_segmenter(config=config, device="cpu")  # loading downloads what is missing, or fails at once offline
+    still = missing_weights(config)
+    print("All weight files are present." if not still else f"{len(still)} weight file(s) still missing.")
+    return 0 if not still else 3
 
 
 def _check_weights(args: argparse.Namespace) -> int:
@@ -117,6 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    # On Apple GPUs, operations PyTorch lacks there run on the CPU instead of failing (read when torch loads).
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP inference service")
@@ -135,6 +160,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="shut down when the process that started this one ends (used by the plugin)")
     info = commands.add_parser("info", help="load the model and print what was loaded where")
+    info.add_argument("--environment", action="store_true",
+                      help="print the Python, PyTorch and device facts only (no model is loaded)")
+    fetch = commands.add_parser("fetch-weights", help="download the weights the configuration needs and lacks")
+    _engine_arguments(fetch)
     _engine_arguments(info)
     check = commands.add_parser("check-weights", help="list missing weight files and where to put them "
                                 "(exit code 3 when some are missing)")
@@ -170,6 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "check-weights":
             return _check_weights(args)
+        if args.command == "fetch-weights":
+            return _fetch_weights(args)
         if args.command == "eval":
             return _eval(args)
         return _serve(args) if args.command == "serve" else _info(args)

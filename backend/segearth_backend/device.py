@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+import logging
+import os
+import platform
+import sys
+from typing import Any, ContextManager, Optional
 
 import torch
 
 from .errors import DeviceError
 
+log = logging.getLogger(__name__)
+
+
+def mps_available() -> bool:
+    """True on Apple Silicon with a PyTorch build that has the Metal (MPS) backend."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``; ``"cuda"`` or ``"cuda:N"``.
+    """``"auto"`` -> CUDA, else Apple's MPS, else the CPU; ``"cpu"``; ``"mps"``; ``"cuda"`` or ``"cuda:N"``.
+
+    On MPS, operations PyTorch does not implement there run on the CPU
+    (``PYTORCH_ENABLE_MPS_FALLBACK``, set by the command line before torch loads).
 
     Raises:
-        DeviceError: CUDA asked for but not available, or an unknown name.
+        DeviceError: a device asked for but not available, or an unknown name.
     """
     text = (name or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
+    if text == "mps":
+        if not mps_available():
+            raise DeviceError(f"Device 'mps' was asked for but PyTorch {torch.__version__} sees no Apple GPU (MPS). "
+                              "Use 'cpu' or 'auto'.")
+        log.info("MPS: operations PyTorch lacks on Apple GPUs run on the CPU (PYTORCH_ENABLE_MPS_FALLBACK=%s)",
+                 os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK", "unset"))
+        return torch.device("mps")
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DeviceError(
@@ -34,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
                 f"Device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found."
             )
         return device
-    raise DeviceError(f"Unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    raise DeviceError(f"Unknown device '{name}': use 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'.")
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
@@ -67,6 +91,8 @@ def describe(device: torch.device) -> dict[str, object]:
         free, total = torch.cuda.mem_get_info(index)
         info.update(name=torch.cuda.get_device_name(index), index=index,
                     memory_free_mb=free // 2**20, memory_total_mb=total // 2**20)
+    elif device.type == "mps":
+        info.update(name="Apple GPU (MPS)")
     return info
 
 
@@ -74,3 +100,21 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (so timings measure it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def environment_report() -> dict[str, Any]:
+    """Python, PyTorch and device facts, without loading a model (``segearth-backend info --environment``)."""
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    return {
+        "backend_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "mps_available": mps_available(),
+        "auto_device": resolve_device("auto").type,
+    }

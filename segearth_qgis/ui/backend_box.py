@@ -18,7 +18,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import settings
-from ..backend_manager import FAILED, BackendStatus
+from ..backend_manager import FAILED, NOT_SET_UP, BackendStatus
 
 TITLE = "Backend"
 
@@ -38,6 +38,9 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.stop_button = QPushButton("Stop")
         self.restart_button = QPushButton("Restart")
         self.weights_button = QPushButton("Weights…")
+        self.setup_button = QPushButton("Set up backend…")
+        self.setup_button.setToolTip("Create the backend's own Python environment (PyTorch, the model code) in "
+                                     "the QGIS profile, or update it to this plugin's version")
         self.start_button.setToolTip("Start the local backend now (it also starts with the first job)")
         self.stop_button.setToolTip("Stop the local backend and free its memory")
         self.restart_button.setToolTip("Stop and start the local backend (after changing its settings)")
@@ -60,6 +63,9 @@ class BackendBox(QgsCollapsibleGroupBox):
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.restart_button, self.weights_button):
             buttons.addWidget(button)
+        setup_row = QHBoxLayout()
+        setup_row.addWidget(self.setup_button)
+        setup_row.addStretch(1)
         form = QFormLayout()
         form.addRow("URL", self.url_edit)
         form.addRow("Token", self.token_edit)
@@ -67,6 +73,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         layout = QVBoxLayout(self)
         layout.addLayout(status_row)
         layout.addLayout(buttons)
+        layout.addLayout(setup_row)
         layout.addLayout(form)
         self.setCollapsed(True)
         self.status: Optional[BackendStatus] = None
@@ -88,8 +95,11 @@ class BackendBox(QgsCollapsibleGroupBox):
             tooltip += f"\nLog: {status.log_path}"
         self.status_label.setToolTip(tooltip)
         self.details_button.setEnabled(bool(status.details) or status.log_path is not None)
-        if status.state == FAILED and self.isCollapsed():
-            self.setCollapsed(False)  # a failure is shown, not hidden in a collapsed box
+        if status.state in (FAILED, NOT_SET_UP) and self.isCollapsed():
+            self.setCollapsed(False)  # a failure or a missing backend is shown, not hidden in a collapsed box
+        needs_setup = status.state == NOT_SET_UP or "Set up backend" in status.summary
+        self.setup_button.setDefault(needs_setup)
+        self.setup_button.setText("Update backend…" if "update it" in status.summary else "Set up backend…")
 
     def restore(self) -> None:
         self.url_edit.setText(settings.BACKEND_URL.load())

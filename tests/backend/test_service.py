@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from segearth_backend import __version__
 from segearth_backend.protocol import BUNDLE_TYPE, read_bundle, write_bundle
 from segearth_backend.service import ServiceSettings, create_app
 from tests.backend.helpers import CLASSES, call, error_of, launch_server, segment_body
@@ -194,7 +195,7 @@ def test_still_healthy_after_200_bad_requests(backend_server):
 
 def test_health_document(backend_server):
     health = json.loads(call(backend_server["url"], "/health")[1])
-    assert health["protocol"] == 1 and health["version"] == "0.1.0" and health["auth"] is True
+    assert health["protocol"] == 1 and health["version"] == __version__ and health["auth"] is True
     assert health["model"] == "tiny-clip" and health["upsampler"] == "SimFeatUp (JBU-One)"
     assert health["device"]["type"] == "cpu"
 

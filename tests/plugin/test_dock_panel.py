@@ -35,7 +35,10 @@ from tests.plugin.helpers import UTM, smooth_image, wait_until, write_geotiff
 
 
 @pytest.fixture
-def dock(qgis_iface, tmp_path):
+def dock(qgis_iface, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("SEGEARTH_BACKEND_PYTHON", sys.executable)  # a backend is set up (see the not-set-up test)
     settings.OUTPUT_FOLDER.save(str(tmp_path / "results"))
     panel = SegEarthDock(qgis_iface)
     panel.confirm = lambda question: False
@@ -315,3 +318,25 @@ def test_status_follows_a_backend_killed_while_idle(dock, tiny_backend_args, mon
     wait_until(lambda: dock.backend.status().state == "stopped", 30)
     assert log_folder.is_dir()  # a failed backend's log is kept for the user
     shared_manager().stop()
+
+
+def test_without_any_backend_the_panel_offers_to_set_one_up(qgis_iface, monkeypatch, tmp_path):
+    """A user who installed the plugin from the plugin manager and has no backend yet."""
+    from segearth_qgis.backend_manager import NOT_SET_UP, shared_manager
+
+    monkeypatch.delenv("SEGEARTH_BACKEND_PYTHON", raising=False)
+    monkeypatch.delenv("SEGEARTH_BACKEND_URL", raising=False)
+    monkeypatch.setattr(settings, "BACKEND_PYTHON_FILE", tmp_path / "none.txt")
+    monkeypatch.setattr(settings, "set_up_python", lambda: "")
+    shared_manager().stop()
+    panel = SegEarthDock(qgis_iface)
+    try:
+        status = panel.backend.status()
+        assert status.state == NOT_SET_UP and "Set up backend" in status.summary
+        assert panel.backend_box.title() == "Backend (local): not set up" and not panel.backend_box.isCollapsed()
+        assert panel.backend_box.setup_button.isDefault()
+        dialog = panel.open_setup()
+        assert "Python" in dialog.plan_label.text() or "Cannot set up" in dialog.plan_label.text()
+        dialog.close()
+    finally:
+        panel.shutdown()

@@ -15,16 +15,51 @@ from tests.helpers import ROOT, minimal_env
 from tests.plugin.helpers import smooth_image, write_geotiff
 
 
-def test_package_holds_the_plugin_and_nothing_else(tmp_path):
+def test_package_holds_the_plugin_its_backend_and_a_repository_xml(tmp_path):
+    import configparser
+    import xml.etree.ElementTree as ElementTree
+
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "package.py"), "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    (archive,) = tmp_path.glob("segearth_qgis-*.zip")
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from segearth_backend import __version__
+
+    # The links are placeholders (packaging/project.ini: published = no): a development build, and it says why.
+    (archive,) = tmp_path.glob("segearth_qgis.*.zip")
+    assert archive.name == f"segearth_qgis.{__version__}-dev.zip"
+    assert "development build: packaging/project.ini says the project's links are not published" in result.stdout
     names = zipfile.ZipFile(archive).namelist()
     assert "segearth_qgis/metadata.txt" in names and "segearth_qgis/icon.svg" in names
     assert "segearth_qgis/__init__.py" in names and "segearth_qgis/processing/provider.py" in names
+    assert "segearth_qgis/backend/pyproject.toml" in names and "segearth_qgis/backend/segearth_backend/segmenter.py" \
+        in names and "segearth_qgis/backend/segearth_backend/data/benchmarks.json" in names
     assert all(n.startswith("segearth_qgis/") for n in names)
-    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "backend_python.txt"))]
+    assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith((".pyc", "backend_python.txt",
+                                                                                     ".pt", ".ckpt"))]
+    metadata = configparser.ConfigParser()
+    metadata.read_string(zipfile.ZipFile(archive).read("segearth_qgis/metadata.txt").decode())
+    general = metadata["general"]
+    assert general["version"] == f"{__version__}-dev" and "Development build" in general["about"]
+    assert general["supportsQt6"] == "True" and general["qgisMaximumVersion"] == "4.99"
+    plugin = ElementTree.parse(tmp_path / "plugins.xml").getroot().find("pyqgis_plugin")
+    assert plugin.get("version") == f"{__version__}-dev" and plugin.findtext("file_name") == archive.name
+    assert plugin.findtext("download_url").endswith("/" + archive.name)
+    assert plugin.findtext("qgis_maximum_version") == "4.99"
+
+
+def test_links_and_version_have_one_source():
+    """packaging/project.ini holds the links, segearth_backend.__version__ the version; metadata.txt agrees."""
+    import configparser
+
+    from segearth_backend import __version__
+
+    project = configparser.ConfigParser()
+    project.read(ROOT / "packaging" / "project.ini")
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "segearth_qgis" / "metadata.txt")
+    for key in ("homepage", "tracker", "repository"):
+        assert metadata["general"][key] == project["links"][key]
+    assert metadata["general"]["version"] == __version__
 
 
 @pytest.mark.skipif(not Path("/usr/bin/qgis_process.bin").exists() and not Path("/usr/bin/qgis_process").exists(),

@@ -1,0 +1,233 @@
+"""Set up backend…: the plan, then the set-up (``backend_setup.py``) as a task, its output streaming in.
+
+The dialog runs the very script a user can run by hand, imported here (it is
+standard library only) and driven from a :class:`QgsTask`: its commands
+(virtual environment, pip) run as child processes, its lines arrive in the log
+view, Cancel kills the running command, and a second run continues where the
+first stopped. When it ends, the plugin's settings point at the new
+environment and the backend is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qgis.core import QgsApplication, QgsTask
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import backend_setup, settings
+from ..backend_setup import Cancellation, Plan, SetupCancelledError, SetupError
+
+STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def default_target() -> Path:
+    """The environment's folder: inside the QGIS profile, so it goes with it and never with QGIS's Python."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "segearth-ov" / "backend"
+
+
+class _Lines(QObject):
+    """Carries the set-up's output lines from the task's thread to the dialog."""
+
+    line = pyqtSignal(str)
+
+
+class SetupTask(QgsTask):
+    """Runs :func:`backend_setup.set_up` for ``plan``; ``record`` or ``error`` when it ends."""
+
+    def __init__(self, plan: Plan, lines: _Lines) -> None:
+        super().__init__("SegEarth-OV backend set-up", QgsTask.Flag.CanCancel)
+        self.plan, self.lines = plan, lines
+        self.cancellation = Cancellation()
+        self.record: Optional[dict[str, Any]] = None
+        self.error: Optional[str] = None
+        self.was_cancelled = False
+
+    def run(self) -> bool:
+        try:
+            self.record = backend_setup.set_up(self.plan, echo=self._echo, cancel=self.cancellation)
+        except SetupCancelledError as error:
+            self.was_cancelled, self.error = True, str(error)
+        except SetupError as error:
+            self.error = str(error)
+        except Exception as error:  # noqa: BLE001 - whatever happens, the dialog must say it
+            self.error = f"Unexpected error: {type(error).__name__}: {error}"
+        return True  # the dialog reports the outcome itself
+
+    def _echo(self, text: str) -> None:
+        match = STEP_LINE.match(text)
+        if match:
+            done, total = int(match.group(1)) - 1, int(match.group(2))
+            self.setProgress(100.0 * done / total)
+        self.lines.line.emit(text)
+
+    def cancel(self) -> None:
+        self.cancellation.cancel()
+        super().cancel()
+
+
+class SetupDialog(QDialog):
+    """The plan (Python, folder, device and PyTorch build, download size, weights), then the set-up's log.
+
+    ``finished_setup(record)`` fires when a set-up succeeded (the settings already point at it).
+    """
+
+    finished_setup = pyqtSignal(object)
+
+    def __init__(self, parent: Optional[QWidget] = None, on_done: Optional[Callable[[dict[str, Any]], None]] = None
+                 ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Set up the SegEarth-OV backend")
+        self.on_done = on_done
+        self.target_widget = QgsFileWidget()
+        self.target_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.target_widget.setFilePath(str(default_target()))
+        self.target_widget.setToolTip("Where the backend's own Python environment goes (a few GB with PyTorch)")
+        self.device_combo = QComboBox()
+        for text, value in (("Automatic", "auto"), ("CPU", "cpu"), ("NVIDIA GPU (CUDA)", "cuda"),
+                            ("Apple GPU (MPS)", "mps")):
+            self.device_combo.addItem(text, value)
+        self.device_combo.setToolTip("Which PyTorch to install: automatic looks for an NVIDIA GPU (nvidia-smi) "
+                                     "and Apple Silicon, else the smaller CPU build")
+        self.weights_combo = QComboBox()
+        for text, value in (("Download now", "download"), ("Later (at the first job)", "skip"),
+                            ("From a folder…", "folder")):
+            self.weights_combo.addItem(text, value)
+        self.weights_combo.setToolTip("The model weights (about 600 MB): downloaded now, at the first job, or found "
+                                      "in a folder where you copied them")
+        self.weights_folder = QgsFileWidget()
+        self.weights_folder.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.weights_folder.setToolTip("A folder holding open_clip_pytorch_model.bin and "
+                                       "xclip_jbu_one_million_aid.ckpt")
+        self.plan_label = QLabel("Working out the plan…")
+        self.plan_label.setWordWrap(True)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.start_button = QPushButton("Set up")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.close_button = QPushButton("Close")
+        form = QFormLayout()
+        form.addRow("Folder", self.target_widget)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Weights", self.weights_combo)
+        form.addRow("Weights folder", self.weights_folder)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        for button in (self.start_button, self.cancel_button, self.close_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.plan_label)
+        layout.addWidget(self.log_view, 1)
+        layout.addWidget(self.progress)
+        layout.addLayout(buttons)
+        self.resize(720, 520)
+        self.lines = _Lines()
+        self.lines.line.connect(self.log_view.appendPlainText)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.close_button.clicked.connect(self.reject)
+        for signal in (self.device_combo.currentIndexChanged, self.weights_combo.currentIndexChanged):
+            signal.connect(self.refresh_plan)
+        self.target_widget.fileChanged.connect(self.refresh_plan)
+        self.task: Optional[SetupTask] = None
+        self.plan: Optional[Plan] = None
+        self.record: Optional[dict[str, Any]] = None
+        self.refresh_plan()
+
+    def arguments(self) -> argparse.Namespace:
+        weights = self.weights_combo.currentData()
+        if weights == "folder":
+            weights = self.weights_folder.filePath().strip() or "skip"
+        return argparse.Namespace(target=self.target_widget.filePath().strip() or str(default_target()),
+                                  python=settings.SETUP_PYTHON.load() or None,
+                                  device=self.device_combo.currentData(), weights=weights, wheelhouse=None,
+                                  index_url=None)
+
+    def refresh_plan(self) -> Optional[Plan]:
+        """Work out and show the plan (finds a Python and the GPU: a second or two)."""
+        self.weights_folder.setEnabled(self.weights_combo.currentData() == "folder")
+        try:
+            self.plan = backend_setup.make_plan(self.arguments())
+        except SetupError as error:
+            self.plan = None
+            self.plan_label.setText(f"Cannot set up: {error}")
+            self.start_button.setEnabled(False)
+            return None
+        plan = self.plan
+        size = f"about {plan.download_mb} MB to download" if plan.download_mb else "from the wheel folder"
+        self.plan_label.setText(
+            f"Python {plan.python_version}: {plan.base_python}\n"
+            f"Device: {plan.device} ({plan.device_reason}); PyTorch: {plan.torch_build}, {size}\n"
+            f"Backend {plan.backend_version} from {plan.backend_source}\nWeights: {plan.weights}\n"
+            f"Steps: {', '.join(plan.steps)}. Running it again later continues where it stopped.")
+        self.start_button.setEnabled(self.task is None)
+        return plan
+
+    def start(self) -> Optional[SetupTask]:
+        plan = self.plan or self.refresh_plan()
+        if plan is None or self.task is not None:
+            return None
+        self.log_view.appendPlainText(f"Setting up the backend in {plan.target}")
+        self.task = SetupTask(plan, self.lines)
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self.task.taskCompleted.connect(self._ended)
+        self.task.taskTerminated.connect(self._ended)
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.log_view.appendPlainText("Cancelling…")
+            self.task.cancel()
+
+    def _ended(self) -> None:
+        task = self.task
+        self.task = None
+        self.cancel_button.setEnabled(False)
+        self.start_button.setEnabled(True)
+        if task is None:
+            return
+        if task.record is not None:
+            self.record = task.record
+            apply_record(task.record)
+            self.progress.setValue(100)
+            self.log_view.appendPlainText("Done: the plugin now uses this environment.")
+            self.finished_setup.emit(task.record)
+            if self.on_done is not None:
+                self.on_done(task.record)
+        elif task.was_cancelled:
+            self.log_view.appendPlainText(task.error or "Cancelled.")
+        else:
+            self.log_view.appendPlainText(f"SET-UP FAILED: {task.error}")
+
+
+def apply_record(record: dict[str, Any]) -> None:
+    """Point the plugin at a finished set-up: its interpreter and any weights it found."""
+    settings.BACKEND_PYTHON.save(str(record["python"]))
+    settings.BACKEND_URL.save("")
+    for key, setting in (("clip_weights", settings.CLIP_WEIGHTS), ("upsampler_weights", settings.UPSAMPLER_WEIGHTS)):
+        if record.get(key):
+            setting.save(str(record[key]))
