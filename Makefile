@@ -10,13 +10,15 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install plugin test coverage bench stress demo package lint screenshot clean
+.PHONY: help install system plugin test coverage bench stress demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 install: $(STAMP) plugin ## venv + backend and test tools; links the plugin into the QGIS profile
-$(STAMP): backend/pyproject.toml
+system: ## the Debian packages QGIS needs (qgis, python3-qgis, python3-gdal, gdal-bin, xvfb), when missing
+	@bash tools/system_packages.sh
+$(STAMP): backend/pyproject.toml | system
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	# Keep the system numpy: QGIS's and GDAL's bindings are built against it.
 	$(SYSTEM_PYTHON) -c "import numpy; print('numpy==' + numpy.__version__)" > $(VENV)/constraints.txt \
@@ -47,7 +49,7 @@ coverage: $(STAMP) ## the test suite under coverage (backend processes and task 
 	$(PY) -m coverage report
 	$(PY) -m coverage html -q
 
-bench: install ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
+bench: $(STAMP) ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
 
 stress: $(STAMP) ## clients x requests against a real backend (answers checked) + the 254-class request: bench_out/stress.json
@@ -57,13 +59,13 @@ lint: $(STAMP) ## ruff on everything, mypy on both packages (Python 3.9 rules: t
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources
 	$(PY) -m mypy segearth_qgis backend/segearth_backend
 
-demo: install ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
+demo: $(STAMP) ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
 	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --out demo_out
 
-package: ## dist/segearth_qgis-<version>.zip for the QGIS plugin manager (sources, metadata, icon only)
-	$(SYSTEM_PYTHON) tools/package.py --out dist
+package: $(STAMP) ## dist/: the plugin zip (with its backend) and plugins.xml of a custom plugin repository
+	$(PY) tools/package.py --out dist
 
-screenshot: install ## docs/screenshot.png: the dock and a styled result on the sample raster, under Xvfb
+screenshot: $(STAMP) ## docs/screenshot.png: the dock and a styled result on the sample raster, under Xvfb
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/screenshot.py
 
 clean: ## remove caches and reports (keeps the venv)

@@ -90,11 +90,25 @@ def test_demo_writes_all_outputs(tmp_path, parity_dir):
     del polygons, raster, preview
 
 
-def test_demo_offline_without_weights_lists_the_files(tmp_path):
+@pytest.mark.skipif(not Path("/usr/bin/qgis_process.bin").exists() and not Path("/usr/bin/qgis_process").exists(),
+                    reason="qgis_process is not installed")
+def test_demo_offline_without_weights_lists_the_files_then_runs_labelled(tmp_path):
+    """Offline and without weights: the list of files to fetch, then the workflow on the tiny test weights,
+    labelled as not meaningful in the console, the preview and the output's metadata."""
     env = minimal_env(tmp_path / "home", SEGEARTH_OFFLINE="1", HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen")
+    sample = write_geotiff(tmp_path / "scene.tif", smooth_image(200, 240), 32633,
+                           (500000.0, 1.0, 0.0, 5600000.0, 0.0, -1.0))
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / "o"),
-                             "--python", sys.executable], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+                             "--python", sys.executable, "--sample", str(sample)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "open_clip_pytorch_model.bin" in result.stdout and "xclip_jbu_one_million_aid.ckpt" in result.stdout
     assert str(tmp_path / "home" / ".cache" / "segearth-ov" / "simfeatup") in result.stdout
+    assert result.stdout.count("TINY RANDOM TEST WEIGHTS: the classes are NOT meaningful") == 2  # before and after
+    raster = gdal.Open(str(tmp_path / "o" / "scene_segearth.tif"))
+    assert "NOT meaningful" in raster.GetMetadataItem("SEGEARTH_DEMO")
+    preview = gdal.Open(str(tmp_path / "o" / "preview.png")).ReadAsArray()
+    red_text = (preview[0, :44] > 150) & (preview[1, :44] < 90) & (preview[2, :44] < 90)  # the note across the top
+    assert red_text.sum() > 100 and not ((preview[0, 60:] > 150) & (preview[1, 60:] < 90)).any(axis=1).all()
     assert "Traceback" not in result.stdout + result.stderr
+    del raster
