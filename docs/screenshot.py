@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,22 +55,22 @@ def main() -> int:
     from segearth_qgis.dock import SegEarthDock
 
     window = QMainWindow()
-    window.resize(1400, 860)
+    window.resize(1366, 768)  # the smallest screen the panel is made for
     canvas = QgsMapCanvas()
     bar = QgsMessageBar()
     tree = QgsLayerTreeView()
     model = QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), window)  # parented: must outlive setModel
-    model.setFlag(QgsLayerTreeModel.ShowLegendAsTree)
+    model.setFlag(QgsLayerTreeModel.Flag.ShowLegendAsTree)
     tree.setModel(model)
     bridge = QgsLayerTreeMapCanvasBridge(QgsProject.instance().layerTreeRoot(), canvas)
     central = QWidget()
     column = QVBoxLayout(central)
-    column.addWidget(bar)
+    column.addWidget(bar, 0)
     splitter = QSplitter()
     splitter.addWidget(tree)
     splitter.addWidget(canvas)
     splitter.setSizes([300, 700])
-    column.addWidget(splitter)
+    column.addWidget(splitter, 1)
     window.setCentralWidget(central)
     window.setWindowTitle("QGIS — SegEarth-OV")
 
@@ -78,12 +79,13 @@ def main() -> int:
     canvas.setDestinationCrs(layer.crs())
     canvas.setExtent(layer.extent())
     dock = SegEarthDock(Iface(window, canvas, bar), window)
-    window.addDockWidget(Qt.RightDockWidgetArea, dock)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     window.show()
     dock.raster_box.set_layer(layer)
     dock.classes_box.fill_presets()
     next(a for a in dock.classes_box.presets_menu.actions() if a.text() == "OpenEarthMap").trigger()
     dock.options_box.output_widget.setFilePath("")
+    dock.options_box.folder_widget.setFilePath(tempfile.mkdtemp(prefix="segearth-screenshot-"))
     task = dock.segment()
     deadline = time.monotonic() + 600
     while dock.task is not None and time.monotonic() < deadline:
@@ -92,9 +94,6 @@ def main() -> int:
     if task is None or task.result is None:
         print(f"segmentation failed: {task.error if task else 'refused'}", file=sys.stderr)
         return 1
-    result = QgsProject.instance().mapLayersByName("oem_koeln_50 — SegEarth-OV")[0]
-    result.renderer().setOpacity(0.7)
-    result.triggerRepaint()
     dock.refresh_status()
     for _ in range(200):
         QCoreApplication.processEvents()

@@ -455,8 +455,9 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
     python = python or environment.get(ENV_PYTHON)
     if not python:
         raise BackendStartError(
-            "No Python interpreter is set for the backend: set SEGEARTH_BACKEND_PYTHON (or the plugin "
-            "setting) to the python of the environment where `segearth-backend` is installed.", "no_python")
+            "No backend is set up yet: in the SegEarth-OV panel click Backend, Set up backend… (once, a few "
+            "minutes), or give the Python of an environment where segearth-backend is installed (Backend, "
+            "Python; or SEGEARTH_BACKEND_PYTHON).", "no_python")
     token = secrets.token_urlsafe(24)
     environment["SEGEARTH_BACKEND_TOKEN"] = token  # passed by environment, never on the command line
     workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))

@@ -91,6 +91,8 @@ class SegEarthDock(QDockWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(body)
+        # As wide as the parts need (no horizontal scrolling), however narrow QGIS makes the dock at first.
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
         self.setWidget(scroll)
 
     def _connect(self) -> None:
@@ -304,11 +306,15 @@ class SegEarthDock(QDockWidget):
 
     def open_setup(self) -> SetupDialog:
         """The set-up dialog; when a set-up succeeds the backend is (re)started with it."""
-        dialog = SetupDialog(self, on_done=lambda record: self._backend_action("restart"))
-        dialog.finished.connect(self.backend_box.restore)
+        dialog = SetupDialog(self, on_done=self._set_up_done)
         dialog.show()
         self.setup_dialog = dialog
         return dialog
+
+    def _set_up_done(self, record: dict[str, Any]) -> None:
+        """A set-up finished: its interpreter is in the settings; show it and start the backend with it."""
+        self.backend_box.restore()
+        self._backend_action("restart")
 
     def show_backend_details(self) -> None:
         status = self.backend.status()
@@ -319,10 +325,16 @@ class SegEarthDock(QDockWidget):
 
     # ------------------------------------------------------------- helpers
     def report(self, text: str, level: Any) -> None:
-        """Message bar and log panel, never a traceback dialog."""
+        """Message bar and log panel, never a traceback dialog. A long message (a list of missing files, a
+        log tail) shows its first line in the bar and the rest behind the bar's "more" button."""
         QgsMessageLog.logMessage(text, LOG_TAG, level)
-        self.iface.messageBar().pushMessage("SegEarth-OV", text, level=level, duration=0 if level == Qgis.Critical
-                                            else 12)
+        duration = 0 if level == Qgis.Critical else 12
+        lines = text.strip().splitlines()
+        if len(lines) > 1:
+            self.iface.messageBar().pushMessage("SegEarth-OV", lines[0].rstrip(":"), text, level=level,
+                                                duration=duration)
+        else:
+            self.iface.messageBar().pushMessage("SegEarth-OV", text, level=level, duration=duration)
 
     def _ask(self, question: str) -> bool:
         return QMessageBox.question(self, "SegEarth-OV", question) == QMessageBox.StandardButton.Yes
