@@ -156,6 +156,9 @@ class BackendManager:
             message = self._start_error.message
             if self._start_error.code in ("no_python", "bad_python", "exited") and "segearth" in message.lower():
                 return BackendStatus(NOT_SET_UP, "no working backend: click Set up backend…", message)
+            if "weight files are missing" in message:
+                return BackendStatus(FAILED, "weights missing: choose them with Weights… (Details… lists them)",
+                                     message)
             return BackendStatus(FAILED, f"could not start: {_first_line(message)}", message)
         if not self.settings().python:
             return BackendStatus(NOT_SET_UP, "not set up yet: click Set up backend… (once, a few minutes)",

@@ -57,7 +57,9 @@ def outcome_text(result: JobResult, start_seconds: float, threshold: float,
     if not shares:
         return (f"Segmented {timing}, but the area holds no valid pixels (all nodata): check the layer's nodata "
                 "value, the bands, or the area of interest."), Qgis.Warning
-    listed = ", ".join(f"{name} {share:.0%}" for name, share in shares[:6])
+    shown = [(name, share) for name, share in shares if share >= 0.005][:6]
+    hidden = len(shares) - len(shown)
+    listed = ", ".join(f"{name} {share:.0%}" for name, share in shown) + (f" (+{hidden} under 1 %)" if hidden else "")
     if shares[0][1] >= UNIFORM_SHARE:
         name = shares[0][0]
         is_background = background_index is not None and name == result.names[background_index]

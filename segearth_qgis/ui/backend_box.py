@@ -99,6 +99,7 @@ class BackendBox(QgsCollapsibleGroupBox):
             self.setCollapsed(False)  # a failure or a missing backend is shown, not hidden in a collapsed box
         needs_setup = status.state == NOT_SET_UP or "Set up backend" in status.summary
         self.setup_button.setDefault(needs_setup)
+        self.weights_button.setDefault(status.summary.startswith("weights missing"))
         self.setup_button.setText("Update backend…" if "update it" in status.summary else "Set up backend…")
 
     def restore(self) -> None:

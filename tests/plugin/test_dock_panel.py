@@ -299,7 +299,8 @@ def test_first_run_without_weights_says_what_is_missing_within_seconds(dock, mes
     assert "These weight files are missing" in bar_text and "\n" not in bar_text
     text = "\n".join(logged)
     assert "xclip_jbu_one_million_aid.ckpt" in text and "open_clip_pytorch_model.bin" in text and "Weights…" in text
-    assert dock.backend.status().state == FAILED and "could not start" in dock.backend.status().summary
+    assert dock.backend.status().state == FAILED and "weights missing" in dock.backend.status().summary
+    assert dock.backend_box.weights_button.isDefault()
     assert "failed" in dock.backend_box.title() and not dock.backend_box.isCollapsed()
     assert seen & {"starting", "loading model"}
 
