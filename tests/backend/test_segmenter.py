@@ -146,3 +146,14 @@ def test_describe_reports_what_is_loaded(tiny_segmenter):
     assert info["model"] == "tiny-clip"
     assert info["upsampler"] == "SimFeatUp (JBU-One)"
     assert info["device"]["type"] == "cpu" and info["precision"] == "float32"
+
+
+def test_explicit_arguments_win_over_a_given_config(tiny_paths, tmp_path):
+    """load_segmenter(config=..., device=...) used to ignore the explicit argument, against its docstring."""
+    from segearth_backend import EngineConfig, load_segmenter
+
+    config = EngineConfig(model=tiny_paths["model"], clip_weights=tiny_paths["clip_weights"],
+                          upsampler_weights=tiny_paths["upsampler_weights"], device="cpu", cache_dir=tmp_path)
+    segmenter = load_segmenter(config=config, upsampler_weights="none", batch_size=3)
+    assert segmenter.describe()["upsampler"] == "bilinear" and segmenter.batch_size == 3
+    assert load_segmenter(config=config).describe()["upsampler"] == "SimFeatUp (JBU-One)"

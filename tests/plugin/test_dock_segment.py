@@ -473,3 +473,28 @@ def test_progress_says_which_block_and_how_long(dock, tmp_path):
     assert task.result is not None and task.blocks == 9
     assert any(text.startswith("block 2 of 9 · ") and "elapsed" in text and "left" in text for text in seen), seen
     assert dock.run_box.progress_label.text().startswith("done in")
+
+
+def test_cancel_stops_the_block_being_computed_within_seconds(dock, tmp_path, messages):
+    """One big block: cancel must not wait for it to finish (the client drops the request, the backend stops)."""
+    import time
+
+    from qgis.PyQt.QtCore import Qt
+
+    layer = load(write_geotiff(tmp_path / "oneblock.tif", smooth_image(1000, 1000), 32633, UTM), "oneblock")
+    prepare(dock, layer, tmp_path / "oneblock_out.tif")
+    cancelled_at = []
+
+    def cancel_once(progress):
+        if 0 < progress < 50 and not cancelled_at:  # the backend reports windows within the only block
+            cancelled_at.append(time.monotonic())
+            dock.cancel()
+
+    task = dock.segment()
+    task.progressChanged.connect(cancel_once, Qt.DirectConnection)
+    wait_until(lambda: dock.task is None)
+    assert task.blocks == 1 and cancelled_at, "no progress was reported within the block"
+    assert task.was_cancelled and task.result is None
+    assert time.monotonic() - cancelled_at[0] < 10  # generous: the point is "not the rest of the block"
+    assert not (tmp_path / "oneblock_out.tif").exists()
+    assert any("cancelled" in m for m in messages.get_messages(Qgis.Info))
