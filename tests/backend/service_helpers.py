@@ -22,13 +22,15 @@ from segearth_backend.classes import NODATA_LABEL, parse_classes
 from segearth_backend.decision import decide
 from segearth_backend.device import autocast
 from segearth_backend.features import normalise, reduced_coordinates
-from segearth_backend.protocol import BUNDLE_TYPE, write_bundle
+from segearth_backend.protocol import BUNDLE_TYPE
 from segearth_backend.vision import image_features
 from segearth_backend.windows import window_grid
+from tests.backend.helpers import CLASSES, error_of, segment_body
 from tests.helpers import subprocess_env
 
+__all__ = ["CLASSES", "error_of", "segment_body"]  # shared with tests/backend/helpers.py
+
 TOKEN = "hostile-test-token-7d1e"
-CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
 
 
 # ------------------------------------------------------------------ the previous engine, as a reference
@@ -131,22 +133,6 @@ def _complete(data: bytes) -> bool:
         if name.strip().lower() == b"content-length":
             return len(rest) >= int(value.strip())
     return False
-
-
-def segment_body(image: np.ndarray, params: Optional[dict[str, Any]] = None, valid: Optional[np.ndarray] = None,
-                 extra: Optional[dict[str, Any]] = None) -> bytes:
-    members: dict[str, Any] = {"params.json": {"classes": CLASSES, **(params or {})}, "image.npy": image}
-    if valid is not None:
-        members["valid.npy"] = valid
-    members.update(extra or {})
-    return write_bundle(members)
-
-
-def error_of(body: bytes) -> tuple[str, str]:
-    payload = json.loads(body)
-    if set(payload) != {"error", "message"}:
-        raise AssertionError(f"not an error document: {payload}")
-    return payload["error"], payload["message"]
 
 
 def health(url: str, token: Optional[str] = None) -> dict[str, Any]:

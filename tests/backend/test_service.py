@@ -20,6 +20,7 @@ from segearth_backend import __version__
 from segearth_backend.protocol import BUNDLE_TYPE, read_bundle, write_bundle
 from segearth_backend.service import ServiceSettings, create_app
 from tests.backend.helpers import CLASSES, call, error_of, launch_server, segment_body
+from tests.backend.service_helpers import ThreadServer
 from tests.helpers import minimal_env, read_http_response, wait_for
 
 
@@ -267,29 +268,6 @@ def test_sigterm_shuts_down_cleanly(tiny_paths, tmp_path):
 
 # ---------------------------------------------------------------- in-process server (uvicorn in a thread)
 
-class _ThreadServer:
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
 def test_503_while_loading_then_ready(tiny_paths, tmp_path):
     from segearth_backend import load_segmenter
 
@@ -300,7 +278,7 @@ def test_503_while_loading_then_ready(tiny_paths, tmp_path):
         return load_segmenter(device="cpu", cache_dir=tmp_path, **tiny_paths)
 
     app = create_app(ServiceSettings(warmup=False), slow_factory)
-    with _ThreadServer(app) as server:
+    with ThreadServer(app) as server:
         assert json.loads(call(server.url, "/health")[1])["status"] == "loading"
         status, body = call(server.url, "/segment", segment_body(np.zeros((8, 8, 3), np.uint8)))
         assert status == 503 and error_of(body)[0] == "loading"
@@ -331,7 +309,7 @@ def test_cuda_out_of_memory_is_retried_with_smaller_batches(tiny_paths, tmp_path
                                    lambda batch: batch > 2)
     image = rng.integers(0, 256, size=(250, 300, 3), dtype=np.uint8)
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
-    with _ThreadServer(app) as server:
+    with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
         status, body = call(server.url, "/segment", segment_body(image, {"return_probabilities": True}))
         assert status == 200 and segmenter.batch_size == 2
@@ -347,7 +325,7 @@ def test_out_of_memory_at_one_window_is_a_503(tiny_paths, tmp_path):
     segmenter = _failing_like_cuda(load_segmenter(device="cpu", cache_dir=tmp_path, batch_size=4, **tiny_paths),
                                    lambda batch: True)
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
-    with _ThreadServer(app) as server:
+    with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
         status, body = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
         code, message = error_of(body)
@@ -370,7 +348,7 @@ def test_model_that_fails_to_load_answers_503_with_the_reason(tiny_paths, tmp_pa
                               clip_weights=str(tmp_path / "missing.pt"))
 
     app = create_app(ServiceSettings(warmup=False), factory)
-    with _ThreadServer(app) as server:
+    with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
         health = json.loads(call(server.url, "/health")[1])
         assert health["status"] == "failed" and fragment in health["error"]
@@ -396,7 +374,7 @@ def test_internal_fault_is_500_and_server_keeps_serving(tiny_paths, tmp_path):
 
     segmenter.predict = predict
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
-    with _ThreadServer(app) as server:
+    with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
         status, body = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
         assert status == 500 and error_of(body)[0] == "internal_error" and "simulated fault" not in error_of(body)[1]
