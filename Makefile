@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install system plugin test coverage bench stress demo package lint screenshot clean
+.PHONY: help install system plugin test coverage bench stress cluster-bench demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -54,6 +54,9 @@ bench: $(STAMP) ## speed / memory benchmark: table on stdout, JSON in bench_out/
 
 stress: $(STAMP) ## clients x requests against a real backend (answers checked) + the 254-class request: bench_out/stress.json
 	$(PY) tools/stress.py --clients $(or $(CLIENTS),4) --requests $(or $(REQUESTS),5) --out bench_out/stress.json
+
+cluster-bench: $(STAMP) ## serve against serve --ray with 1 and 2 replicas (full-size model, CPU): bench_out/cluster.json
+	$(PY) tools/cluster_bench.py --model vitb16 --block $(or $(BLOCK),512) --blocks $(or $(BLOCKS),4) --out bench_out/cluster.json
 
 lint: $(STAMP) ## ruff on everything, mypy on both packages (Python 3.9 rules: the minimum, see mypy.ini)
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources

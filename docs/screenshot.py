@@ -10,6 +10,7 @@ not meaningful, the workflow and styling are.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +51,8 @@ def main() -> int:
                           SEGEARTH_CLIP_WEIGHTS=str(parity / "tiny-clip.pt"),
                           SEGEARTH_UPSAMPLER_WEIGHTS=str(parity / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu")
 
-    app = QgsApplication([], True)
+    work = Path(tempfile.mkdtemp(prefix="segearth-screenshot-"))  # a throwaway QGIS profile and results folder
+    app = QgsApplication([], True, str(work / "profile"))
     app.initQgis()
     from segearth_qgis.dock import SegEarthDock
 
@@ -85,7 +87,7 @@ def main() -> int:
     dock.classes_box.fill_presets()
     next(a for a in dock.classes_box.presets_menu.actions() if a.text() == "OpenEarthMap").trigger()
     dock.options_box.output_widget.setFilePath("")
-    dock.options_box.folder_widget.setFilePath(tempfile.mkdtemp(prefix="segearth-screenshot-"))
+    dock.options_box.folder_widget.setFilePath(str(work / "results"))
     task = dock.segment()
     deadline = time.monotonic() + 600
     while dock.task is not None and time.monotonic() < deadline:
@@ -93,6 +95,8 @@ def main() -> int:
         time.sleep(0.02)
     if task is None or task.result is None:
         print(f"segmentation failed: {task.error if task else 'refused'}", file=sys.stderr)
+        dock.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
         return 1
     dock.refresh_status()
     for _ in range(200):
@@ -109,6 +113,7 @@ def main() -> int:
     print(f"saved {out}")
     dock.shutdown()
     del bridge
+    shutil.rmtree(work, ignore_errors=True)
     sys.stdout.flush()
     os._exit(0)  # skip Qt's teardown order at exit: the picture is saved, the backend stopped
 

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import ssl
@@ -42,6 +43,8 @@ __all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartErro
 ENV_URL = "SEGEARTH_BACKEND_URL"
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
+#: Extra ``serve`` arguments for a backend the plugin starts, e.g. ``--ray --replicas 2`` (several GPUs).
+ENV_ARGS = "SEGEARTH_BACKEND_ARGS"
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,11 @@ class BackendClient:
             raise BackendError(f"The backend's answer to {path} was cut off after {len(error.partial)} bytes (it "
                                "may have crashed or been stopped): check that it is running and try again.",
                                "truncated_answer") from None
+        except TimeoutError:
+            if call.aborted.is_set():
+                raise BackendError("The request was cancelled.", "cancelled") from None
+            raise BackendError(f"The SegEarth-OV backend at {self.url} did not answer {path} within {timeout:.0f} s: "
+                               "it may be overloaded or stuck; check its log, or try again.", "timeout") from None
         except (OSError, http.client.HTTPException) as error:
             if call.aborted.is_set():
                 raise BackendError("The request was cancelled.", "cancelled") from None
@@ -246,7 +254,8 @@ class BackendClient:
                 if self._wait(int(retry), cancelled):
                     raise BackendError("The request was cancelled.", "cancelled")
                 continue
-            raise BackendError(f"The backend refused the request ({status}): {message}", code, status)
+            raise BackendError(f"The backend refused the request ({status}): {message}", code, status,
+                               float(retry) if retry.isdigit() else None)
 
     @staticmethod
     def _wait(seconds: float, cancelled: Optional[Callable[[], bool]]) -> bool:
@@ -433,6 +442,23 @@ class LocalBackend:
             shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
+ENV_BACKEND_PYTHONPATH = "SEGEARTH_BACKEND_PYTHONPATH"
+
+
+def backend_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a backend process: this one without QGIS's Python settings.
+
+    QGIS (OSGeo4W on Windows, QGIS.app on macOS) sets PYTHONHOME and PYTHONPATH
+    for its own Python; the backend's environment must not see them.
+    ``SEGEARTH_BACKEND_PYTHONPATH``, when set, becomes the backend's PYTHONPATH
+    (a development checkout's source tree).
+    """
+    environment = {key: value for key, value in env.items() if key not in ("PYTHONHOME", "PYTHONPATH")}
+    if env.get(ENV_BACKEND_PYTHONPATH):
+        environment["PYTHONPATH"] = env[ENV_BACKEND_PYTHONPATH]
+    return environment
+
+
 def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                         env: Optional[Mapping[str, str]] = None, timeout: float = 600.0,
                         cancelled: Optional[Callable[[], bool]] = None,
@@ -441,7 +467,8 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
 
     Args:
         python: interpreter with the backend installed (default ``$SEGEARTH_BACKEND_PYTHON``).
-        args: extra ``serve`` arguments (``--device cpu``...).
+        args: extra ``serve`` arguments (``--device cpu``...); ``$SEGEARTH_BACKEND_ARGS`` (in ``env``) adds
+            more, such as ``--ray --replicas 2`` for one replica per GPU of this machine.
         env: environment for the process (default: this one).
         timeout: seconds to wait for the model to load.
         cancelled: polled while waiting; returning True stops the process.
@@ -451,7 +478,7 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
         BackendStartError: no interpreter, the process exited (its log tail is in
             the message), timed out, or was cancelled.
     """
-    environment = dict(os.environ if env is None else env)
+    environment = backend_environment(os.environ if env is None else env)
     python = python or environment.get(ENV_PYTHON)
     if not python:
         raise BackendStartError(
@@ -462,8 +489,13 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
     environment["SEGEARTH_BACKEND_TOKEN"] = token  # passed by environment, never on the command line
     workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))
     ready_file, log_path = workdir / "ready.json", workdir / "backend.log"
+    try:
+        extra = shlex.split(environment.get(ENV_ARGS, ""))
+    except ValueError as error:
+        raise BackendStartError(f"{ENV_ARGS} cannot be read as command-line arguments ({error}): fix its quotes.",
+                                "bad_args") from None
     command = [python, "-m", "segearth_backend", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(ready_file), "--exit-with-parent", *args]
+               "--ready-file", str(ready_file), "--exit-with-parent", *args, *extra]
     log_stream = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -68,6 +68,8 @@ class BackendManager:
         self._lock = threading.Lock()
         self.last_health: dict[str, Any] = {}
         self.last_start_seconds = 0.0
+        #: Set while the plugin unloads: a start in progress gives up at once.
+        self.closing = False
 
     @property
     def local(self) -> Optional[LocalBackend]:
@@ -92,8 +94,11 @@ class BackendManager:
             if self._local is None:
                 start = time.monotonic()
                 self._start_error = None
+                def give_up() -> bool:
+                    return self.closing or (cancelled is not None and cancelled())
+
                 try:
-                    self._local = start_local_backend(settings.python, settings.serve_args(), cancelled=cancelled,
+                    self._local = start_local_backend(settings.python, settings.serve_args(), cancelled=give_up,
                                                       on_started=self._started)
                 except BackendError as error:
                     if error.code != "cancelled":
@@ -185,7 +190,10 @@ class BackendManager:
         return self.explain_exit(local).replace("stopped (", "stopped while working (", 1)
 
     def stop(self) -> None:
-        """Stop the local backend, if one runs (a remote one is left alone)."""
+        """Stop the local backend, if one runs (a remote one is left alone); one still starting is killed."""
+        starting = self._starting
+        if starting is not None:
+            starting.stop(timeout=5)  # without the lock: the start holds it until the process ends
         with self._lock:
             if self._local is not None:
                 self._local.stop()

@@ -124,6 +124,7 @@ def clean_env() -> dict[str, str]:
                                                             "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 
@@ -135,9 +136,12 @@ def python_version(executable: str) -> Optional[tuple[int, int]]:
                                 stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if result.returncode != 0:
+    if result.returncode != 0 or not result.stdout.strip():
         return None
-    major, minor = (int(x) for x in result.stdout.split())
+    try:  # the last line: some launchers (pyenv shims, wrappers) print their own lines first
+        major, minor = (int(x) for x in result.stdout.strip().splitlines()[-1].split())
+    except ValueError:
+        return None
     return major, minor
 
 
@@ -147,9 +151,9 @@ def python_candidates(given: Optional[str]) -> list[str]:
     if given:
         return [given]
     if sys.platform == "win32":  # QGIS / OSGeo4W ship a full Python beside qgis.exe
-        for root in {Path(sys.prefix), Path(sys.exec_prefix), Path(sys.executable).parent}:
+        for root in dict.fromkeys([Path(sys.prefix), Path(sys.exec_prefix), Path(sys.executable).parent]):
             candidates += [str(root / "python.exe"), str(root / "python3.exe")]
-    for name in ("python3", "python"):
+    for name in ("python3", "python", "py"):
         found = shutil.which(name)
         if found:
             candidates.append(found)
@@ -235,6 +239,9 @@ def venv_python(target: Path) -> Path:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    if args.weights not in ("download", "skip") and not Path(args.weights).expanduser().is_dir():
+        raise SetupError(f"--weights must be 'download', 'skip' or a folder holding the weight files; "
+                         f"{args.weights!r} is none of them.")
     base, version = find_base_python(args.python)
     device, why = choose_device(args.device)
     label, index, megabytes = torch_build(device)
@@ -268,19 +275,26 @@ def run(step: str, command: Sequence[str], advice: str, env: Optional[dict[str, 
     echo("    $ " + " ".join(command))
     try:
         process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=env or clean_env(), stdin=subprocess.DEVNULL, bufsize=1)
+                                   encoding="utf-8", errors="replace", env=env or clean_env(),
+                                   stdin=subprocess.DEVNULL, bufsize=1)
     except OSError as error:
         raise SetupError(f"Step '{step}' could not run {command[0]}: {error}. {advice}") from None
     cancel.process = process
+    if cancel.cancelled:  # asked between the start of the command and now
+        process.kill()
     lines = []
-    assert process.stdout is not None  # noqa: S101 - Popen with stdout=PIPE
-    for line in process.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line and not line.startswith("WARNING: Location"):
-            echo("    " + line)
-    code = process.wait()
-    cancel.process = None
+    try:
+        for line in process.stdout or ():
+            line = line.rstrip()
+            lines.append(line)
+            if line and not line.startswith("WARNING: Location"):
+                echo("    " + line)
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        cancel.process = None
     cancel.check()
     if code != 0:
         tail = "\n".join(lines[-12:])
@@ -299,6 +313,16 @@ def pip_install(python: Path, packages: Sequence[str], plan: Plan, step: str, in
     advice = ("check the internet connection (or a proxy: set HTTPS_PROXY), then run the set-up again; it continues "
               "where it stopped. Offline: make a wheelhouse elsewhere and pass --wheelhouse.")
     run(step, [*command, *packages], advice, echo=echo, cancel=cancel)
+
+
+def pip_works(python: Path) -> bool:
+    """The environment is complete: its pip runs (an interrupted ``venv`` leaves a Python without pip)."""
+    try:
+        result = subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, timeout=120,
+                                env=clean_env(), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
 
 
 def installed_version(python: Path, distribution: str) -> Optional[str]:
@@ -321,16 +345,17 @@ def torch_works(python: Path) -> bool:
     return result.returncode == 0
 
 
-def find_weights(folder: Path) -> dict[str, str]:
-    """Known weight files anywhere under ``folder`` (a few levels deep)."""
+def find_weights(folder: Path, depth: int = 4) -> dict[str, str]:
+    """Known weight files under ``folder``, at most ``depth`` folders down (the walk stops there)."""
     found: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        if len(path.relative_to(folder).parts) > 4 or not path.is_file():
-            continue
-        if path.name in CLIP_FILES and "clip_weights" not in found:
-            found["clip_weights"] = str(path)
-        if path.name == SIMFEATUP_FILE and "upsampler_weights" not in found:
-            found["upsampler_weights"] = str(path)
+    for root, folders, files in os.walk(folder):
+        level = len(Path(root).relative_to(folder).parts)
+        folders[:] = sorted(folders) if level < depth - 1 else []
+        for name in sorted(files):
+            if name in CLIP_FILES and "clip_weights" not in found:
+                found["clip_weights"] = str(Path(root) / name)
+            if name == SIMFEATUP_FILE and "upsampler_weights" not in found:
+                found["upsampler_weights"] = str(Path(root) / name)
     return found
 
 
@@ -351,7 +376,7 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
 
     step(1, f"Python: {plan.base_python} ({plan.python_version})")
     step(2, f"Virtual environment: {target / 'venv'}")
-    if python.is_file() and python_version(str(python)) is not None:
+    if python.is_file() and python_version(str(python)) is not None and pip_works(python):
         echo("    already there")
     else:
         target.mkdir(parents=True, exist_ok=True)
@@ -389,6 +414,9 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
         found = find_weights(Path(plan.weights).expanduser())
         for key in ("clip_weights", "upsampler_weights"):
             echo(f"    {key}: {found.get(key, 'not found in this folder')}")
+        if not found:
+            raise SetupError(f"Step 'weights': no weight file ({', '.join((*CLIP_FILES, SIMFEATUP_FILE))}) was found "
+                             f"in {plan.weights}. Copy them there, or choose 'download' or 'skip'.")
         record.update(found)
     step(6, "Check")
     info = run("check", [str(python), "-m", "segearth_backend", "info", "--environment"],

@@ -8,6 +8,7 @@ from them, hands it to :func:`plan_job` (every check lives there) and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Optional
 
 from qgis.core import (
@@ -30,10 +31,11 @@ from .backend_manager import READY, REMOTE, shared_manager
 from .core.grid import estimate
 from .core.speed import device_key, estimate_seconds, format_duration, records_from_json
 from .errors import BackendError, LayerError, OutputError
-from .job_request import JobInputs, PlannedJob, plan_job
+from .job_request import JobInputs, PlannedJob, plan_job, probabilities_beside
 from .job_setup import PreparedJob, plan_grid, prepare
+from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
 from .outputs import normalise_output
-from .runner import JobRunner
+from .runner import JobRunner, shares_text
 from .task import LOG_TAG, SegmentTask
 from .ui.area_box import AreaBox
 from .ui.backend_box import BackendBox
@@ -61,6 +63,12 @@ class SegEarthDock(QDockWidget):
         self.backend = shared_manager()
         self.confirm: Callable[[str], bool] = self._ask
         self._helpers: list[QgsTask] = []
+        self.setup_dialog: Optional[SetupDialog] = None
+        self.live = LiveResults()
+        self._live_pending = False
+        self._running: Optional[tuple[JobInputs, bool]] = None  # the running job's inputs, and whether it is live
+        self._asking = False  # a question (overwrite? huge job? weights?) is open: updates wait for it
+        self._closing = False
         self.classes_box = ClassesBox(lambda: (self.options_box.threshold_spin.value(),
                                                self.options_box.lambda_spin.value()))
         self.raster_box = RasterBox()
@@ -108,6 +116,16 @@ class SegEarthDock(QDockWidget):
         self.run_box.segment_button.clicked.connect(self.segment)
         self.run_box.cancel_button.clicked.connect(self.cancel)
         self.run_box.shortcut.activated.connect(self._shortcut)
+        self.live_timer = QTimer(self)
+        self.live_timer.setSingleShot(True)
+        self.live_timer.setInterval(LIVE_DELAY_MS)
+        self.live_timer.timeout.connect(self.update_live)
+        self.classes_box.changed.connect(self._query_edited)
+        self.classes_box.background.currentIndexChanged.connect(self._query_edited)
+        self.options_box.threshold_spin.valueChanged.connect(self._query_edited)
+        self.options_box.lambda_spin.valueChanged.connect(self._query_edited)
+        self.run_box.live_check.toggled.connect(self._query_edited)
+        self.run_box.keep_button.clicked.connect(self.keep_result)
         self.runner.progress.connect(self.run_box.show_progress)
         self.runner.finished.connect(self._finished)
         box = self.backend_box
@@ -121,11 +139,13 @@ class SegEarthDock(QDockWidget):
     def _restore(self) -> None:
         self.classes_box.restore()
         self.options_box.restore()
+        self.run_box.restore()
         self.backend_box.restore()
 
     def save_state(self) -> None:
         self.classes_box.save()
         self.options_box.save()
+        self.run_box.save()
         self.backend_box.save()
 
     # ---------------------------------------------------- layer and area
@@ -206,26 +226,87 @@ class SegEarthDock(QDockWidget):
         if self.runner.running():
             self.report("A segmentation is already running.", Qgis.Warning)
             return None
+        self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
+        self._asking = True  # while a question is open, an update must not start a job under it
+        ready: Optional[tuple[PlannedJob, JobInputs]] = None
         try:
             output = self.options_box.output_widget.filePath().strip()
             overwrite = False
-            if output and normalise_output(output).exists():
-                overwrite = self.confirm(f"{normalise_output(output)} exists. Overwrite it?")
-            planned = plan_job(self.job_inputs(overwrite))
+            if output:
+                targets = [normalise_output(output)]
+                if self.options_box.probabilities_check.isChecked():
+                    targets.append(normalise_output(probabilities_beside(output)))
+                existing = [str(path) for path in targets if path.exists()]
+                if existing:
+                    overwrite = self.confirm(f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}. "
+                                             "Overwrite?")
+            inputs = self.job_inputs(overwrite)
+            planned = plan_job(inputs)
             megapixels = planned.job.grid.width * planned.job.grid.height / 1e6
-            if megapixels > settings.LARGE_JOB_MEGAPIXELS.load() and not self.confirm(
+            if megapixels <= settings.LARGE_JOB_MEGAPIXELS.load() or self.confirm(
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
-                return None
+                ready = planned, inputs
         except (ValueError, OutputError) as error:
             self.report(str(error), Qgis.Warning)
+        finally:
+            self._asking = False
+        if ready is None:  # refused: an update that waited for the question runs now
+            self._resume_update()
             return None
-        return self._start(planned)
+        return self._start(*ready)  # an update that waited runs after this job
 
-    def _start(self, planned: PlannedJob) -> SegmentTask:
+    def _start(self, planned: PlannedJob, inputs: JobInputs, live: bool = False) -> SegmentTask:
+        self.live_timer.stop()
         self.run_box.set_running(True)
+        self.backend_box.set_job_running(True)
+        self._running = (inputs, live)
         preset = self.classes_box.preset.name if self.classes_box.preset is not None else None
-        return self.runner.start(planned, self.area_box.kind(), preset)
+        return self.runner.start(planned, inputs.aoi.kind, preset, quiet=live)
+
+    # ---------------------------------------------------- update while typing
+    def _query_edited(self, *_args: Any) -> None:
+        """The classes, background, threshold or lambda changed: re-segment the last area once they settle."""
+        if self.run_box.live_check.isChecked() and self.live.can_update():
+            self.live_timer.start()
+
+    def update_live(self) -> Optional[SegmentTask]:
+        """Re-segment the last result's area with the panel's classes and options (the backend reuses the image
+        work). Waits for a running job; a class list that is not usable yet (half typed) is shown, not run."""
+        last = self.live.last
+        if last is None or not self.run_box.live_check.isChecked():
+            return None
+        if self.runner.running() or self._asking:
+            self._live_pending = True
+            return None
+        if last.inputs.layer is None or sip.isdeleted(last.inputs.layer):
+            self.run_box.set_text("Not updated: the layer of the last result was removed; press Segment.")
+            return None
+        options = self.options_box
+        inputs = dataclasses.replace(
+            last.inputs, classes=self.classes_box.text(), background_index=self.classes_box.background_index(),
+            threshold=options.threshold_spin.value(), bias_lambda=options.lambda_spin.value(), output="",
+            output_folder=settings.output_folder(), probabilities=options.probabilities_check.isChecked(),
+            overwrite=False)
+        try:
+            planned = plan_job(inputs)
+        except (ValueError, OutputError) as error:
+            self.run_box.set_text(f"Not updated: {error}")
+            return None
+        self.save_state()
+        return self._start(planned, inputs, live=True)
+
+    def _resume_update(self) -> None:
+        """An update that waited (for a job or a question) runs now, a moment later."""
+        if self._live_pending and not self._closing and not self.runner.running():
+            self._live_pending = False
+            self.live_timer.start()
+
+    def keep_result(self) -> None:
+        """Pin the current result: the next update adds its own layer."""
+        self.live.pin()
+        self.run_box.keep_button.setEnabled(False)
+        self.run_box.set_text("Result kept: the next update adds a new layer.")
 
     def _shortcut(self) -> None:
         if not self.runner.running():
@@ -235,13 +316,32 @@ class SegEarthDock(QDockWidget):
         self.runner.cancel()
 
     def _finished(self, task: SegmentTask) -> None:
+        if self._closing:
+            return
         self.run_box.set_running(False)
+        self.backend_box.set_job_running(False)
+        running, self._running = self._running, None
         if task.result is not None:
-            self.run_box.show_progress(100, f"done in {format_duration(task.result.seconds + task.start_seconds)}")
+            seconds = format_duration(task.result.seconds + task.start_seconds)
+            text = f"done in {seconds}"
+            if running is not None and self.runner.result_layer_ids:
+                inputs, live = running
+                owned = identities(result_files(task.result)) if live else {}
+                replaced = self.live.replace_with(LastResult(inputs, list(self.runner.result_layer_ids), owned), live)
+                self.run_box.keep_button.setEnabled(True)
+                if live:
+                    shares = shares_text(task.result)
+                    text = f"updated in {seconds}" + (f", {replaced}" if replaced else "") + \
+                        (f" — {shares}" if shares else "")
+            self.run_box.show_progress(100, text)
         else:
             self.run_box.show_progress(0, "cancelled" if task.was_cancelled else "failed — see the message above")
         self.show_backend_status()
         self.estimate_timer.start()
+        if task.result is not None:
+            self._resume_update()
+        else:  # after a cancel or a failure, the next edit starts updates again (not the one that waited)
+            self._live_pending = False
         self.job_done.emit(task)
 
     # ------------------------------------------------------------ backend
@@ -297,15 +397,25 @@ class SegEarthDock(QDockWidget):
 
     def open_weights(self) -> Optional[WeightsDialog]:
         dialog = WeightsDialog(self)
-        if dialog.exec():
+        self._asking = True
+        try:
+            accepted = dialog.exec()
+        finally:
+            self._asking = False
+        if accepted:
             local = self.backend.local
             stale = local is not None and local.running() and local.args != settings.backend_settings().serve_args()
             if stale and self.confirm("The backend runs with the previous weights. Restart it now with the new ones?"):
                 self._backend_action("restart")
+        self._resume_update()
         return dialog
 
     def open_setup(self) -> SetupDialog:
-        """The set-up dialog; when a set-up succeeds the backend is (re)started with it."""
+        """The set-up dialog (one at a time); when a set-up succeeds the backend is (re)started with it."""
+        if self.setup_dialog is not None and not sip.isdeleted(self.setup_dialog):
+            self.setup_dialog.show()
+            self.setup_dialog.raise_()
+            return self.setup_dialog
         dialog = SetupDialog(self, on_done=self._set_up_done)
         dialog.show()
         self.setup_dialog = dialog
@@ -341,19 +451,31 @@ class SegEarthDock(QDockWidget):
 
     def shutdown(self) -> None:
         """Cancel a running job, stop the local backend, give the map back (plugin unload)."""
+        self._closing = True  # a job ending now re-arms nothing
         self.status_timer.stop()
         self.estimate_timer.stop()
+        self.live_timer.stop()
         self.save_state()
         task = self.runner.task
         if task is not None:
             task.cancel()
             task.waitForFinished(30000)
+            if self.runner.task is not None:  # still running: its end must not reach a dock that is gone
+                with contextlib.suppress(TypeError, RuntimeError):
+                    self.runner.finished.disconnect(self._finished)
+        self.backend.closing = True  # a backend still starting gives up at once
+        if self.setup_dialog is not None and not sip.isdeleted(self.setup_dialog) and self.setup_dialog.task:
+            self.setup_dialog.cancel()
+            self.setup_dialog.task.waitForFinished(30000)
         for helper in self._helpers:
             if not sip.isdeleted(helper):
+                helper.cancel()
                 helper.waitForFinished(30000)
         self._helpers = []
         with contextlib.suppress(TypeError, RuntimeError):  # already disconnected
             self.iface.mapCanvas().extentsChanged.disconnect(self._map_moved)
         self.area_box.cleanup()
         self.backend.stop()
+        self.backend.closing = False
+        self._closing = False
 

@@ -42,12 +42,14 @@ class BackendError(Exception):
     """The backend could not be reached, refused the request, or failed.
 
     ``code`` is the backend's error code (or the client's: ``unreachable``,
-    ``cancelled``, ``exited``...), ``status`` the HTTP status when there was one.
+    ``timeout``, ``cancelled``, ``exited``...), ``status`` the HTTP status when there was one,
+    ``retry_after`` the seconds the backend asked to wait before sending the request again.
     """
 
-    def __init__(self, message: str, code: str = "backend_error", status: Optional[int] = None) -> None:
+    def __init__(self, message: str, code: str = "backend_error", status: Optional[int] = None,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(message)
-        self.message, self.code, self.status = message, code, status
+        self.message, self.code, self.status, self.retry_after = message, code, status, retry_after
 
 
 class BackendStartError(BackendError):

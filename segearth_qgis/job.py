@@ -1,14 +1,17 @@
 """The segmentation job: blocks in, backend calls, GeoTIFFs out (no QGIS imports).
 
 One implementation serves the dock panel (inside a QgsTask) and the
-Processing algorithms. Progress goes to a callback; cancellation is polled
-between blocks and, while a block is computed, by the backend client, which drops the request
-(the backend then stops its work). Outputs are written under temporary names and moved into place
+Processing algorithms. Up to ``concurrency`` blocks are in flight at once
+(:mod:`.inflight`); a block that fails in passing is sent again (:mod:`.retry`).
+Progress goes to a callback; cancellation is polled between blocks and,
+while blocks are computed, by the backend client, which drops the requests
+(the backend then stops their work). Outputs are written under temporary names and moved into place
 together at the very end, so a failure or a cancel leaves the folder as it was.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +20,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .backend_client import BackendError
-from .core.blocks import plan_blocks
+from .core.blocks import Block, plan_grid_blocks
 from .core.classes import class_colours, class_name
 from .core.grid import Grid
 from .errors import JobCancelledError, OutputError
 from .gdal_errors import GdalError
+from .inflight import BlockProgress, BlocksInFlight, choose_concurrency
 from .outputs import OutputPlan, StagedFiles, aux_path, output_error
 from .raster_io import NODATA_LABEL, LabelWriter, PixelSource, ProbabilityWriter
+from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 __all__ = ["JobCancelledError", "JobParams", "JobResult", "run_job", "execute"]
 
@@ -68,6 +73,10 @@ class JobResult:
     #: Pixel count per label value (255: nodata).
     class_pixels: dict[int, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: Blocks that were in flight at once at most.
+    concurrency: int = 1
+    #: What was sent again (the log lines).
+    retried: tuple[str, ...] = ()
 
 
 def _writing(folder: Path) -> Callable[[GdalError], OutputError]:
@@ -77,12 +86,16 @@ def _writing(folder: Path) -> Callable[[GdalError], OutputError]:
 def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, client: Any,
             progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False,
-            write_style: Optional[StyleWriter] = None) -> JobResult:
+            write_style: Optional[StyleWriter] = None, concurrency: int = 1,
+            log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY) -> JobResult:
     """Segment ``grid`` block by block through ``client`` (a BackendClient) and write the outputs.
 
-    ``progress`` gets 0-100 (fractions of a block when the backend reports
-    window progress); ``cancelled`` is polled between blocks and by the client
-    during a block.
+    Up to ``concurrency`` blocks are computed at once (a backend with several replicas); they are
+    read and written here, in place, as they finish, so the result does not depend on their order.
+    ``progress`` gets 0-100 (fractions of blocks when the backend reports window progress);
+    ``cancelled`` is polled between blocks and by the client during every block in flight. A request
+    that fails in passing (lost connection, timeout, 503) is sent again as ``retry`` says; ``log``
+    gets a line for every retry.
 
     Raises:
         JobCancelledError: ``cancelled()`` became true (nothing written).
@@ -98,8 +111,45 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     staged = StagedFiles(plan.overwrite)
     writers: list[Any] = []
     counts = np.zeros(256, np.int64)
-    blocks = plan_blocks(grid.height, grid.width, params.block_size)
+    blocks = plan_grid_blocks(grid, params.block_size)  # on the raster's anchor grid, with the context around
     failed_writing = _writing(plan.labels.parent)
+    shown = BlockProgress(len(blocks), progress)
+    retried: list[str] = []
+
+    def log_retry(message: str) -> None:
+        retried.append(message)
+        log(message)
+
+    def segment(number: int, rgb: np.ndarray, valid: np.ndarray, stopping: Callable[[], bool]) -> Any:
+        """Block ``number`` through the backend (on a worker thread), sent again after passing failures."""
+        return with_retries(lambda: client.segment(
+            rgb, params.classes, prob_threshold=threshold, background_index=background,
+            bias_lambda=params.bias_lambda, valid=valid, probabilities=probs_out is not None,
+            progress=shown.within(number), cancelled=stopping), f"Block {number + 1} of {len(blocks)}", retry,
+            stopping, log_retry)
+
+    def write(number: int, block: Block, valid: np.ndarray, answer: Any) -> None:
+        """The core of a block's answer (None: nothing valid, the backend was not asked) into the outputs."""
+        core_rows, core_cols = block.core_in_block()
+        if answer is not None:
+            labels = answer.labels[core_rows, core_cols]
+        else:
+            labels = np.full((block.rows.core_stop - block.rows.core_start,
+                              block.cols.core_stop - block.cols.core_start), NODATA_LABEL, np.uint8)
+        try:
+            labels_out.write(labels, block.rows.core_start, block.cols.core_start)
+            if probs_out is not None:
+                if answer is not None:
+                    probabilities = answer.probabilities[:, core_rows, core_cols]
+                else:
+                    probabilities = np.zeros((len(names),) + labels.shape, np.float32)
+                probs_out.write(probabilities, labels != NODATA_LABEL, block.rows.core_start, block.cols.core_start)
+        except GdalError as error:
+            raise failed_writing(error) from None
+        counts[:] += np.bincount(labels.ravel(), minlength=256)
+        shown.block_done(number)
+
+    flight: BlocksInFlight[tuple[int, Block, np.ndarray]] = BlocksInFlight(concurrency, cancelled)
     try:
         try:
             labels_out = LabelWriter(staged.stage(plan.labels), grid, crs_wkt, names, colours)
@@ -110,41 +160,29 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                 writers.append(probs_out)
         except GdalError as error:
             raise failed_writing(error) from None
-        if params.classes:
-            client.embed_classes(list(params.classes))
-        for number, block in enumerate(blocks):
-            if cancelled():
-                raise JobCancelledError("Cancelled: no output was written.")
-            rows, cols = (block.rows.start, block.rows.stop), (block.cols.start, block.cols.stop)
-            rgb, valid = source.read(rows, cols)
-            core_rows, core_cols = block.core_in_block()
-            if valid.any():
-                try:
-                    answer = client.segment(
-                        rgb, params.classes, prob_threshold=threshold, background_index=background,
-                        bias_lambda=params.bias_lambda, valid=valid, probabilities=probs_out is not None,
-                        progress=_within_block(progress, number, len(blocks)), cancelled=cancelled)
-                except BackendError as error:
-                    if error.code == "cancelled":
-                        raise JobCancelledError("Cancelled: no output was written.") from None
-                    raise
-                labels = answer.labels[core_rows, core_cols]
-            else:  # nothing valid: no need to ask the backend
-                labels = np.full((block.rows.core_stop - block.rows.core_start,
-                                  block.cols.core_stop - block.cols.core_start), NODATA_LABEL, np.uint8)
-            try:
-                labels_out.write(labels, block.rows.core_start, block.cols.core_start)
-                if probs_out is not None:
-                    if valid.any():
-                        probabilities = answer.probabilities[:, core_rows, core_cols]
-                    else:
-                        probabilities = np.zeros((len(names),) + labels.shape, np.float32)
-                    probs_out.write(probabilities, labels != NODATA_LABEL, block.rows.core_start,
-                                    block.cols.core_start)
-            except GdalError as error:
-                raise failed_writing(error) from None
-            counts += np.bincount(labels.ravel(), minlength=256)
-            progress(100.0 * (number + 1) / len(blocks))
+        try:
+            if params.classes:
+                with_retries(lambda: client.embed_classes(list(params.classes)), "Class embedding", retry,
+                             cancelled, log_retry)
+            for number, block in enumerate(blocks):
+                for finished, answer in flight.room():  # at most `concurrency` blocks wait for answers
+                    write(*finished, answer)
+                if cancelled():
+                    raise JobCancelledError("Cancelled: no output was written.")
+                rgb, valid = source.read((block.rows.start, block.rows.stop), (block.cols.start, block.cols.stop))
+                if valid.any():
+                    flight.submit((number, block, valid), functools.partial(segment, number, rgb, valid))
+                else:
+                    write(number, block, valid, None)
+                del rgb
+            for finished, answer in flight.drain():
+                write(*finished, answer)
+        except BackendError as error:
+            if error.code == "cancelled" and cancelled():
+                raise JobCancelledError("Cancelled: no output was written.") from None
+            raise
+        finally:
+            flight.close()  # after a failure: stops the blocks still in flight
         if cancelled():
             raise JobCancelledError("Cancelled: no output was written.")
         try:
@@ -159,6 +197,8 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                 staged.attach(sidecar, aux_path(target))
             else:
                 staged.replace_stale(aux_path(target))
+        for side in plan.stale:  # an old result's overviews and statistics go with it
+            staged.replace_stale(side)
         warnings = list(plan.warnings)
         if plan.style is not None and write_style is not None:
             style_tmp = staged.stage(plan.style, ".qml")
@@ -168,6 +208,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                 warnings.append(f"The style {plan.style.name} could not be written ({error}); the result is styled "
                                 "in this project only.")
                 staged.drop(style_tmp)
+                staged.replace_stale(plan.style)  # an older result's style would name the wrong classes
         staged.commit()
     except BaseException:
         for writer in writers:
@@ -177,22 +218,21 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     style = plan.style if plan.style is not None and plan.style.exists() and write_style is not None else None
     return JobResult(plan.labels, plan.probabilities, style, names, colours, time.monotonic() - start,
                      grid.width * grid.height, len(blocks), {k: int(v) for k, v in enumerate(counts) if v},
-                     tuple(warnings))
-
-
-def _within_block(progress: Callable[[float], None], number: int, total: int) -> Callable[[int, int], None]:
-    """The backend's window progress within block ``number`` as the job's 0-100 progress."""
-    def report(done: int, windows: int) -> None:
-        if windows > 0:
-            progress(100.0 * (number + min(done / windows, 1.0)) / total)
-    return report
+                     tuple(warnings), concurrency, tuple(retried))
 
 
 def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
-            cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None) -> JobResult:
-    """:func:`run_job` on a :class:`~segearth_qgis.job_setup.PreparedJob`, opening and closing its source here."""
+            cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None,
+            log: Callable[[str], None] = lambda message: None) -> JobResult:
+    """:func:`run_job` on a :class:`~segearth_qgis.job_setup.PreparedJob`, opening and closing its source here.
+
+    As many blocks are kept in flight as :func:`~segearth_qgis.inflight.choose_concurrency` says
+    (``$SEGEARTH_CONCURRENCY``, else the backend's replicas).
+    """
+    concurrency = choose_concurrency(client)
     source = job.source()
     try:
-        return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, write_style)
+        return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, write_style,
+                       concurrency, log)
     finally:
         source.close()

@@ -8,6 +8,7 @@ here, so the two can never disagree.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -21,7 +22,7 @@ from .errors import ClassesError, InputError, LayerError
 from .job import JobParams
 from .job_setup import PreparedJob, prepare
 from .layer_input import layer_files
-from .outputs import OutputPlan, normalise_output, plan_outputs
+from .outputs import OutputPlan, normalise_output, plan_outputs, raster_side_files
 
 #: The global-bias weight: the paper's value; 0 turns the bias subtraction off.
 DEFAULT_BIAS_LAMBDA = -0.3
@@ -79,8 +80,9 @@ class PlannedJob:
         return self.params.outputs
 
 
-def default_output_path(folder: str, stem: str) -> str:
-    """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif`` (the folder is created if missing)."""
+def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
+    """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
+    and (``probabilities``) its ``_probabilities.tif`` (the folder is created if missing)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")
@@ -93,7 +95,10 @@ def default_output_path(folder: str, stem: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
     for number in range(1, 100000):
         candidate = base / f"{safe}_segearth_{number}.tif"
-        if not candidate.exists():
+        taken = [candidate, candidate.with_suffix(".qml"), *raster_side_files(candidate)]
+        if probabilities:
+            taken.append(Path(probabilities_beside(str(candidate))))
+        if not any(os.path.lexists(path) for path in taken):
             return str(candidate)
     raise InputError(f"No free output name in {base}: choose an output file.")
 
@@ -132,7 +137,8 @@ def plan_job(inputs: JobInputs) -> PlannedJob:
     check_class_lines(lines)
     _check_numbers(inputs, len(lines))
     job = prepare(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
-    output = inputs.output.strip() or default_output_path(inputs.output_folder, job.layer_name)
+    output = inputs.output.strip() or default_output_path(inputs.output_folder, job.layer_name,
+                                                          inputs.probabilities is True)
     probabilities: Optional[str] = None
     if isinstance(inputs.probabilities, str) and inputs.probabilities.strip():
         probabilities = inputs.probabilities

@@ -67,5 +67,7 @@ def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
         LayerError, AoiError, GridError (all ValueErrors) with a message for the user.
     """
     grid, polygons = plan_grid(layer, aoi, resolution, clip)
-    recipe = build_recipe(layer, choose_bands(layer, bands), grid.extent)
+    # The stretch of non-8-bit data comes from the whole layer, so a pixel's colour (and label) does not
+    # depend on the area drawn around it.
+    recipe = build_recipe(layer, choose_bands(layer, bands))
     return PreparedJob(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), polygons)

@@ -47,6 +47,53 @@ def aux_path(target: Path) -> Path:
     return target.with_name(target.name + AUX_SUFFIX)
 
 
+#: GDAL side files that belong to a raster: removed when the raster is replaced, so an old result's
+#: overviews, mask or statistics never describe a new one.
+def raster_side_files(target: Path) -> list[Path]:
+    """``target``'s GDAL side files (overviews, mask, statistics, world file, metadata) named after it."""
+    return [target.with_name(target.name + ext) for ext in (".aux.xml", ".ovr", ".msk", ".xml")] + \
+        [target.with_suffix(".tfw"), target.with_suffix(".tifw")]
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """Hidden temporary files and backups of ``target`` that a crashed job left (see StagedFiles)."""
+    folder = target.parent
+    if not folder.is_dir():
+        return []
+    prefix = f".{target.name}."
+    return [entry for entry in folder.iterdir() if entry.name.startswith(prefix)
+            and (".part" in entry.name or entry.name.endswith(".old"))]
+
+
+#: A leftover older than this is from a job that is certainly not running any more.
+STALE_SECONDS = 6 * 3600
+
+
+def recover_leftovers(target: Path, now: Optional[float] = None) -> list[str]:
+    """Put back a user's file that a crash left only as its hidden backup; remove old temporary files.
+
+    Returns what was done, for the job's messages.
+    """
+    import time
+
+    done = []
+    now = time.time() if now is None else now
+    for leftover in sorted(_leftovers(target)):
+        try:
+            age = now - leftover.stat().st_mtime
+        except OSError:
+            continue
+        if leftover.name.endswith(".old") and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.replace(leftover, target)
+                done.append(f"{target.name} was restored from the backup an interrupted run left ({leftover.name}).")
+        elif age > STALE_SECONDS:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                done.append(f"An interrupted run's temporary file {leftover.name} was removed.")
+    return done
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
         return True
@@ -82,6 +129,8 @@ class OutputPlan:
             is another file's style (see ``warnings``).
         overwrite: whether existing targets may be replaced.
         warnings: things the user should know (a style that was not written...).
+        stale: side files of the targets that must go when the targets are written (an old result's
+            overviews; an ``.aux.xml`` left without its raster).
     """
 
     labels: Path
@@ -89,6 +138,7 @@ class OutputPlan:
     style: Optional[Path] = None
     overwrite: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    stale: tuple[Path, ...] = field(default_factory=tuple)
 
     @property
     def targets(self) -> list[Path]:
@@ -116,9 +166,11 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
     prob_path = normalise_output(probabilities) if probabilities else None
     input_paths = [Path(p) for p in inputs if p]
     warnings: list[str] = []
+    stale: list[Path] = []
     for target in (label_path, prob_path):
         if target is None:
             continue
+        warnings += recover_leftovers(target)
         for candidate in (target, aux_path(target), style_path(target) if target == label_path else None):
             if candidate is None:
                 continue
@@ -136,6 +188,9 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
             raise OutputError(f"The folder {folder} does not exist: create it or choose another folder.")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"The folder {folder} is not writable (permission denied): choose another folder.")
+        # An old result's side files go with it; a side file whose raster is gone belongs to nothing.
+        stale += [side for side in raster_side_files(target) if os.path.lexists(side)
+                  and (target.exists() or side.name.endswith(".aux.xml"))]
     if prob_path is not None and (_same_file(prob_path, label_path) or aux_path(prob_path) == aux_path(label_path)):
         raise OutputError(f"The segmentation and the probabilities would both be written to {label_path}: give them "
                           "different file names.")
@@ -151,7 +206,7 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
         warnings.append(f"The style {style} was not written: that file exists and does not belong to an earlier "
                         "result of this name.")
         style = None
-    return OutputPlan(label_path, prob_path, style, overwrite, tuple(warnings))
+    return OutputPlan(label_path, prob_path, style, overwrite, tuple(warnings), tuple(dict.fromkeys(stale)))
 
 
 def reserve_temporary(target: Path, suffix: str) -> Path:
@@ -182,7 +237,12 @@ def output_error(folder: Path, error: BaseException) -> OutputError:
 
 
 def _place(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``, failing if ``target`` exists (link + unlink, or an exclusive placeholder)."""
+    """Move ``source`` to ``target``, failing if ``target`` exists (link + unlink, or an exclusive placeholder).
+
+    Raises:
+        FileExistsError: ``target`` exists; nothing was changed.
+        OSError: the move failed; ``target`` is absent again.
+    """
     try:
         os.link(source, target)
     except FileExistsError:
@@ -190,9 +250,35 @@ def _place(source: Path, target: Path) -> None:
     except OSError:  # no hard links here (some network or FAT file systems): claim the name exclusively
         descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         os.close(descriptor)
-        os.replace(source, target)
+        try:
+            os.replace(source, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                target.unlink()  # no empty placeholder stays behind
+            raise
         return
-    os.unlink(source)
+    with contextlib.suppress(OSError):  # the data is in place; a temporary name that cannot go is harmless
+        os.unlink(source)
+
+
+def _backup(target: Path) -> Path:
+    """A hidden copy of ``target`` under another name, the original staying where it is (a hard link where
+    possible, so a crash at any moment leaves the user's file in place)."""
+    backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+    try:
+        os.link(target, backup)
+    except OSError:  # no hard links: a rename (recover_leftovers puts it back after a crash)
+        os.replace(target, backup)
+    return backup
+
+
+def _restore(backup: Path, target: Path) -> None:
+    """Put ``backup`` back at ``target`` (where ``target`` is still the same file, just drop the backup:
+    renaming one hard link onto another of the same file does nothing)."""
+    if os.path.lexists(target) and os.path.samefile(backup, target):
+        backup.unlink()
+    else:
+        os.replace(backup, target)
 
 
 class StagedFiles:
@@ -233,32 +319,40 @@ class StagedFiles:
     def commit(self) -> list[Path]:
         """Move every staged file into place, or none.
 
+        Existing targets may be replaced only with ``overwrite`` (or when
+        marked stale); each is first backed up under a hidden name and put
+        back if anything fails. Stale side files without a replacement are
+        removed at the end.
+
         Raises:
             OutputError: a target appeared meanwhile (without ``overwrite``) or a
                 move failed; every target is as it was before.
         """
-        targets = {target for _, target in self.items}
-        backups: list[tuple[Path, Path]] = []
+        stale = set(self.replaced)
+        targets = [target for _, target in self.items]
+        backups: dict[Path, Path] = {}
         placed: list[Path] = []
         try:
-            for target in [t for t in self.replaced if t not in targets] + [t for _, t in self.items]:
+            for target in list(dict.fromkeys([*targets, *self.replaced])):
                 if os.path.lexists(target):
-                    if not self.overwrite:
+                    if not self.overwrite and target not in stale:
                         raise OutputError(f"{target} appeared while the job ran: it was not replaced, and nothing "
                                           "was written. Choose another file name.")
-                    backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
-                    os.replace(target, backup)
-                    backups.append((backup, target))
+                    backups[target] = _backup(target)
             for temporary, target in self.items:
-                _place(temporary, target)
                 placed.append(target)
+                if target in backups:
+                    os.replace(temporary, target)  # atomic: the target is the old file or the new one
+                else:
+                    _place(temporary, target)
         except BaseException as error:
             for target in placed:
+                if target not in backups:
+                    with contextlib.suppress(OSError):
+                        target.unlink()
+            for target, backup in backups.items():
                 with contextlib.suppress(OSError):
-                    target.unlink()
-            for backup, target in reversed(backups):
-                with contextlib.suppress(OSError):
-                    os.replace(backup, target)
+                    _restore(backup, target)
             self.abort()
             if isinstance(error, OutputError):
                 raise
@@ -269,7 +363,10 @@ class StagedFiles:
                 folder = Path(error.filename).parent if error.filename else self.items[0][1].parent
                 raise output_error(folder, error) from None
             raise
-        for backup, _ in backups:
+        for target in stale - set(targets):
+            with contextlib.suppress(OSError):
+                target.unlink()
+        for backup in backups.values():
             with contextlib.suppress(OSError):
                 backup.unlink()
         self.items = []

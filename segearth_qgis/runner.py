@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Optional
 
-from qgis.core import Qgis, QgsApplication, QgsRasterLayer
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsRasterLayer
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from . import settings
@@ -24,7 +24,7 @@ from .core.speed import (
 from .job import JobResult
 from .job_request import PlannedJob
 from .styling import add_result_layer
-from .task import SegmentTask
+from .task import LOG_TAG, SegmentTask
 
 #: A result where one class covers at least this share of the valid pixels is called uniform.
 UNIFORM_SHARE = 0.995
@@ -46,6 +46,14 @@ def result_name(layer_name: str, classes: tuple[str, ...], preset: Optional[str]
     return f"{layer_name} — {what} — {AOI_WORDS.get(aoi, aoi.value)}, {stamp}"
 
 
+def shares_text(result: JobResult) -> str:
+    """Each class's share of the valid pixels, largest first ("water 60%, road 40%"); '' when none is valid."""
+    shares = class_shares(result.class_pixels, result.names)
+    shown = [(name, share) for name, share in shares if share >= 0.005][:6]
+    hidden = len(shares) - len(shown)
+    return ", ".join(f"{name} {share:.0%}" for name, share in shown) + (f" (+{hidden} under 1 %)" if hidden else "")
+
+
 def outcome_text(result: JobResult, start_seconds: float, threshold: float,
                  background_index: Optional[int]) -> tuple[str, Any]:
     """The one message a finished job leaves: size, time (start-up included), class shares, or a warning."""
@@ -57,9 +65,6 @@ def outcome_text(result: JobResult, start_seconds: float, threshold: float,
     if not shares:
         return (f"Segmented {timing}, but the area holds no valid pixels (all nodata): check the layer's nodata "
                 "value, the bands, or the area of interest."), Qgis.Warning
-    shown = [(name, share) for name, share in shares if share >= 0.005][:6]
-    hidden = len(shares) - len(shown)
-    listed = ", ".join(f"{name} {share:.0%}" for name, share in shown) + (f" (+{hidden} under 1 %)" if hidden else "")
     if shares[0][1] >= UNIFORM_SHARE:
         name = shares[0][0]
         is_background = background_index is not None and name == result.names[background_index]
@@ -70,7 +75,7 @@ def outcome_text(result: JobResult, start_seconds: float, threshold: float,
             advice = ("try other or more specific class names, another resolution, or check that the bands are "
                       "red, green and blue")
         return f"Segmented {timing}: the whole area is '{name}' — {advice}.", Qgis.Warning
-    message = f"Segmented {timing}: {listed}"
+    message = f"Segmented {timing}: {shares_text(result)}"
     if result.probabilities_path is not None:
         message += f". Probabilities: {result.probabilities_path.name}"
     return message, Qgis.Success
@@ -93,12 +98,22 @@ class JobRunner(QObject):
         self.task: Optional[SegmentTask] = None
         self.started_at = 0.0
         self.context: dict[str, Any] = {}
+        #: The layers the last successful job added (the result, then its probabilities).
+        self.result_layer_ids: list[str] = []
+        self.quiet = False
 
     def running(self) -> bool:
         return self.task is not None
 
-    def start(self, planned: PlannedJob, aoi: AoiKind, preset: Optional[str] = None) -> SegmentTask:
+    def start(self, planned: PlannedJob, aoi: AoiKind, preset: Optional[str] = None,
+              quiet: bool = False) -> SegmentTask:
+        """Run ``planned`` (one job at a time: raises RuntimeError while one runs). ``quiet`` (updates while
+        typing): a successful outcome goes to the log panel and the progress line, not the message bar;
+        warnings and failures are reported as always."""
+        if self.task is not None:
+            raise RuntimeError("a segmentation is already running")
         job = planned.job
+        self.quiet, self.result_layer_ids = quiet, []
         self.context = {"layer": job.layer_name, "classes": planned.params.classes, "aoi": aoi, "preset": preset,
                         "threshold": planned.params.threshold, "background": planned.params.background_index,
                         "blocks": 0}
@@ -134,7 +149,7 @@ class JobRunner(QObject):
         if task.result is not None:
             self._show(task, context)
         elif task.was_cancelled:
-            self.report("Segmentation cancelled; nothing was written.", Qgis.Info)
+            self._say("Segmentation cancelled; nothing was written.", Qgis.Info)
         else:
             self.report(f"Segmentation failed: {task.error}", Qgis.Critical)
         self.finished.emit(task)
@@ -146,18 +161,27 @@ class JobRunner(QObject):
         try:
             name = result_name(context["layer"], context["classes"], context["preset"], context["aoi"])
             layer = add_result_layer(str(result.output_path), name, result.names, result.colours)
+            self.result_layer_ids = [layer.id()]
             if result.probabilities_path is not None:
                 probabilities = QgsRasterLayer(str(result.probabilities_path), f"{name} — probabilities")
                 if probabilities.isValid():
                     add_result_layer_hidden(probabilities, layer)
+                    self.result_layer_ids.append(probabilities.id())
         except OSError as error:
             self.report(str(error), Qgis.Critical)
             return
         message, level = outcome_text(result, task.start_seconds, context["threshold"], context["background"])
-        for warning in result.warnings:
+        for warning in result.warnings:  # a restored backup, a style not written: always in the bar
             self.report(warning, Qgis.Info)
-        self.report(message, level)
+        self._say(message, level)
         self.remember_speed(task)
+
+    def _say(self, message: str, level: Any) -> None:
+        """The outcome: in the message bar, or (quiet: a success, a cancel) only in the log panel."""
+        if self.quiet and level in (Qgis.Success, Qgis.Info):
+            QgsMessageLog.logMessage(message, LOG_TAG, level)
+        else:
+            self.report(message, level)
 
     def remember_speed(self, task: SegmentTask) -> None:
         """Add this job's seconds per megapixel to the running total of its device and model."""

@@ -57,6 +57,7 @@ BACKGROUND_INDEX = Setting("background_index", int(_DEFAULT_PRESET.background_in
 BIAS_LAMBDA = Setting("bias_lambda", -0.3, "global-bias lambda")
 PROBABILITIES = Setting("probabilities", False, "also write class probabilities")
 BLOCK_SIZE = Setting("block_size", 1024, "pixels per block side")
+LIVE_UPDATE = Setting("live_update", False, "re-segment the last area when the classes or options change")
 LARGE_JOB_MEGAPIXELS = Setting("large_job_megapixels", 50.0, "ask before larger jobs")
 OUTPUT_FOLDER = Setting("output_folder", "", "where results without a file name go")
 BACKEND_URL = Setting("backend_url", "", "a running backend's URL (empty: start a local one)")

@@ -9,13 +9,18 @@ from typing import Any, Callable, Optional
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from .backend_manager import BackendManager
-from .core.blocks import plan_blocks
+from .core.blocks import plan_grid_blocks
 from .errors import BackendError, JobCancelledError, OutputError
 from .job import JobResult, execute
 from .job_request import PlannedJob
 from .styling import write_class_style
 
 LOG_TAG = "SegEarth-OV"
+
+
+def log_warning(message: str) -> None:
+    """A line in QGIS's log panel (SegEarth-OV tab); safe from the task's threads."""
+    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
 
 
 class SegmentTask(QgsTask):
@@ -35,7 +40,7 @@ class SegmentTask(QgsTask):
         self.error: Optional[str] = None
         self.error_code: Optional[str] = None
         self.was_cancelled = False
-        self.blocks = len(plan_blocks(planned.job.grid.height, planned.job.grid.width, planned.params.block_size))
+        self.blocks = len(plan_grid_blocks(planned.job.grid, planned.params.block_size))
         #: Seconds spent starting a local backend for this job (0 when one was running).
         self.start_seconds = 0.0
         #: The backend's /health after the job (device and model, for the speed history).
@@ -46,7 +51,7 @@ class SegmentTask(QgsTask):
             client = self.manager.client(cancelled=self.isCanceled)
             self.start_seconds = self.manager.last_start_seconds
             self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
-                                  cancelled=self.isCanceled, write_style=write_class_style)
+                                  cancelled=self.isCanceled, write_style=write_class_style, log=log_warning)
             with contextlib.suppress(BackendError):
                 self.health = self.manager.health()
         except JobCancelledError:

@@ -14,6 +14,8 @@ os.environ.setdefault("SEGEARTH_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Child processes (backends, qgis_process, tools) import this tree too, not an installed copy.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree_pythonpath(), os.environ.get("PYTHONPATH")) if p)
+# The plugin starts its backends without QGIS's PYTHONPATH; this tree's backend is named explicitly.
+os.environ["SEGEARTH_BACKEND_PYTHONPATH"] = tree_pythonpath()
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,17 @@ run's settings leaked into the next. This plugin points it at a fresh
 temporary folder, removed when the session ends. It must run before
 pytest-qgis starts QGIS, which happens before any conftest is imported:
 hence a plugin named on the command line (pytest.ini's ``addopts``).
+
+It also takes away what the session left in the temporary folder: the
+working folders of local backends (a failed backend keeps its log there for
+the user: many tests make backends fail on purpose) and the empty
+``QGIS3-*`` folders QGIS leaves behind. Only folders that appeared during
+the session are touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +25,14 @@ from typing import Any, Generator
 import pytest
 
 _PROFILE: dict[str, Path] = {}
+#: Temporary folders a session leaves: (name prefix, removed only when empty).
+_LEFTOVERS = (("segearth-backend-", False), ("QGIS3-", True))
+_BEFORE: set[Path] = set()
+
+
+def _leftover_candidates() -> set[Path]:
+    folder = Path(tempfile.gettempdir())
+    return {entry for prefix, _ in _LEFTOVERS for entry in folder.glob(f"{prefix}*") if entry.is_dir()}
 
 
 class _ConfigWithRoot:
@@ -32,6 +47,7 @@ class _ConfigWithRoot:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, None, None]:
+    _BEFORE.update(_leftover_candidates())
     try:
         from pytest_qgis import plugin as pytest_qgis
     except ImportError:  # pytest-qgis absent: nothing to redirect
@@ -54,3 +70,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     root = _PROFILE.pop("root", None)
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
+    for entry in _leftover_candidates() - _BEFORE:
+        only_if_empty = next(empty for prefix, empty in _LEFTOVERS if entry.name.startswith(prefix))
+        if only_if_empty:
+            with contextlib.suppress(OSError):  # not empty: in use by a QGIS outside the tests
+                entry.rmdir()
+        else:
+            shutil.rmtree(entry, ignore_errors=True)

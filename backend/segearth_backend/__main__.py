@@ -13,6 +13,7 @@ from .errors import SegEarthError
 
 if TYPE_CHECKING:
     from .config import EngineConfig
+    from .ray_settings import RaySettings
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,31 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "a SimFeatUp checkpoint path or 'none' (SEGEARTH_UPSAMPLER_WEIGHTS)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (SEGEARTH_DEVICE)")
     parser.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
+    parser.add_argument("--precision", help="auto, float32, float16 or bfloat16 (SEGEARTH_PRECISION; auto: "
+                        "bfloat16 autocast on CUDA, float32 on the CPU)")
+    parser.add_argument("--feature-cache-mb", type=float, help="memory for the class-independent work of recent "
+                        "images, so new class lists on them are fast (SEGEARTH_FEATURE_CACHE_MB; default 1024; "
+                        "0 disables it)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _ray_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--ray", action="store_true", help="serve the same protocol through a Ray Serve "
+                       "application whose replicas each hold one segmenter (needs `pip install segearth-backend[ray]`)")
+    group.add_argument("--ray-address", help="join this Ray cluster (auto, head:6379 or ray://head:10001); "
+                       "default: start a local Ray instance that ends with the service")
+    group.add_argument("--replicas", type=int, help="number of replicas (default 1)")
+    group.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve scale the replicas between MIN and MAX "
+                       "with the requests in flight (instead of --replicas)")
+    group.add_argument("--gpus-per-replica", type=float, help="GPUs each replica reserves, may be a fraction "
+                       "(default 1 when the cluster has GPUs, else 0)")
+    group.add_argument("--cpus-per-replica", type=float, help="CPUs each replica reserves: its torch threads on "
+                       "the CPU (default 1)")
+    group.add_argument("--ray-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
+    group.add_argument("--ray-object-store-mb", type=int, help="the local Ray instance's object store "
+                       "(default: Ray's, 30%% of the memory)")
+    group.add_argument("--ray-app", help="the Ray Serve application's name (default segearth; two services on "
+                       "one cluster need two names)")
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -32,7 +57,8 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 
     return EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,
                                  upsampler_weights=args.upsampler_weights, device=args.device,
-                                 cache_dir=args.cache_dir)
+                                 cache_dir=args.cache_dir, precision=getattr(args, "precision", None),
+                                 feature_cache_mb=getattr(args, "feature_cache_mb", None))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,10 +81,33 @@ def _serve(args: argparse.Namespace) -> int:
         engine=_engine_config(args), host=args.host, port=args.port, token=token,
         max_request_bytes=int(args.max_request_mb * 2**20),
         ready_file=Path(args.ready_file) if args.ready_file else None,
-        warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent,
+        warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent, ray=_ray_settings(args),
         **{key: value for key, value in given.items() if value is not None},
     )
     return serve(settings)
+
+
+RAY_ONLY = ("ray_address", "replicas", "autoscale", "gpus_per_replica", "cpus_per_replica", "ray_cpus",
+            "ray_object_store_mb", "ray_app")
+
+
+def _ray_settings(args: argparse.Namespace) -> Optional[RaySettings]:
+    """The Ray settings of ``serve --ray`` (None without ``--ray``; Ray options without it are an error)."""
+    from .errors import ConfigError
+    from .ray_settings import RaySettings, parse_autoscale
+
+    if not args.ray:
+        given = [name for name in RAY_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} is a Ray option: add --ray.")
+        return None
+    if args.autoscale is not None and args.replicas is not None:
+        raise ConfigError("Give either --replicas N or --autoscale MIN:MAX, not both.")
+    values = {"address": args.ray_address, "replicas": args.replicas,
+              "autoscale": parse_autoscale(args.autoscale) if args.autoscale is not None else None,
+              "gpus_per_replica": args.gpus_per_replica, "cpus_per_replica": args.cpus_per_replica,
+              "local_cpus": args.ray_cpus, "local_object_store_mb": args.ray_object_store_mb, "app": args.ray_app}
+    return RaySettings(**{key: value for key, value in values.items() if value is not None})
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -159,6 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="shut down when the process that started this one ends (used by the plugin)")
+    _ray_arguments(serve.add_argument_group("Ray (serve through a Ray Serve application: replicas on a cluster)"))
     info = commands.add_parser("info", help="load the model and print what was loaded where")
     info.add_argument("--environment", action="store_true",
                       help="print the Python, PyTorch and device facts only (no model is loaded)")

@@ -25,6 +25,15 @@ ENV_DEVICE = "SEGEARTH_DEVICE"
 ENV_CACHE_DIR = "SEGEARTH_CACHE_DIR"
 ENV_OFFLINE = "SEGEARTH_OFFLINE"
 ENV_SIMFEATUP_SHA256 = "SEGEARTH_SIMFEATUP_SHA256"
+ENV_FEATURE_CACHE_MB = "SEGEARTH_FEATURE_CACHE_MB"
+ENV_PRECISION = "SEGEARTH_PRECISION"
+
+#: Class-independent image work kept for re-queries: about 1.4 megapixels with SimFeatUp's kernels
+#: (~0.7 GB per megapixel), or the windows of about 25 megapixels without them (~40 MB per megapixel).
+DEFAULT_FEATURE_CACHE_MB = 1024.0
+#: Accepted precision names and what they mean.
+PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "fp16": "fp16", "float16": "fp16",
+              "bf16": "bf16", "bfloat16": "bf16"}
 
 
 def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -36,6 +45,17 @@ def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "segearth-ov"
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segearth-ov"
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{ENV_FEATURE_CACHE_MB} must be a number of megabytes (0 disables the feature cache), "
+                          f"got {text[:40]!r}.") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{ENV_FEATURE_CACHE_MB} must be a finite number of megabytes, got {text[:40]!r}.")
+    return value
 
 
 def offline(env: Mapping[str, str] = os.environ) -> bool:
@@ -60,9 +80,13 @@ class EngineConfig:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         cache_dir: downloads and the text-embedding cache.
         batch_size: windows per image-tower pass (None: 16).
-        precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"`` (CUDA only; CPU is fp32).
+        precision: ``"auto"``, ``"fp32"`` (``float32``), ``"fp16"`` (``float16``) or ``"bf16"``
+            (``bfloat16``). On CUDA ``auto`` is bfloat16 (float16 where the GPU lacks it) autocast. On
+            the CPU ``auto`` is float32; ``bf16`` runs the image tower with its weights cast to bfloat16
+            (fast where the CPU has AVX512-BF16 or AMX; the upsampler and the text stay float32).
         simfeatup_sha256: expected sha256 (hex) of the downloaded SimFeatUp
             checkpoint; None: the pinned constant of :mod:`.weights`.
+        feature_cache_mb: memory for the class-independent work of recent images (0: none kept).
     """
 
     model: str = DEFAULT_MODEL
@@ -73,6 +97,7 @@ class EngineConfig:
     batch_size: Optional[int] = None
     precision: str = "auto"
     simfeatup_sha256: Optional[str] = None
+    feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
 
     def __post_init__(self) -> None:
         for name in ("model", "clip_weights", "upsampler_weights"):
@@ -83,8 +108,13 @@ class EngineConfig:
                              f"got {self.simfeatup_sha256[:80]!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if str(self.precision).lower() not in PRECISIONS:
+            raise ConfigError(f"precision must be auto, float32, float16 or bfloat16 (fp32, fp16, bf16), "
+                              f"got {str(self.precision)[:40]!r}.")
+        object.__setattr__(self, "precision", PRECISIONS[str(self.precision).lower()])
+        if not isinstance(self.feature_cache_mb, (int, float)) or not 0 <= self.feature_cache_mb < 2**24:
+            raise ConfigError(f"{ENV_FEATURE_CACHE_MB} (the feature cache size) must be a number of megabytes, "
+                              f"0 to disable it, got {str(self.feature_cache_mb)[:40]!r}.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: object) -> EngineConfig:
@@ -97,6 +127,10 @@ class EngineConfig:
         values["cache_dir"] = default_cache_dir(env)
         if env.get(ENV_SIMFEATUP_SHA256):
             values["simfeatup_sha256"] = env[ENV_SIMFEATUP_SHA256].strip().lower()
+        if env.get(ENV_PRECISION):
+            values["precision"] = env[ENV_PRECISION].strip()
+        if env.get(ENV_FEATURE_CACHE_MB, "").strip():
+            values["feature_cache_mb"] = _megabytes(env[ENV_FEATURE_CACHE_MB])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("cache_dir"), str):
             values["cache_dir"] = Path(str(values["cache_dir"])).expanduser()

@@ -80,12 +80,13 @@ class StreamingDecision:
         """Queries per chunk for a region of ``pixels`` pixels (at least 1)."""
         return max(1, min(self.queries.shape[0], self.chunk_elements // max(pixels, 1)))
 
-    def decide(self, logits_of: Callable[[torch.Tensor], torch.Tensor], height: int, width: int
+    def decide(self, logits_of: Callable[[int, int], torch.Tensor], height: int, width: int
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Labels (``h x w`` int64) and, when asked for, probabilities (``K x h x w`` float32) of a region.
 
         Args:
-            logits_of: ``queries (c x D) -> logits (c x h x w)`` for the region.
+            logits_of: ``(start, stop) -> logits ((stop - start) x h x w)`` of queries ``start .. stop - 1``
+                for the region.
         """
         total = self.queries.shape[0]
         step = self.chunk_size(height * width)
@@ -97,7 +98,7 @@ class StreamingDecision:
         best = torch.full((height, width), -torch.inf, device=device)
         best_class = torch.zeros((height, width), dtype=torch.int64, device=device)
         for start in range(0, total, step):
-            scaled = logits_of(self.queries[start:start + step]) * LOGIT_SCALE  # c x h x w
+            scaled = logits_of(start, min(start + step, total)) * LOGIT_SCALE  # c x h x w
             chunk_peak = scaled.amax(dim=0)
             if peak is None or mass is None:
                 peak = chunk_peak

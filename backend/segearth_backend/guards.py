@@ -20,6 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .errors import InputError
+from .protocol import ProtocolError
+
 
 class ApiError(Exception):
     """An error answered as ``{"error": code, "message": ...}`` with an HTTP status (and headers)."""
@@ -32,6 +35,12 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def input_error_answer(error: InputError) -> ApiError:
+    """The answer to bad input: 400 for a malformed body (:class:`ProtocolError`), 422 for invalid values."""
+    status = 400 if isinstance(error, ProtocolError) else 422
+    return ApiError(status, getattr(error, "code", "bad_input"), str(error))
 
 
 def is_loopback(host: str) -> bool:

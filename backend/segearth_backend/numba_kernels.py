@@ -46,17 +46,24 @@ else:
     @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
     def range_weights(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                       temperature: float, spatial: np.ndarray, out: np.ndarray) -> None:
-        """Normalised range x spatial kernel; ``out[..., :T]`` weights, ``out[..., T:]`` guidance."""
-        batch, height, width, _ = keys.shape
+        """Normalised range x spatial kernel; ``out[..., :T]`` weights, ``out[..., T:]`` guidance.
+
+        Output pixel ``(y, x)`` is centred on ``keys[b, rows[y + r], cols[x + r]]`` (``r`` the
+        radius), so ``out`` may cover any rectangle of ``keys`` with any border handling.
+        """
+        batch, height, width = out.shape[0], out.shape[1], out.shape[2]
         depth = keys.shape[3]
         taps = spatial.shape[0]
         extra = guidance.shape[3]
         diameter = rows.shape[0] - height + 1
+        radius = diameter // 2
         for line in prange(batch * height):
             b = line // height
             y = line - b * height
+            cy = rows[y + radius]
             for x in range(width):
-                center = keys[b, y, x]
+                cx = cols[x + radius]
+                center = keys[b, cy, cx]
                 weights = out[b, y, x]
                 largest = np.float32(-np.inf)
                 for i in range(diameter):
@@ -85,7 +92,7 @@ else:
                 for t in range(taps):
                     weights[t] = weights[t] / scaled
                 for e in range(extra):
-                    weights[taps + e] = guidance[b, y, x, e]
+                    weights[taps + e] = guidance[b, cy, cx, e]
 
     @njit(parallel=True, fastmath={"contract"}, cache=True)
     def bicubic_x2(source: np.ndarray, out: np.ndarray) -> None:

@@ -4,8 +4,15 @@ The work is split in two: :mod:`.features` computes each window's features
 (image tower, SimFeatUp), which do not depend on the classes, and
 :mod:`.decision` turns logits into labels a chunk of queries at a time. The
 segmenter walks the image cell by cell (:func:`~.windows.cell_grid`), so it
-holds the features of about two window rows and the logits of one cell and
-one chunk of queries: memory does not grow with the number of classes.
+holds the logits of about two window rows (at most as many channels as a
+window has exact coordinates, whatever the number of queries) and of one
+cell and one chunk of queries: memory does not grow with the number of classes.
+
+The class-independent work is kept in a bounded :class:`~.feature_cache.FeatureCache`
+(per window: keyed by its pixels; per image: the upsampler's kernels), so
+another class list, threshold, background or lambda on a recently seen image
+(or an overlapping one cut on the same window grid) skips the image tower and
+runs only each query's own upsampling.
 """
 
 from __future__ import annotations
@@ -24,15 +31,17 @@ import torch
 
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .clip_loader import LoadedClip, load_clip
-from .config import EngineConfig
+from .config import DEFAULT_FEATURE_CACHE_MB, EngineConfig
 from .decision import LOGIT_SCALE, QUERY_CHUNK_ELEMENTS, StreamingDecision, decide
-from .device import autocast_dtype, describe, resolve_device, synchronize
+from .device import autocast_dtype, cast_dtype, cpu_capabilities, describe, resolve_device, synchronize
+from .feature_cache import FeatureCache, weights_fingerprint
 from .features import (
     PIXEL_MEAN,
     PIXEL_STD,
     ImageTower,
-    PixelFeatures,
-    WindowFeatureSource,
+    PixelLogits,
+    QuerySet,
+    WindowSource,
     normalise,
     reduced_coordinates,
 )
@@ -73,7 +82,9 @@ class Prediction:
             x50 softmax and the max over synonyms); 0 where invalid. None when
             ``predict`` was called with ``probabilities=False``.
         classes: the parsed class list (``classes.names[k]`` names label k).
-        timings: seconds per stage (text, image_tower, upsampler, logits, total).
+        timings: seconds per stage (text, image_tower, upsampler, logits, total), then what the
+            feature cache gave: ``cache_window_hits`` / ``cache_window_misses`` (windows),
+            ``cache_kernel_hit`` (1.0: the upsampler kernels of this image were kept), ``cache_used_mb``.
     """
 
     labels: np.ndarray
@@ -105,21 +116,21 @@ class _Stage:
 
 
 class _CellFeatures:
-    """The features of the windows being walked, cut into the cells they cover.
+    """The logits of the windows being walked, cut into the cells they cover.
 
-    A window's features are fetched when the first cell that needs them comes
+    A window's logits are fetched when the first cell that needs them comes
     up, cut into one block per cell (so finished cells free their memory), and
     dropped block by block as cells are finished.
     """
 
-    def __init__(self, source: WindowFeatureSource, cells: list[Cell]) -> None:
+    def __init__(self, source: WindowSource, cells: list[Cell]) -> None:
         self.source = source
         self.cells_of: dict[int, list[int]] = defaultdict(list)
         for index, cell in enumerate(cells):
             for window in cell.windows:
                 self.cells_of[window].append(index)
         self.cells = cells
-        self.blocks: dict[tuple[int, int], PixelFeatures] = {}
+        self.blocks: dict[tuple[int, int], PixelLogits] = {}
         self.fetched: set[int] = set()
 
     def _fetch(self, window: int) -> None:
@@ -132,7 +143,7 @@ class _CellFeatures:
                 self.blocks[(index, cell_index)] = features.crop(rows, cols)
             self.fetched.add(index)
 
-    def take(self, cell_index: int) -> list[PixelFeatures]:
+    def take(self, cell_index: int) -> list[PixelLogits]:
         """The blocks of every window covering cell ``cell_index`` (in window order); forgets them."""
         blocks = []
         for window in self.cells[cell_index].windows:
@@ -149,7 +160,7 @@ class Segmenter:
                  cache_dir: Optional[Path] = None, batch_size: Optional[int] = None,
                  precision: str = "auto", upsampler_source: str = "none",
                  query_chunk_elements: int = QUERY_CHUNK_ELEMENTS, model_preset: Optional[str] = None,
-                 upsampler_reason: str = "") -> None:
+                 upsampler_reason: str = "", feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB) -> None:
         self.clip = clip
         self.device = device
         model = clip.model.to(device)
@@ -159,6 +170,7 @@ class Segmenter:
         self.model_preset = model_preset
         self.upsampler_reason = upsampler_reason
         self.dtype = autocast_dtype(device, precision)
+        self.cast = cast_dtype(device, precision)
         self.batch_size = batch_size or 16
         self.query_chunk_elements = query_chunk_elements
         self.patch = int(self.visual.conv1.kernel_size[0])
@@ -166,6 +178,13 @@ class Segmenter:
         self.feature_dim = int(self.visual.output_dim)
         if self.upsampler is not None and self.upsampler.feature_dim != self.feature_dim:
             raise ValueError(f"upsampler built for {self.upsampler.feature_dim} channels, model has {self.feature_dim}")
+        self.fingerprint = weights_fingerprint(self.visual, self.upsampler,
+                                               extra=f"{self.dtype}/{self.cast}/{self.patch}")
+        if self.cast is not None:  # the image tower runs in this dtype on the CPU (the text tower stays float32)
+            self.visual = _cast_copy(self.visual, self.cast)
+        self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
+        #: Up to this many queries, each query is upsampled itself; beyond, a window's exact coordinates.
+        self.query_path_max = min(self.feature_dim, (CROP // self.patch) ** 2 + 1)
 
     # ------------------------------------------------------------------ info
     def describe(self) -> dict[str, object]:
@@ -180,9 +199,17 @@ class Segmenter:
             "upsampler_weights": self.upsampler_source,
             "upsampler_reason": self.upsampler_reason,
             "device": describe(self.device),
-            "precision": str(self.dtype).replace("torch.", "") if self.dtype else "float32",
+            "precision": self.precision,
+            "cpu": cpu_capabilities(),
             "batch_size": self.batch_size,
+            "feature_cache": self.feature_cache.stats(),
         }
+
+    @property
+    def precision(self) -> str:
+        """The image tower's arithmetic: ``float32``, ``bfloat16`` or ``float16``."""
+        dtype = self.cast or self.dtype
+        return str(dtype).replace("torch.", "") if dtype else "float32"
 
     @property
     def min_window(self) -> int:
@@ -197,18 +224,23 @@ class Segmenter:
         return class_set
 
     # ----------------------------------------------------------- image work
-    def window_features(self, image: np.ndarray, valid: Optional[np.ndarray] = None,
+    def window_features(self, image: np.ndarray, valid: Optional[np.ndarray], queries: QuerySet,
                         should_stop: Optional[Callable[[], bool]] = None,
                         progress: Optional[Callable[[int, int], None]] = None,
-                        timer: Optional[_Timer] = None) -> WindowFeatureSource:
-        """The class-independent features of ``image``'s windows, computed as they are asked for.
+                        timer: Optional[_Timer] = None) -> WindowSource:
+        """The logits of ``queries`` over ``image``'s windows, computed as they are asked for.
 
+        Class-independent work comes from the feature cache when the same pixels were seen recently.
         ``image`` and ``valid`` must already be checked (``check_image``, ``check_valid_mask``).
         """
         height, width = image.shape[:2]
-        tower = ImageTower(self.visual, self.upsampler, self.device, self.dtype, self.batch_size)
+        tower = ImageTower(self.visual, self.upsampler, self.device, self.dtype, self.batch_size, self.cast)
         windows = window_grid(height, width, CROP, STRIDE, self.patch, self.min_window)
-        return WindowFeatureSource(tower, image, valid, windows, timer or _Timer(self.device), should_stop, progress)
+        return WindowSource(tower, image, valid, windows, timer or _Timer(self.device), queries,
+                            self.feature_cache, self.fingerprint, should_stop, progress)
+
+    def _query_set(self, queries: torch.Tensor, bias_lambda: float) -> QuerySet:
+        return QuerySet(queries, bias_lambda, self.upsampler is not None and queries.shape[0] <= self.query_path_max)
 
     # ----------------------------------------------------------- prediction
     @torch.inference_mode()
@@ -217,6 +249,10 @@ class Segmenter:
                 probabilities: bool = True, should_stop: Optional[Callable[[], bool]] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment ``image`` into ``classes``.
+
+        The class-independent work of a recently seen image (the same pixels and mask) comes from the
+        feature cache: another class list, threshold, background or lambda then costs each query's own
+        upsampling only, with the same result.
 
         Args:
             image: ``H x W x 3`` uint8 RGB (row, column, channel), any H, W >= 1
@@ -229,7 +265,7 @@ class Segmenter:
                 normalised space and get label 255 and probability 0.
             probabilities: also return the ``K x H x W`` probabilities (else
                 they are never built: labels need ``H x W`` only).
-            should_stop: asked between batches of windows; True stops with
+            should_stop: asked before every window; True stops with
                 :class:`~segearth_backend.errors.PredictionCancelledError`.
             progress: ``progress(windows_done, windows_total)`` after each window.
 
@@ -250,7 +286,8 @@ class Segmenter:
         start = time.perf_counter()
         with timer.stage("text"):
             queries = self.text.embed(class_set.queries).float()
-        source = self.window_features(image, valid, should_stop, progress, timer)
+        source = self.window_features(image, valid, self._query_set(queries, bias_lambda), should_stop, progress,
+                                      timer)
         decision = StreamingDecision(queries, class_set, threshold, background, probabilities,
                                      self.query_chunk_elements)
         labels_out = np.empty((height, width), np.uint8)
@@ -260,8 +297,7 @@ class Segmenter:
         for index, cell in enumerate(cells):
             blocks = store.take(index)
             with timer.stage("logits"):
-                average = functools.partial(_average, blocks, bias_lambda=bias_lambda)
-                labels, probs = decision.decide(average, cell.height, cell.width)
+                labels, probs = decision.decide(functools.partial(_average, blocks), cell.height, cell.width)
                 del blocks
                 if valid is not None:
                     invalid = ~torch.from_numpy(valid[cell.y0:cell.y1, cell.x0:cell.x1]).to(self.device)
@@ -272,7 +308,9 @@ class Segmenter:
                 if probs_out is not None and probs is not None:
                     probs_out[:, cell.y0:cell.y1, cell.x0:cell.x1] = probs.float().cpu().numpy()
         timer.seconds["total"] = time.perf_counter() - start
-        return Prediction(labels_out, probs_out, class_set, dict(timer.seconds))
+        timings = dict(timer.seconds)
+        timings.update(_cache_timings(source, self.feature_cache))
+        return Prediction(labels_out, probs_out, class_set, timings)
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = -0.3,
@@ -303,25 +341,43 @@ class Segmenter:
         queries = self.text.embed(class_set.queries).float()
         out = np.empty((class_set.num_queries, height, width), np.float32)
         cells = cell_grid(height, width, CROP, STRIDE)
-        store = _CellFeatures(self.window_features(image, valid), cells)
+        store = _CellFeatures(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
-            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, queries, bias_lambda=bias_lambda).float().cpu()
+            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, 0, class_set.num_queries).float().cpu()
         return out
 
 
-def _average(blocks: list[PixelFeatures], queries: torch.Tensor, *, bias_lambda: float) -> torch.Tensor:
-    """The mean over the covering windows of their logits ``c x h x w`` (summed in window order)."""
-    total = blocks[0].logits(queries, bias_lambda)
-    for block in blocks[1:]:
-        total += block.logits(queries, bias_lambda)
+def _average(blocks: list[PixelLogits], start: int, stop: int) -> torch.Tensor:
+    """The mean over the covering windows of their logits of queries ``start .. stop - 1`` (summed in window
+    order): ``c x h x w``."""
+    total = blocks[0].logits(start, stop)
+    if len(blocks) > 1:
+        total = total + blocks[1].logits(start, stop)  # a new tensor: blocks may hand out views
+        for block in blocks[2:]:
+            total += block.logits(start, stop)
     return total / len(blocks)
+
+
+def _cache_timings(source: WindowSource, cache: FeatureCache) -> dict[str, float]:
+    """The feature cache's part in one prediction (added to ``Prediction.timings``)."""
+    report = source.report
+    return {"cache_window_hits": float(report.window_hits), "cache_window_misses": float(report.window_misses),
+            "cache_kernel_hit": float(report.kernel_hit), "cache_used_mb": round(cache.used / 2**20, 1)}
+
+
+def _cast_copy(module: Any, dtype: torch.dtype) -> Any:
+    """A copy of ``module`` with its floating-point weights in ``dtype`` (the original is left as it is)."""
+    import copy
+
+    return copy.deepcopy(module).to(dtype)
 
 
 def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = None,
                    upsampler_weights: Optional[str] = None, device: Optional[str] = None,
                    cache_dir: Optional[Union[str, Path]] = None, batch_size: Optional[int] = None,
-                   precision: Optional[str] = None, config: Optional[EngineConfig] = None) -> Segmenter:
+                   precision: Optional[str] = None, config: Optional[EngineConfig] = None,
+                   feature_cache_mb: Optional[float] = None) -> Segmenter:
     """Build a :class:`Segmenter`.
 
     Arguments given win; those left as None come from ``config`` when given, else from the
@@ -338,7 +394,8 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     explicit: dict[str, Any] = {"model": model, "clip_weights": clip_weights,
                                 "upsampler_weights": upsampler_weights, "device": device,
                                 "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
-                                "batch_size": batch_size, "precision": precision}
+                                "batch_size": batch_size, "precision": precision,
+                                "feature_cache_mb": feature_cache_mb}
     if config is None:
         config = EngineConfig.from_env(os.environ, **explicit)
     else:  # explicit arguments win over the given configuration, as documented
@@ -358,4 +415,5 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     return Segmenter(clip, upsampler, torch_device, cache_dir=config.cache_dir,
                      batch_size=config.batch_size, precision=config.precision,
                      model_preset=resolved.preset.name if resolved.preset else None, upsampler_reason=choice.reason,
-                     upsampler_source=str(upsampler_path) if upsampler_path else "none")
+                     upsampler_source=str(upsampler_path) if upsampler_path else "none",
+                     feature_cache_mb=config.feature_cache_mb)

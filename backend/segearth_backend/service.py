@@ -2,16 +2,19 @@
 
 Endpoints (protocol version 1; see the README):
 
-- ``GET /health``: versions, status, device; with the token (or when the
-  server has none) also the loaded weights and the load error.
+- ``GET /health``: versions, status, device, precision and what the CPU supports, the feature
+  cache (hits, misses, memory); with the token (or when the server has none) also the loaded
+  weights and the load error.
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
 - ``GET /progress/{request_id}``: windows done / total of a named request.
 - ``POST /classes/embed``: JSON ``{"classes": [...]}``: pre-computes embeddings.
 - ``GET /models``: the model presets and which are installed here (token: it names local paths).
 
-Inference runs on one worker thread behind a bounded queue (:mod:`.worker`);
-:mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
+Inference runs on an engine behind a bounded queue (:mod:`.engine_state`): one
+worker thread in this process (:mod:`.worker`), or the replicas of a Ray Serve
+application (:mod:`.ray_engine`, ``serve --ray``); the routes, guards and
+answers are the same for both. :mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
 oversized bodies before any work is done.
 """
 
@@ -44,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .classes import parse_classes
 from .config import EngineConfig
+from .engine_state import EngineState
 from .errors import ConfigError, InputError, PredictionCancelledError
 from .guards import (
     ApiError,
@@ -51,13 +55,16 @@ from .guards import (
     check_content_type,
     check_token,
     error_response,
+    input_error_answer,
     is_loopback,
     read_body,
     token_matches,
     wait_for_disconnect,
 )
+from .inference import SegmentAnswer, SegmentRequest
 from .progress import REQUEST_ID, Job, JobBoard
-from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, ProtocolError, read_bundle, write_bundle
+from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, read_bundle, write_bundle
+from .ray_settings import RaySettings
 from .worker import Engine
 
 __all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "Engine", "ENV_TOKEN"]
@@ -83,6 +90,7 @@ class ServiceSettings:
         body_timeout: seconds a client may take to send its body.
         oom_recover_after: successful requests after a CUDA out-of-memory
             error before the configured batch size is tried again.
+        ray: serve through a Ray Serve application (replicas, cluster) instead of this process.
     """
 
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -96,6 +104,7 @@ class ServiceSettings:
     ready_file: Optional[Path] = None
     warmup: bool = True
     exit_with_parent: bool = False
+    ray: Optional[RaySettings] = None
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
@@ -180,10 +189,19 @@ class FaultBarrier:
                 await response(scope, receive, send)
 
 
-def create_app(settings: ServiceSettings, factory: Callable[[], Any],
-               on_ready: Optional[Callable[[Engine], None]] = None) -> Starlette:
-    """The ASGI app. ``factory()`` builds the segmenter (on a background thread at start-up)."""
-    engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
+def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None,
+               on_ready: Optional[Callable[[EngineState], None]] = None,
+               engine: Optional[EngineState] = None) -> Starlette:
+    """The ASGI app.
+
+    Inference runs on ``engine`` (for instance a :class:`~segearth_backend.ray_engine.RayEngine`), or else
+    on an :class:`~segearth_backend.worker.Engine` in this process whose ``factory()`` builds the segmenter;
+    either is loaded on a background thread at start-up.
+    """
+    if engine is None:
+        if factory is None:
+            raise ValueError("create_app needs a segmenter factory or an engine")
+        engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
     board = JobBoard()
 
     async def health(request: Request) -> JSONResponse:
@@ -193,14 +211,8 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
                                 "auth": settings.token is not None}
         if engine.error:
             body["error"] = engine.error
-        if engine.info:
-            body.update(engine.info)
-            if engine.segmenter is not None and engine.segmenter.device.type == "cuda":
-                from .device import describe
-
-                body["device"] = describe(engine.segmenter.device)  # fresh free-memory figure
-            if engine.segmenter is not None:
-                body["batch_size"] = engine.segmenter.batch_size
+        body.update(engine.info)
+        body.update(engine.health_fields())
         if engine.seconds_per_megapixel is not None:
             body["seconds_per_megapixel"] = round(engine.seconds_per_megapixel, 3)
         if not token_matches(request, settings.token):
@@ -219,34 +231,24 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
                 raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
             params = _segment_params(members["params.json"])
             parse_classes(params["classes"])  # validate before queueing
-            image, valid = members["image.npy"], members.get("valid.npy")
+            work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
+            del members
             job = board.open(params.get("request_id"))
             if job is None:
                 raise ApiError(409, "request_id_in_use", f"A request named {params['request_id']!r} is still "
                                "running: give each request its own request_id.")
-            want_probabilities = params.get("return_probabilities", False)
-
-            def work(segmenter: Any, job: Job) -> Any:
-                return segmenter.predict(image, params["classes"], prob_threshold=params.get("prob_threshold", 0.0),
-                                         background_index=params.get("background_index", 0),
-                                         bias_lambda=params.get("bias_lambda", -0.3), valid=valid,
-                                         probabilities=want_probabilities, should_stop=job.cancel.is_set,
-                                         progress=job.progress)
-
             start = time.perf_counter()
-            prediction = await _run_watched(request, engine, work, job, board)
+            answer = await _run_watched(request, engine, work, job, board)
             seconds = time.perf_counter() - start
-            engine.last_seconds = seconds
-            if image.size:
-                engine.seconds_per_megapixel = seconds / (image.shape[0] * image.shape[1] / 1e6)
+            engine.record_speed(seconds, work.pixels)
             out: dict[str, Any] = {
-                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(prediction.classes.lines),
-                              "names": list(prediction.classes.names), "timings": prediction.timings,
+                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
+                              "names": list(answer.names), "timings": answer.timings,
                               "server_seconds": seconds, "request_id": job.request_id},
-                "labels.npy": prediction.labels,
+                "labels.npy": answer.labels,
             }
-            if want_probabilities:
-                out["probabilities.npy"] = prediction.probabilities.astype("float16")
+            if answer.probabilities is not None:
+                out["probabilities.npy"] = answer.probabilities
             return Response(write_bundle(out), media_type=BUNDLE_TYPE)
 
     async def progress(request: Request) -> JSONResponse:
@@ -274,8 +276,8 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
                 raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
             parse_classes(payload["classes"])  # validate before queueing
             start = time.perf_counter()
-            class_set = await engine.run(lambda s, job: s.embed_classes(payload["classes"]))
-            return JSONResponse({"classes": class_set.num_classes, "queries": class_set.num_queries,
+            classes, queries = await engine.embed(payload["classes"])
+            return JSONResponse({"classes": classes, "queries": queries,
                                  "seconds": round(time.perf_counter() - start, 3)})
 
     async def models(request: Request) -> JSONResponse:
@@ -293,8 +295,8 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
         return error_response(api.status, api.code, api.message, api.headers)
 
     async def input_error(request: Request, error: Exception) -> JSONResponse:
-        status = 400 if isinstance(error, ProtocolError) else 422
-        return error_response(status, getattr(error, "code", "bad_input"), str(error))
+        api = input_error_answer(cast(InputError, error))
+        return error_response(api.status, api.code, api.message)
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         http = cast(HTTPException, error)
@@ -313,7 +315,7 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
         loader = threading.Thread(target=_load_then_signal, name="segearth-loader", daemon=True)
         loader.start()
         yield
-        engine.executor.shutdown(wait=False, cancel_futures=True)
+        engine.close()
 
     def _load_then_signal() -> None:
         engine.load()
@@ -334,8 +336,8 @@ def create_app(settings: ServiceSettings, factory: Callable[[], Any],
     return app
 
 
-async def _run_watched(request: Request, engine: Engine, work: Callable[..., Any], job: Job,
-                       board: JobBoard) -> Any:
+async def _run_watched(request: Request, engine: EngineState, work: SegmentRequest, job: Job,
+                       board: JobBoard) -> SegmentAnswer:
     """Run ``work`` on the engine; if the client disconnects meanwhile, cancel it between window batches."""
     async def watch() -> None:
         try:
@@ -347,7 +349,7 @@ async def _run_watched(request: Request, engine: Engine, work: Callable[..., Any
 
     watcher = asyncio.ensure_future(watch())
     try:
-        result = await engine.run(work, job)
+        result = await engine.segment(work, job)
     except PredictionCancelledError:
         board.close(job, "cancelled")
         raise
@@ -413,7 +415,13 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     url = f"http://{'[' + settings.host + ']' if family == socket.AF_INET6 else settings.host}:{port}"
     log.info("listening on %s; loading the model", url)
 
-    if factory is None:
+    engine: Optional[EngineState] = None
+    if settings.ray is not None:  # Ray is imported only here, when asked for
+        from .ray_engine import RayEngine
+
+        engine = RayEngine(settings.engine, settings.ray, settings.warmup, settings.max_queue,
+                           settings.oom_recover_after)
+    elif factory is None:
         from .segmenter import load_segmenter
 
         engine_config = settings.engine
@@ -423,7 +431,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
 
     server: Optional[uvicorn.Server] = None
 
-    def on_ready(engine: Engine) -> None:
+    def on_ready(engine: EngineState) -> None:
         if engine.status == "ready":
             if settings.ready_file is not None:
                 write_ready_file(settings.ready_file, {"url": url, "pid": os.getpid(),
@@ -436,9 +444,11 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
             if server is not None:
                 server.should_exit = True
 
-    app = create_app(settings, factory, on_ready)
+    app = create_app(settings, factory, on_ready, engine)
+    # h11 and the asyncio loop whatever else is installed (uvicorn[standard], which Ray brings, would
+    # switch to httptools and uvloop): the same HTTP behaviour everywhere.
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
-                            limit_concurrency=256)
+                            limit_concurrency=256, http="h11", loop="asyncio")
     server = uvicorn.Server(config)
     if settings.exit_with_parent:
         _watch_parent(server)

@@ -38,6 +38,8 @@ TAPS = DIAMETER * DIAMETER
 KEY_DIM = 32
 GUIDANCE_DIM = 3
 STEPS = 4
+#: Pixels whose kernels are finished together (bounds the hidden layer: 16384 x 121 floats).
+FINISH_CHUNK = 16384
 
 
 def pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -88,13 +90,33 @@ class JointBilateralStep(nn.Module):
             ``B x H x W x 121``: range x spatial kernel normalised over the
             taps, plus ``0.1 * fixup([kernel, guidance])``.
         """
-        keys = pointwise(self.range_proj, guidance)
-        temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        fixup_input = kernels.range_weights(keys, guidance, temperature, self.spatial_kernel(), RADIUS)
-        hidden = pointwise(self.fixup_proj[:-1], fixup_input)
+        keys = self.keys(guidance)
+        return self.finish(kernels.range_weights(keys, guidance, self.temperature(), self.spatial_kernel(), RADIUS))
+
+    def keys(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The range keys ``... x 32`` of pooled guidance ``... x 3`` (channels last)."""
+        return pointwise(self.range_proj, guidance)
+
+    def temperature(self) -> torch.Tensor:
+        """The range kernel's temperature ``clamp(exp(range_temp), 1e-4, 1e4)`` (a scalar tensor)."""
+        return self.range_temp.exp().clamp(1e-4, 1e4)
+
+    def finish(self, fixup_input: torch.Tensor) -> torch.Tensor:
+        """``... x 124`` (normalised range x spatial weights, then the guidance) -> kernels ``... x 121``.
+
+        The kernel plus ``0.1 * fixup([kernel, guidance])``; pixel by pixel, in chunks of
+        ``FINISH_CHUNK`` pixels (the hidden layer stays small).
+        """
+        flat = fixup_input.reshape(-1, fixup_input.shape[-1])
         last = cast(nn.Conv2d, self.fixup_proj[-1])
-        fixup = F.linear(hidden, 0.1 * last.weight.reshape(TAPS, TAPS), 0.1 * cast(torch.Tensor, last.bias))
-        return fixup.add_(fixup_input[..., :TAPS])
+        weight, bias = 0.1 * last.weight.reshape(TAPS, TAPS), 0.1 * cast(torch.Tensor, last.bias)
+        out = torch.empty(flat.shape[0], TAPS, dtype=flat.dtype, device=flat.device)
+        for start in range(0, flat.shape[0], FINISH_CHUNK):
+            part = flat[start:start + FINISH_CHUNK]
+            hidden = pointwise(self.fixup_proj[:-1], part)
+            torch.addmm(part[:, :TAPS], hidden, weight.T, beta=1.0, alpha=1.0, out=out[start:start + FINISH_CHUNK])
+            out[start:start + FINISH_CHUNK] += bias
+        return out.reshape(*fixup_input.shape[:-1], TAPS)
 
 
 def step_guidance(guidance: torch.Tensor, height: int, width: int) -> torch.Tensor:

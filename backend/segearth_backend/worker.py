@@ -1,6 +1,6 @@
-"""The segmenter behind the service: loading, one inference thread, a bounded queue, out-of-memory recovery.
+"""The segmenter in this process: loading, one inference thread, out-of-memory recovery.
 
-Requests are admitted (:meth:`Engine.admit`) before their body is read; at
+Requests are admitted (:meth:`~.engine_state.EngineState.admit`) before their body is read; at
 most ``max_queue`` wait while one runs, the rest get 503 with
 ``Retry-After``. Work runs on a single thread, so concurrent clients cannot
 exhaust device memory. A CUDA out-of-memory error halves the window batch
@@ -12,38 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .engine_state import EngineState
 from .errors import PredictionCancelledError, SegEarthError
 from .guards import ApiError
+from .inference import SegmentAnswer, SegmentRequest, run_embed, run_segment
 from .progress import Job
 
 log = logging.getLogger(__name__)
 
 
-class Admission:
-    """A place in the queue, held from before the body is read until the answer is ready."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def __enter__(self) -> Admission:
-        return self
-
-    def __exit__(self, kind: Optional[type[BaseException]], error: Optional[BaseException],
-                 trace: Optional[TracebackType]) -> None:
-        self.engine.admitted -= 1
-
-
-class Engine:
-    """Loading state, the inference thread and its queue.
+class Engine(EngineState):
+    """The segmenter in this process: loading, the inference thread and its queue.
 
     Args:
         factory: builds the segmenter (called once, on a loader thread).
@@ -54,19 +39,12 @@ class Engine:
     """
 
     def __init__(self, factory: Callable[[], Any], warmup: bool, max_queue: int = 4, recover_after: int = 20) -> None:
+        super().__init__(max_queue)
         self.factory = factory
         self.warmup = warmup
-        self.max_queue = max_queue
         self.recover_after = recover_after
-        self.status = "loading"
-        self.error: Optional[str] = None
         self.segmenter: Any = None
-        self.info: dict[str, Any] = {}
-        self.loaded = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segearth-inference")
-        self.admitted = 0  # requests between admission and answer (reading, waiting or running)
-        self.seconds_per_megapixel: Optional[float] = None
-        self.last_seconds = 1.0
         self.configured_batch: Optional[int] = None
         self.successes_since_oom = 0
 
@@ -87,25 +65,25 @@ class Engine:
         finally:
             self.loaded.set()
 
-    def require_ready(self) -> None:
-        """Raise the 503 answer while the model loads or after it failed to."""
-        if self.status == "loading":
-            raise ApiError(503, "loading", "The model is still loading; retry in a few seconds.",
-                           {"Retry-After": "5"})
-        if self.status == "failed":
-            raise ApiError(503, "model_failed", "The model failed to load; the backend log (or /health with the "
-                           "token) says why. Fix the weights or settings and restart the backend.")
+    async def segment(self, request: SegmentRequest, job: Job) -> SegmentAnswer:
+        return await self.run(lambda segmenter, job: run_segment(segmenter, request, job), job)
 
-    def admit(self) -> Admission:
-        """A place in the queue, or the 503 answer when ``max_queue`` requests already wait."""
-        self.require_ready()
-        if self.admitted > self.max_queue:
-            waiting = self.admitted - 1
-            retry = max(1, min(60, math.ceil(self.last_seconds * waiting)))
-            raise ApiError(503, "busy", f"The backend is busy: {waiting} requests are waiting (at most "
-                           f"{self.max_queue}). Retry in about {retry} s.", {"Retry-After": str(retry)})
-        self.admitted += 1
-        return Admission(self)
+    async def embed(self, classes: list[str]) -> tuple[int, int]:
+        return await self.run(lambda segmenter, job: run_embed(segmenter, classes))
+
+    def health_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"replicas": {"ready": int(self.status == "ready"), "total": 1}}
+        if self.segmenter is not None:
+            if self.segmenter.device.type == "cuda":
+                from .device import describe
+
+                fields["device"] = describe(self.segmenter.device)  # fresh free-memory figure
+            fields["batch_size"] = self.segmenter.batch_size
+            fields["feature_cache"] = self.segmenter.feature_cache.stats()  # live counters
+        return fields
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, function: Callable[..., Any], job: Optional[Job] = None) -> Any:
         """Run ``function(segmenter, job)`` on the inference thread (queued); returns its result."""

@@ -8,12 +8,24 @@ edges and the pixels of the last, border-shifted window all lie in the last
 block. So each block is its core plus a 112-pixel margin on every side that
 is not the area's border; cores tile the area without overlap.
 
+When the processing grid is cut from its raster's anchor grid
+(:class:`~segearth_qgis.core.grid.Anchor`), the windows are those a run over
+the whole anchor grid would place: :func:`plan_grid_blocks` plans the blocks
+over the *context* of the area (every pixel the windows covering the area
+read, :func:`context_span`) and keeps only the cores' parts inside the area, so
+reads may start before the area's first row or column (negative coordinates)
+and end after its last.
+
 Coordinates are (row, column) pixels of the processing grid, half-open.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grid import Grid
 
 STRIDE = 112
 CROP = 224
@@ -84,3 +96,54 @@ def plan_axis(size: int, block: int, stride: int = STRIDE, crop: int = CROP) -> 
 def plan_blocks(height: int, width: int, block: int = 1024) -> list[Block]:
     """Row-major blocks tiling a ``height x width`` grid (see :func:`plan_axis`)."""
     return [Block(rows, cols) for rows in plan_axis(height, block) for cols in plan_axis(width, block)]
+
+
+def context_span(start: int, stop: int, size: int, crop: int = CROP, stride: int = STRIDE) -> tuple[int, int]:
+    """The pixels that the windows covering ``[start, stop)`` read, on an axis of ``size`` pixels.
+
+    Windows are placed as one run over the whole axis places them (every
+    ``stride`` pixels from 0, the last shifted back to end on the border), so
+    the result starts and ends on window edges of that run.
+
+    Raises:
+        ValueError: an empty or out-of-range ``[start, stop)``.
+    """
+    if not 0 <= start < stop <= size:
+        raise ValueError(f"[{start}, {stop}) is not a non-empty part of an axis of {size} pixels")
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    begin, end = size, 0
+    for index in range(max(0, (start - crop) // stride), count):
+        window_stop = min(index * stride + crop, size)
+        window_start = max(window_stop - crop, 0)
+        if window_start >= stop:  # window starts only grow along the axis
+            break
+        if window_stop > start:
+            begin, end = min(begin, window_start), max(end, window_stop)
+    return begin, end
+
+
+def plan_area_axis(start: int, stop: int, size: int, block: int) -> list[Span]:
+    """Spans for the area ``[start, stop)`` of an anchor axis of ``size`` pixels, in area coordinates.
+
+    Blocks are planned over the area's context (:func:`context_span`); a span's read may begin
+    before 0 and end after ``stop - start``; its core is the part of the context block's core
+    inside the area (spans whose core misses the area are left out).
+    """
+    begin, end = context_span(start, stop, size)
+    shift = begin - start
+    spans = []
+    for span in plan_axis(end - begin, block):
+        core_start, core_stop = max(span.core_start + shift, 0), min(span.core_stop + shift, stop - start)
+        if core_start < core_stop:
+            spans.append(Span(span.start + shift, span.stop + shift, core_start, core_stop))
+    return spans
+
+
+def plan_grid_blocks(grid: Grid, block: int = 1024) -> list[Block]:
+    """Row-major blocks of a processing grid: on its anchor grid when it has one (see :func:`plan_area_axis`)."""
+    anchor = grid.anchor
+    if anchor is None:
+        return plan_blocks(grid.height, grid.width, block)
+    rows = plan_area_axis(anchor.row, anchor.row + grid.height, anchor.height, block)
+    cols = plan_area_axis(anchor.col, anchor.col + grid.width, anchor.width, block)
+    return [Block(r, c) for r in rows for c in cols]

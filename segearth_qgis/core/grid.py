@@ -2,12 +2,19 @@
 
 Rectangles are ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; grids are
 north-up with rows going down (GDAL's geotransform convention).
+
+Every processing grid is cut from one *anchor grid* per raster and
+resolution: the raster covered from its own top-left corner at the processing
+resolution. The sliding windows are placed on the anchor grid, as a run over
+the whole raster would place them (:mod:`.blocks` reads the context they need
+beyond the area), so a pixel's label does not depend on the area drawn around it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from ..errors import GridError
 
@@ -15,8 +22,21 @@ Rect = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """Where a grid lies on its anchor grid: its first pixel's (row, column) and the anchor grid's size."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
 class Grid:
-    """A north-up pixel grid: origin at the top-left corner, square-ish pixels."""
+    """A north-up pixel grid: origin at the top-left corner, square-ish pixels.
+
+    ``anchor``: its place on the raster's anchor grid (None: the grid is its own anchor).
+    """
 
     x0: float
     y0: float
@@ -24,6 +44,7 @@ class Grid:
     pixel_height: float
     width: int
     height: int
+    anchor: Optional[Anchor] = field(default=None, compare=False)
 
     @property
     def geotransform(self) -> tuple[float, float, float, float, float, float]:
@@ -44,12 +65,30 @@ def intersect(a: Rect, b: Rect) -> Rect | None:
     return (xmin, ymin, xmax, ymax) if xmin < xmax and ymin < ymax else None
 
 
+def anchor_grid(raster: Grid, resolution: float | None) -> Grid:
+    """The raster at ``resolution`` map units per pixel, from its top-left corner (the raster itself when native).
+
+    Only whole pixels inside the raster count (at least one), so reads never leave it.
+
+    Raises:
+        GridError: the resolution is not a positive number.
+    """
+    step = raster.pixel_width if resolution is None else resolution
+    if not math.isfinite(step) or step <= 0:
+        raise GridError(f"The processing resolution must be a positive number, got {resolution}.")
+    if math.isclose(step, raster.pixel_width, rel_tol=1e-9):
+        return raster
+    ratio = raster.pixel_height / raster.pixel_width
+    width = max(1, math.floor(raster.width * raster.pixel_width / step + 1e-9))
+    height = max(1, math.floor(raster.height * raster.pixel_height / (step * ratio) + 1e-9))
+    return Grid(raster.x0, raster.y0, step, step * ratio, width, height)
+
+
 def processing_grid(raster: Grid, aoi: Rect | None, resolution: float | None) -> Grid:
     """The grid to segment: ``aoi`` clipped to ``raster``, at ``resolution`` map units per pixel.
 
-    At the raster's native resolution the AOI is snapped outwards to whole
-    source pixels (no resampling at all); at another resolution the grid
-    starts at the clipped AOI's top-left corner.
+    The area is snapped outwards to whole pixels of the anchor grid (:func:`anchor_grid`; at the
+    native resolution, the raster's own pixels: no resampling at all) and knows its place on it.
 
     Raises:
         GridError: the AOI misses the raster, or the resolution is not a
@@ -59,29 +98,24 @@ def processing_grid(raster: Grid, aoi: Rect | None, resolution: float | None) ->
     if area is None:
         raise GridError("The area of interest does not overlap the raster: draw it over the layer, or use the whole "
                         "layer.")
-    step = raster.pixel_width if resolution is None else resolution
-    if not math.isfinite(step) or step <= 0:
-        raise GridError(f"The processing resolution must be a positive number, got {resolution}.")
-    if math.isclose(step, raster.pixel_width, rel_tol=1e-9):
-        col0 = math.floor((area[0] - raster.x0) / raster.pixel_width + 1e-9)
-        col1 = math.ceil((area[2] - raster.x0) / raster.pixel_width - 1e-9)
-        row0 = math.floor((raster.y0 - area[3]) / raster.pixel_height + 1e-9)
-        row1 = math.ceil((raster.y0 - area[1]) / raster.pixel_height - 1e-9)
-        col0, row0 = max(col0, 0), max(row0, 0)
-        col1, row1 = min(col1, raster.width), min(row1, raster.height)
-        return Grid(raster.x0 + col0 * raster.pixel_width, raster.y0 - row0 * raster.pixel_height,
-                    raster.pixel_width, raster.pixel_height, col1 - col0, row1 - row0)
-    ratio = raster.pixel_height / raster.pixel_width
-    width = max(1, round((area[2] - area[0]) / step))
-    height = max(1, round((area[3] - area[1]) / (step * ratio)))
-    return Grid(area[0], area[3], step, step * ratio, width, height)
+    anchor = anchor_grid(raster, resolution)
+    col0 = max(math.floor((area[0] - anchor.x0) / anchor.pixel_width + 1e-9), 0)
+    col1 = min(math.ceil((area[2] - anchor.x0) / anchor.pixel_width - 1e-9), anchor.width)
+    row0 = max(math.floor((anchor.y0 - area[3]) / anchor.pixel_height + 1e-9), 0)
+    row1 = min(math.ceil((anchor.y0 - area[1]) / anchor.pixel_height - 1e-9), anchor.height)
+    if col1 <= col0 or row1 <= row0:
+        raise GridError("The area of interest is smaller than one pixel at this resolution: draw a larger area or "
+                        "choose a finer resolution.")
+    return Grid(anchor.x0 + col0 * anchor.pixel_width, anchor.y0 - row0 * anchor.pixel_height,
+                anchor.pixel_width, anchor.pixel_height, col1 - col0, row1 - row0,
+                Anchor(row0, col0, anchor.height, anchor.width))
 
 
 def estimate(grid: Grid, block: int, seconds_per_megapixel: float | None) -> dict[str, float]:
     """Pixel count, block count and (when a speed is known) seconds, for the panel."""
-    from .blocks import plan_blocks
+    from .blocks import plan_grid_blocks
 
     pixels = grid.width * grid.height
-    blocks = len(plan_blocks(grid.height, grid.width, block))
+    blocks = len(plan_grid_blocks(grid, block))
     seconds = pixels / 1e6 * seconds_per_megapixel * 1.3 if seconds_per_megapixel else float("nan")
     return {"pixels": float(pixels), "blocks": float(blocks), "seconds": seconds}

@@ -25,6 +25,13 @@ class SegEarthProvider(QgsProcessingProvider):
     def icon(self) -> QIcon:
         return QIcon(str(Path(__file__).resolve().parents[1] / "icon.svg"))
 
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
+        """GeoTIFF only: the outputs carry class names, a colour table and metadata that other formats lose."""
+        return ["tif", "tiff"]
+
+    def defaultRasterFileExtension(self) -> str:  # noqa: N802
+        return "tif"
+
     def loadAlgorithms(self) -> None:  # noqa: N802
         for algorithm in (SegmentAlgorithm(), SegmentVectorAlgorithm(), ClassStatsAlgorithm(), AccuracyAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -150,7 +150,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
-                             cancelled=feedback.isCanceled, write_style=write_class_style)
+                             cancelled=feedback.isCanceled, write_style=write_class_style, log=feedback.pushWarning)
         except JobCancelledError:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except BackendError as error:
@@ -161,7 +161,9 @@ class _SegmentBase(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(error)) from None
         for warning in result.warnings:
             feedback.reportError(warning, fatalError=False)
-        feedback.pushInfo(f"{result.blocks} block(s) in {result.seconds:.1f} s")
+        at_once = f", up to {result.concurrency} at once" if result.concurrency > 1 else ""
+        retried = f"; {len(result.retried)} request(s) sent again (see above)" if result.retried else ""
+        feedback.pushInfo(f"{result.blocks} block(s) in {result.seconds:.1f} s{at_once}{retried}")
         feedback.pushInfo(shares_message(result.class_pixels, result.names))
         one_class = shares_warning(result.class_pixels, result.names, planned.params.background_index,
                                    planned.params.threshold)

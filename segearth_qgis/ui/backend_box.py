@@ -102,6 +102,13 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.weights_button.setDefault(status.summary.startswith("weights missing"))
         self.setup_button.setText("Update backend…" if "update it" in status.summary else "Set up backend…")
 
+    def set_job_running(self, running: bool) -> None:
+        """While a job runs, nothing here may stop or replace its backend."""
+        for button in (self.stop_button, self.restart_button, self.setup_button, self.weights_button):
+            button.setEnabled(not running)
+            button.setToolTip(button.toolTip().split(" (not while a job runs)")[0]
+                              + (" (not while a job runs)" if running else ""))
+
     def restore(self) -> None:
         self.url_edit.setText(settings.BACKEND_URL.load())
         self.token_edit.setText(settings.BACKEND_TOKEN.load())

@@ -34,6 +34,7 @@ class RasterBox(QGroupBox):
             combo.currentIndexChanged.connect(self.changed)
             form.addRow(f"{colour} band", combo)
         self.layer_combo.layerChanged.connect(self._layer_changed)
+        self._layer_changed(self.layer_combo.currentLayer())  # a layer already in the project is chosen at once
 
     def layer(self) -> Optional[QgsRasterLayer]:
         layer = self.layer_combo.currentLayer()

@@ -11,13 +11,15 @@ environment and the backend is started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
@@ -46,6 +48,25 @@ class _Lines(QObject):
     """Carries the set-up's output lines from the task's thread to the dialog."""
 
     line = pyqtSignal(str)
+
+
+class _Planned(QObject):
+    """Carries a worked-out plan from its thread to the dialog: (generation, Plan or None, error or "")."""
+
+    planned = pyqtSignal(int, object, str)
+
+
+def _work_out_plan(arguments: argparse.Namespace, generation: int, sink: _Planned) -> None:
+    """Thread body: :func:`backend_setup.make_plan` (probes Pythons and the GPU, up to a minute on a slow
+    machine), never on the GUI thread."""
+    try:
+        plan, error = backend_setup.make_plan(arguments), ""
+    except SetupError as problem:
+        plan, error = None, str(problem)
+    except Exception as problem:  # noqa: BLE001 - whatever happens, the dialog must say it
+        plan, error = None, f"Unexpected error: {type(problem).__name__}: {problem}"
+    with contextlib.suppress(RuntimeError):  # the dialog was deleted meanwhile: nobody waits for this plan
+        sink.planned.emit(generation, plan, error)
 
 
 class SetupTask(QgsTask):
@@ -117,12 +138,16 @@ class SetupDialog(QDialog):
                                        "xclip_jbu_one_million_aid.ckpt")
         self.plan_label = QLabel("Working out the plan…")
         self.plan_label.setWordWrap(True)
+        self.plan_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        # Room for the plan's lines from the start: the dialog does not jump when the plan arrives.
+        self.plan_label.setMinimumHeight(6 * self.plan_label.fontMetrics().lineSpacing())
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.start_button = QPushButton("Set up")
+        self.start_button.setEnabled(False)  # until the plan is shown
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.close_button = QPushButton("Close")
@@ -147,13 +172,29 @@ class SetupDialog(QDialog):
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.reject)
-        for signal in (self.device_combo.currentIndexChanged, self.weights_combo.currentIndexChanged):
-            signal.connect(self.refresh_plan)
-        self.target_widget.fileChanged.connect(self.refresh_plan)
+        # Working out a plan probes Pythons and the GPU (a second or more): once typing has paused.
+        self.plan_timer = QTimer(self)
+        self.plan_timer.setSingleShot(True)
+        self.plan_timer.setInterval(600)
+        self.plan_timer.timeout.connect(self.refresh_plan)
+        for signal in (self.device_combo.currentIndexChanged, self.weights_combo.currentIndexChanged,
+                       self.target_widget.fileChanged, self.weights_folder.fileChanged):
+            signal.connect(self._plan_changed)
         self.task: Optional[SetupTask] = None
-        self.plan: Optional[Plan] = None
+        self.plan: Optional[Plan] = None  # the plan for the choices as they are now; None while it is worked out
+        self.plan_generation = 0  # which choices the plan being worked out belongs to (a newer one wins)
+        self.planned = _Planned(self)
+        self.planned.planned.connect(self._show_plan)
         self.record: Optional[dict[str, Any]] = None
         self.refresh_plan()
+
+    def _plan_changed(self, *args: object) -> None:
+        self.plan_generation += 1  # a plan still being worked out is for the old choices: it will be dropped
+        self.plan = None  # never start from a plan that no longer matches the choices
+        self.start_button.setEnabled(False)
+        self.weights_folder.setEnabled(self.weights_combo.currentData() == "folder")
+        self.plan_label.setText("Working out the plan…")
+        self.plan_timer.start()
 
     def arguments(self) -> argparse.Namespace:
         weights = self.weights_combo.currentData()
@@ -164,17 +205,22 @@ class SetupDialog(QDialog):
                                   device=self.device_combo.currentData(), weights=weights, wheelhouse=None,
                                   index_url=None)
 
-    def refresh_plan(self) -> Optional[Plan]:
-        """Work out and show the plan (finds a Python and the GPU: a second or two)."""
+    def refresh_plan(self) -> None:
+        """Work out the plan for the choices as they are now, in a thread (it probes Pythons and the GPU: a
+        second or two, up to a minute on a loaded machine); :meth:`_show_plan` shows it when it arrives."""
         self.weights_folder.setEnabled(self.weights_combo.currentData() == "folder")
-        try:
-            self.plan = backend_setup.make_plan(self.arguments())
-        except SetupError as error:
-            self.plan = None
+        self.plan_label.setText("Working out the plan…")
+        threading.Thread(target=_work_out_plan, args=(self.arguments(), self.plan_generation, self.planned),
+                         name="segearth-setup-plan", daemon=True).start()
+
+    def _show_plan(self, generation: int, plan: Optional[Plan], error: str) -> None:
+        if generation != self.plan_generation:
+            return  # worked out for choices that changed since
+        self.plan = plan
+        if plan is None:
             self.plan_label.setText(f"Cannot set up: {error}")
             self.start_button.setEnabled(False)
-            return None
-        plan = self.plan
+            return
         size = f"about {plan.download_mb} MB to download" if plan.download_mb else "from the wheel folder"
         self.plan_label.setText(
             f"Python {plan.python_version}: {plan.base_python}\n"
@@ -182,10 +228,10 @@ class SetupDialog(QDialog):
             f"Backend {plan.backend_version} from {plan.backend_source}\nWeights: {plan.weights}\n"
             f"Steps: {', '.join(plan.steps)}. Running it again later continues where it stopped.")
         self.start_button.setEnabled(self.task is None)
-        return plan
 
     def start(self) -> Optional[SetupTask]:
-        plan = self.plan or self.refresh_plan()
+        """Run the set-up from the plan shown (None while that plan is still being worked out, or a set-up runs)."""
+        plan = self.plan
         if plan is None or self.task is not None:
             return None
         self.log_view.appendPlainText(f"Setting up the backend in {plan.target}")
@@ -207,7 +253,7 @@ class SetupDialog(QDialog):
         task = self.task
         self.task = None
         self.cancel_button.setEnabled(False)
-        self.start_button.setEnabled(True)
+        self.start_button.setEnabled(self.plan is not None)
         if task is None:
             return
         if task.record is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,22 @@ from tests.helpers import subprocess_env
 __all__ = ["CLASSES", "error_of", "segment_body"]  # shared with tests/backend/helpers.py
 
 TOKEN = "hostile-test-token-7d1e"
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+#: ``serve --ray`` as the tests run it: two replicas on a small local Ray instance. Each replica gets
+#: as many torch threads as an engine in this process (and a plain backend) has: the float sums of
+#: torch's CPU kernels depend on the thread count, so that is what makes the answers bit-identical
+#: (one replica's CPUs may exceed the machine's: Ray's CPUs are a reservation, not cores).
+RAY_THREADS = torch.get_num_threads()
+RAY_ARGS = ["--ray", "--replicas", "2", "--cpus-per-replica", str(RAY_THREADS), "--ray-cpus", str(2 * RAY_THREADS),
+            "--ray-object-store-mb", "300"]
+#: The servers the protocol tests run against: parametrise a server fixture with these, pass
+#: ``server_args(request.param)`` to it.
+SERVER_KINDS = [
+    pytest.param("plain", id="plain"),
+    pytest.param("ray", id="ray", marks=pytest.mark.skipif(
+        not HAS_RAY, reason="Ray Serve is not installed (pip install 'segearth-backend[ray]')")),
+]
 
 
 # ------------------------------------------------------------------ the previous engine, as a reference
@@ -153,6 +171,39 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: flo
 
 
 # ------------------------------------------------------------------ servers
+
+def server_args(kind: str) -> list[str]:
+    """The extra ``serve`` arguments of a server kind (see :data:`SERVER_KINDS`)."""
+    return list(RAY_ARGS) if kind == "ray" else []
+
+
+def ray_replica_pids(marker: str) -> list[int]:
+    """The Ray Serve replica processes whose environment holds ``marker`` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "cmdline").read_bytes().startswith(b"ray::ServeReplica") \
+                    and marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def cpu_ticks(pid: int) -> int:
+    """A process's CPU time so far (clock ticks, Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def busy_replica(pids: list[int]) -> int:
+    """The replica that is computing: the one whose CPU time grows most over half a second."""
+    before = {pid: cpu_ticks(pid) for pid in pids}
+    time.sleep(0.5)
+    return max(pids, key=lambda pid: cpu_ticks(pid) - before[pid])
+
 
 def tiny_server_args(parity_dir: Path, cache_dir: Path, upsampler: Optional[str] = None) -> list[str]:
     return ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),

@@ -61,11 +61,15 @@ def test_unreachable_download_servers_fail_fast(tmp_path):
 @pytest.mark.slow
 def test_bench_writes_a_report(tmp_path):
     out = tmp_path / "bench.json"
-    result = run("bench", "--size", "64", "--repeats", "1", "--device", "cpu", "--out", str(out))
+    result = run("bench", "--size", "64", "--repeats", "1", "--device", "cpu", "--out", str(out),
+                 "--sample", str(tmp_path / "no-sample.tif"))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     (entry,) = report["results"]
-    assert entry["weights"] == "random" and entry["image"] == "64x64"
-    assert entry["predict_cached_s"] > 0 and entry["embed_class_s"] > 0 and entry["peak_rss_gb"] > 0
-    assert set(entry["stages_s"]) == {"text", "image_tower", "upsampler", "logits"}
-    assert "predict s" in result.stdout
+    assert entry["weights"] == "random" and entry["image"] == "64x64" and report["cpu"]["model"]
+    assert entry["first_run_s"] > 0 and entry["plain_tower_s"] > 0 and entry["embed_class_s"] > 0
+    assert entry["first_run_vs_tower"] == pytest.approx(entry["first_run_s"] / entry["plain_tower_s"], rel=0.01)
+    assert entry["requery_vs_fresh_engine"] == {"max_abs_dp": pytest.approx(0, abs=1e-5), "labels_equal": 1.0}
+    assert set(entry["first_run_stages_s"]) == {"text", "image_tower", "upsampler", "logits", "total"}
+    assert "image_tower" not in entry["requery_stages_s"] and entry["bf16_speedup"] > 0
+    assert "CPU:" in result.stdout and "re-query" in result.stdout and "sample" in result.stdout

@@ -15,6 +15,7 @@ import pytest
 from segearth_backend.protocol import BUNDLE_TYPE, write_bundle
 from tests.backend.service_helpers import (
     CLASSES,
+    SERVER_KINDS,
     TOKEN,
     ServerProcess,
     call,
@@ -22,15 +23,16 @@ from tests.backend.service_helpers import (
     health,
     raw_request,
     segment_body,
+    server_args,
     tiny_server_args,
 )
 
 
-@pytest.fixture(scope="module")
-def server(parity_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def server(request, parity_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    process = ServerProcess([*tiny_server_args(parity_dir, tmp / "cache"), "--max-request-mb", "8"], tmp,
-                            env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
+    process = ServerProcess([*tiny_server_args(parity_dir, tmp / "cache"), "--max-request-mb", "8",
+                             *server_args(request.param)], tmp, env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
     yield process
     process.stop()
     assert "Traceback" not in process.log()  # nothing here is an internal error
@@ -249,7 +251,10 @@ def test_health_without_the_token_names_no_local_paths(server, parity_dir):
     assert private["clip_weights"] == str(parity_dir / "tiny-clip.pt")
     assert "tiny-simfeatup.ckpt" in private["upsampler_weights"]
     assert "clip_weights" not in public and "upsampler_weights" not in public
-    assert str(parity_dir) not in json.dumps(public) and "cache" not in json.dumps(public)
+    text = json.dumps(public)
+    assert str(parity_dir) not in text and "hostile" not in text and "/cache" not in text  # no local folder
+    if public.get("engine") != "ray":  # Ray's replicas keep one cache each: no counters in /health
+        assert set(public["feature_cache"]) >= {"used_mb", "window_hits", "window_misses"}  # counters only
     assert public["status"] == "ready" and public["protocol"] == 1 and public["upsampler"] == private["upsampler"]
     assert call(server.url, "/health", headers={"Authorization": "Bearer wrong"})[0] == 200
     assert "clip_weights" not in health(server.url, "wrong")

@@ -19,6 +19,7 @@ from segearth_backend.protocol import BUNDLE_TYPE, read_bundle
 from segearth_backend.service import ServiceSettings, create_app
 from tests.backend.service_helpers import (
     CLASSES,
+    SERVER_KINDS,
     TOKEN,
     ServerProcess,
     ThreadServer,
@@ -27,6 +28,7 @@ from tests.backend.service_helpers import (
     health,
     raw_request,
     segment_body,
+    server_args,
     tiny_server_args,
     wait_for,
 )
@@ -89,11 +91,11 @@ def test_full_queue_answers_503_with_retry_after_before_the_body(shared_segmente
 
 # ------------------------------------------------------------------ cancellation and progress (real process)
 
-@pytest.fixture(scope="module")
-def server(parity_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def server(request, parity_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
-    process = ServerProcess([*tiny_server_args(parity_dir, tmp / "cache"), "--max-queue", "2"], tmp,
-                            env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
+    process = ServerProcess([*tiny_server_args(parity_dir, tmp / "cache"), "--max-queue", "2",
+                             *server_args(request.param)], tmp, env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
     yield process
     process.stop()
 

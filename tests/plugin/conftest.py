@@ -47,7 +47,7 @@ def backend_environment(parity_dir: Path, tmp_path_factory: pytest.TempPathFacto
         patch.setenv("SEGEARTH_UPSAMPLER_WEIGHTS", str(parity_dir / "tiny-simfeatup.ckpt"))
         patch.setenv("SEGEARTH_DEVICE", "cpu")
         patch.setenv("SEGEARTH_CACHE_DIR", str(tmp_path_factory.mktemp("backend-cache")))
-        patch.setenv("PYTHONPATH", tree_pythonpath())  # the backend of this tree, not an installed copy
+        patch.setenv("SEGEARTH_BACKEND_PYTHONPATH", tree_pythonpath())  # this tree's backend, not an installed one
         yield
         from segearth_qgis.backend_manager import shared_manager
 

@@ -167,3 +167,13 @@ def test_working_folder_is_removed_on_stop_and_kept_when_the_start_failed(tiny_b
     leftovers = sorted(Path(folder.parent).glob("segearth-backend-*"), key=lambda p: p.stat().st_mtime)
     assert leftovers and "missing" in (leftovers[-1] / "backend.log").read_text()
     shutil.rmtree(leftovers[-1])
+
+
+def test_the_backend_never_sees_qgis_python_settings():
+    """OSGeo4W and QGIS.app set PYTHONHOME / PYTHONPATH for QGIS's own Python; a backend must not inherit them."""
+    from segearth_qgis.backend_client import backend_environment
+
+    env = backend_environment({"PYTHONHOME": "C:/OSGeo4W/apps/Python39", "PYTHONPATH": "C:/OSGeo4W/apps/qgis/python",
+                               "PATH": "/usr/bin"})
+    assert env == {"PATH": "/usr/bin"}
+    assert backend_environment({"PYTHONPATH": "/qgis", "SEGEARTH_BACKEND_PYTHONPATH": "/src"})["PYTHONPATH"] == "/src"

@@ -17,6 +17,7 @@ import pytest
 
 from segearth_qgis import protocol
 from segearth_qgis.backend_client import BackendClient, BackendError, proxy_for, start_local_backend
+from tests.plugin.helpers import read_http_request
 
 CLASSES = ["background", "building,roof", "road", "water"]
 HEALTH = {"protocol": 1, "version": "0.1.0", "status": "ready", "auth": True}
@@ -38,20 +39,10 @@ class CannedServer:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = self.request.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(rest) < length:
-                    chunk = self.request.recv(1 << 20)
-                    if not chunk:
-                        break
-                    rest += chunk
+                request = read_http_request(self.request)
+                if request is None:
+                    return
+                head = request[0]
                 outer.heads.append(head)
                 self.request.sendall(reply(head))
 

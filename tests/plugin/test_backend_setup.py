@@ -116,3 +116,58 @@ def test_make_plan_respects_the_wheelhouse(tmp_path):
                               wheelhouse=str(tmp_path / "wheels"), index_url=None)
     plan = backend_setup.make_plan(args)
     assert plan.torch_index is None and plan.download_mb == 0 and plan.wheelhouse == str(tmp_path / "wheels")
+
+
+def test_output_that_is_not_utf8_is_still_a_clear_failure():
+    lines = []
+    with pytest.raises(backend_setup.SetupError, match="exit code 3"):
+        backend_setup.run("backend", [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'caf\\xe9\\n'); "
+                                      "sys.exit(3)"], "", echo=lines.append)
+    assert any("caf" in line for line in lines)
+
+
+def test_a_python_that_talks_before_answering_is_still_understood(tmp_path):
+    chatty = tmp_path / "python3"
+    chatty.write_text(f"#!/bin/sh\necho 'pyenv: using 3.x'\nexec {sys.executable} \"$@\"\n")
+    chatty.chmod(0o755)
+    assert backend_setup.python_version(str(chatty)) == sys.version_info[:2]
+
+
+def test_weights_must_be_download_skip_or_an_existing_folder(tmp_path):
+    args = argparse.Namespace(target=str(tmp_path), python=sys.executable, device="cpu", weights="downlaod",
+                              wheelhouse=None, index_url=None)
+    with pytest.raises(backend_setup.SetupError, match="'download', 'skip' or a folder"):
+        backend_setup.make_plan(args)
+
+
+def test_the_weights_search_stops_at_its_depth(tmp_path):
+    deep = tmp_path / "a" / "b" / "c" / "d" / "e"
+    deep.mkdir(parents=True)
+    (deep / "xclip_jbu_one_million_aid.ckpt").write_bytes(b"x")
+    assert backend_setup.find_weights(tmp_path) == {}
+    assert backend_setup.find_weights(tmp_path, depth=6) == {"upsampler_weights": str(deep /
+                                                                                    "xclip_jbu_one_million_aid.ckpt")}
+
+
+def test_an_interrupted_environment_is_made_again(tmp_path):
+    """Found in review: cancelled during `venv`, the next run said "already there" and failed without pip."""
+    target = tmp_path / "backend"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target / "venv")], check=True)
+    python = target / "venv" / "bin" / "python"
+    assert python.is_file() and not backend_setup.pip_works(python)
+    args = argparse.Namespace(target=str(target), python=sys.executable, device="cpu", weights="skip",
+                              wheelhouse=None, index_url=None)
+    plan = backend_setup.make_plan(args)
+    lines = []
+    cancel = backend_setup.Cancellation()
+    echo = lines.append
+
+    def stop_after_step_two(text: str) -> None:
+        echo(text)
+        if text.startswith("[3/6]"):
+            cancel.cancel()
+
+    with pytest.raises(backend_setup.SetupCancelledError):
+        backend_setup.set_up(plan, echo=stop_after_step_two, cancel=cancel)
+    assert not any("already there" in line for line in lines)
+    assert backend_setup.pip_works(python)

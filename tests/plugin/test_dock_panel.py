@@ -349,7 +349,8 @@ def test_without_any_backend_the_panel_offers_to_set_one_up(qgis_iface, monkeypa
         assert panel.backend_box.title() == "Backend (local): not set up" and not panel.backend_box.isCollapsed()
         assert panel.backend_box.setup_button.isDefault()
         dialog = panel.open_setup()
-        assert "Python" in dialog.plan_label.text() or "Cannot set up" in dialog.plan_label.text()
+        wait_until(lambda: dialog.plan is not None or "Cannot set up" in dialog.plan_label.text(), 60)
+        assert dialog.plan is None or "Python" in dialog.plan_label.text()
         dialog.close()
     finally:
         panel.shutdown()
@@ -367,3 +368,54 @@ def test_a_finished_set_up_is_what_the_panel_uses_afterwards(dock, tmp_path, mon
     assert dock.backend_box.python_edit.text() == record["python"] and started == ["restart"]
     dock.save_state()  # as the next Segment click does
     assert settings.BACKEND_PYTHON.load() == record["python"]
+
+
+def test_one_set_up_dialog_and_its_plan_follows_every_choice(dock, tmp_path):
+    first = dock.open_setup()
+    assert dock.open_setup() is first  # a second click shows the same dialog: never two set-ups at once
+    first.weights_combo.setCurrentIndex(first.weights_combo.findData("folder"))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    first.weights_folder.setFilePath(str(weights))
+    assert first.plan is None and not first.start_button.isEnabled()  # no start from an outdated plan
+    wait_until(lambda: first.plan is not None, 30)
+    assert first.plan.weights == str(weights)
+    first.close()
+
+
+def test_backend_controls_are_off_while_a_job_runs(dock):
+    box = dock.backend_box
+    box.set_job_running(True)
+    assert not any(b.isEnabled() for b in (box.stop_button, box.restart_button, box.setup_button, box.weights_button))
+    box.set_job_running(False)
+    assert all(b.isEnabled() for b in (box.stop_button, box.restart_button, box.setup_button, box.weights_button))
+
+
+def test_a_layer_already_in_the_project_gets_its_bands(qgis_iface, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("SEGEARTH_BACKEND_PYTHON", sys.executable)
+    for layer in list(QgsProject.instance().mapLayers().values()):
+        QgsProject.instance().removeMapLayer(layer)
+    load(write_geotiff(tmp_path / "early.tif", smooth_image(40, 40), 32633, UTM), "early")
+    panel = SegEarthDock(qgis_iface)  # the plugin installed or reloaded mid-session
+    try:
+        assert [c.currentBand() for c in panel.raster_box.band_combos] == [1, 2, 3]
+    finally:
+        panel.shutdown()
+
+
+def test_unload_while_the_backend_is_starting_does_not_hang(dock, tmp_path, monkeypatch):
+    """Found in review: unloading during a slow start waited for the start (up to its 10-minute timeout)."""
+    from segearth_qgis.backend_manager import shared_manager
+
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 120\n")
+    slow.chmod(0o755)
+    monkeypatch.setenv("SEGEARTH_BACKEND_PYTHON", str(slow))
+    shared_manager().stop()
+    dock._backend_action("start")
+    wait_until(lambda: dock.backend.status().state == "starting", 30)
+    start = time.monotonic()
+    dock.shutdown()
+    assert time.monotonic() - start < 20

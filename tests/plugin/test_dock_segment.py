@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,6 +229,28 @@ def test_multi_block_equals_single_block(dock, tmp_path):
     assert task.result.blocks >= 4
     np.testing.assert_array_equal(gdal.Open(str(tmp_path / "blocks.tif")).ReadAsArray(),
                                   gdal.Open(str(tmp_path / "single.tif")).ReadAsArray())
+
+
+def test_overlapping_rectangles_agree_with_each_other_and_the_whole_layer(dock, tmp_path):
+    """Windows sit on a grid fixed on the raster and read their context beyond the rectangle: a pixel's label
+    is the same whatever rectangle contains it (here: the one a run over the whole layer gives)."""
+    layer = load(write_geotiff(tmp_path / "anchor.tif", smooth_image(420, 450, seed=7), 32633, UTM), "anchor")
+    assert run(dock, layer, tmp_path / "whole.tif").result is not None
+    whole = gdal.Open(str(tmp_path / "whole.tif")).ReadAsArray()
+    pieces = []
+    for name, (col0, row0, col1, row1) in (("a", (37, 45, 301, 330)), ("b", (150, 120, 420, 390))):
+        dock.raster_box.set_layer(layer)
+        dock.set_drawn_rectangle(QgsRectangle(500000.0 + 2 * col0 + 0.5, 5600000.0 - 2 * row1 + 0.5,
+                                              500000.0 + 2 * col1 - 0.5, 5600000.0 - 2 * row0 - 0.5), layer.crs())
+        task = run(dock, layer, tmp_path / f"{name}.tif", aoi="rectangle")
+        assert task.result is not None, task.error
+        dataset = gdal.Open(str(tmp_path / f"{name}.tif"))
+        assert dataset.GetGeoTransform()[:4:3] == (500000.0 + 2 * col0, 5600000.0 - 2 * row0)
+        labels = dataset.ReadAsArray()
+        assert labels.shape == (row1 - row0, col1 - col0)
+        np.testing.assert_array_equal(labels, whole[row0:row1, col0:col1])
+        pieces.append(labels)
+    np.testing.assert_array_equal(pieces[0][120 - 45:, 150 - 37:], pieces[1][:330 - 120, :301 - 150])
 
 
 def interrupt_a_running_job(dock, tmp_path, name, interrupt):
@@ -498,3 +521,93 @@ def test_cancel_stops_the_block_being_computed_within_seconds(dock, tmp_path, me
     assert time.monotonic() - cancelled_at[0] < 10  # generous: the point is "not the rest of the block"
     assert not (tmp_path / "oneblock_out.tif").exists()
     assert any("cancelled" in m for m in messages.get_messages(Qgis.Info))
+
+
+def test_update_while_typing_requeries_the_last_area_and_replaces_its_result(dock, tmp_path, tiny_segmenter,
+                                                                            messages):
+    project = QgsProject.instance()
+    image = smooth_image(150, 170, seed=21)
+    layer = load(write_geotiff(tmp_path / "live.tif", image, 32633, UTM), "live")
+    finished = []
+    dock.job_done.connect(finished.append)
+    try:
+        dock.run_box.live_check.setChecked(True)
+        first = run(dock, layer, tmp_path / "typed.tif")  # the user's own result: its file is never deleted
+        assert first.result is not None, first.error
+        first_layers = list(dock.live.last.layer_ids)
+        messages.clear_messages()
+
+        def edit(classes):
+            count = len(finished)
+            dock.classes_box.edit.setPlainText(classes)
+            assert dock.task is None  # nothing runs at once: the update waits for a quiet second
+            wait_until(lambda: len(finished) > count and dock.task is None, 120)
+            task = finished[-1]
+            assert task.result is not None, task.error
+            return task
+
+        second_classes = "background\nroad, street\nwater\nbuilding"
+        hits = dock.backend.health()["feature_cache"]["window_hits"]
+        second = edit(second_classes)
+        assert dock.backend.health()["feature_cache"]["window_hits"] > hits  # a re-query: the image work reused
+        assert second.result.names == second_classes.splitlines()
+        assert project.mapLayer(first_layers[0]) is None  # replaced on the map...
+        assert (tmp_path / "typed.tif").exists()  # ...but the user's file stays
+        assert second.result.output_path.parent == Path(settings.output_folder())
+        # The same answer as a fresh engine, for the same area and new classes.
+        rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
+        expected = tiny_segmenter.predict(rgb, second_classes.splitlines()).labels
+        np.testing.assert_array_equal(read_band(second.result.output_path), expected)
+        assert "updated in" in dock.run_box.progress_label.toolTip()
+        assert not messages.get_messages(Qgis.Success)  # updates speak in the panel, not the message bar
+
+        third = edit("background\ntree\nwater")
+        assert not second.result.output_path.exists()  # an update's own files go with its layer
+        third_layers = list(dock.live.last.layer_ids)
+        assert project.mapLayer(third_layers[0]) is not None
+
+        dock.keep_result()
+        fourth = edit("background\ntree\nwater\nbare soil")
+        assert third.result.output_path.exists()  # kept: the update added a layer beside it
+        assert project.mapLayer(third_layers[0]) is not None
+        assert project.mapLayer(dock.live.last.layer_ids[0]) is not None and fourth.result.output_path.exists()
+
+        # An edit while a job runs waits for it, then updates once.
+        count = len(finished)
+        dock.options_box.output_widget.setFilePath("")
+        assert dock.segment() is not None
+        dock.classes_box.edit.setPlainText("background\nwater")
+        assert dock.update_live() is None and dock.task is not None
+        wait_until(lambda: len(finished) == count + 2 and dock.task is None, 120)
+        assert finished[-1].result is not None and finished[-1].result.names == ["background", "water"]
+
+        # A question open in Segment (overwrite?) holds an update back: never two jobs at once.
+        count, under_question = len(finished), []
+
+        def answer(question):
+            under_question.append(dock.update_live())  # the update's timer firing under the dialog
+            return True
+
+        dock.confirm = answer
+        dock.options_box.output_widget.setFilePath(str(tmp_path / "typed.tif"))  # exists: Segment asks
+        assert dock.segment() is not None and under_question == [None]
+        wait_until(lambda: len(finished) == count + 2 and dock.task is None, 120)  # then the update, once
+        assert finished[-2].result.output_path == tmp_path / "typed.tif" and finished[-1].result is not None
+
+        # Half typed: shown, not run.
+        count = len(finished)
+        dock.classes_box.edit.setPlainText("")
+        wait_until(lambda: "Not updated" in dock.run_box.progress_label.toolTip(), 10)
+        assert len(finished) == count and dock.task is None
+
+        # The raster removed from the project: said, not run.
+        project.removeMapLayer(layer.id())
+        dock.classes_box.edit.setPlainText("background\nwater")
+        wait_until(lambda: "layer of the last result was removed" in dock.run_box.progress_label.toolTip(), 10)
+        assert len(finished) == count and dock.task is None
+    finally:
+        dock.job_done.disconnect(finished.append)
+        dock.confirm = lambda question: False
+        dock.run_box.live_check.setChecked(False)
+        dock.save_state()  # the next tests (and runs) start with updates off
+        dock.live.last = None

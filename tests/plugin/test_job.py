@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, osr
 
 from segearth_qgis.backend_client import BackendError
-from segearth_qgis.core.grid import Grid
-from segearth_qgis.core.pixels import PixelRecipe
 from segearth_qgis.errors import OutputError
-from segearth_qgis.job import JobCancelledError, JobParams, run_job
-from segearth_qgis.outputs import plan_outputs
-from segearth_qgis.raster_io import GdalBandReader, PixelSource
-from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
-
-LINES = tuple(CLASSES.splitlines())
-
-
-class CountingClient:
-    """The real client, with a count of the blocks it was asked to segment (and an optional hook)."""
-
-    def __init__(self, client, before_segment=None):
-        self.client, self.before_segment, self.segmented = client, before_segment, 0
-
-    def embed_classes(self, classes):
-        return self.client.embed_classes(classes)
-
-    def segment(self, *args, **kwargs):
-        if self.before_segment is not None:
-            self.before_segment(self.segmented)
-        self.segmented += 1
-        return self.client.segment(*args, **kwargs)
-
-
-def source_for(path: Path, nodata=None):
-    """Grid, CRS and pixel source of a uint8 RGB GeoTIFF, without QGIS."""
-    dataset = gdal.Open(str(path))
-    x0, px, _, y0, _, py = dataset.GetGeoTransform()
-    grid = Grid(x0, y0, px, -py, dataset.RasterXSize, dataset.RasterYSize)
-    reference = osr.SpatialReference()
-    reference.ImportFromWkt(dataset.GetProjection())
-    recipe = PixelRecipe((1, 2, 3), nodata=tuple((b, nodata) for b in (1, 2, 3)) if nodata is not None else ())
-    return grid, dataset.GetProjection(), PixelSource(GdalBandReader(str(path), grid), recipe, grid)
+from segearth_qgis.job import JobCancelledError
+from tests.plugin.helpers import (
+    LINES,
+    UTM,
+    CountingClient,
+    read_band,
+    run_scene_job,
+    smooth_image,
+    write_geotiff,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +31,8 @@ def scene(tmp_path_factory):
 
 
 def run(local_backend, scene_path, output, **options):
-    grid, crs, source = source_for(scene_path, options.pop("nodata", None))
     client = options.pop("client", None) or CountingClient(local_backend.client())
-    progress = options.pop("progress", lambda p: None)
-    cancelled = options.pop("cancelled", lambda: False)
-    outputs = plan_outputs(str(output), options.pop("probabilities", None), [str(scene_path)],
-                           options.pop("overwrite", False))
-    params = JobParams(LINES, outputs, block_size=options.pop("block_size", 336), **options)
-    try:
-        return run_job(params, grid, crs, source, client, progress, cancelled), client
-    finally:
-        source.close()
+    return run_scene_job(client, scene_path, output, **options), client
 
 
 def test_threshold_and_background_index_are_sent(local_backend, scene, tmp_path, tiny_segmenter):
@@ -118,7 +82,7 @@ def test_a_failed_overwrite_keeps_the_old_file(local_backend, scene, tmp_path):
     output.write_bytes(b"the user's earlier result")
 
     def fail_on_third(count):
-        if count == 2:
+        if count >= 2:  # and stays away: the retries fail too
             raise BackendError("the backend went away (simulated at block 3)", "unreachable")
 
     client = CountingClient(local_backend.client(), before_segment=fail_on_third)
@@ -183,3 +147,11 @@ def test_a_full_disk_is_an_output_error_and_leaves_nothing(local_backend, scene,
         run(local_backend, path, folder / "labels.tif", probabilities=str(folder / "probabilities.tif"))
     assert "Nothing was written" in str(caught.value)
     assert sorted(p.name for p in folder.iterdir()) == ["keep.tif"] and keep.read_bytes() == b"x" * 1000
+
+
+def test_a_default_name_is_free_for_the_probabilities_too(tmp_path):
+    from segearth_qgis.job_request import default_output_path
+
+    (tmp_path / "scene_segearth_1_probabilities.tif").write_bytes(b"an earlier run's")
+    assert default_output_path(str(tmp_path), "scene").endswith("scene_segearth_1.tif")
+    assert default_output_path(str(tmp_path), "scene", probabilities=True).endswith("scene_segearth_2.tif")

@@ -163,3 +163,84 @@ def test_abort_leaves_nothing(tmp_path):
 
 def test_style_path_is_the_qgis_default_style_name(tmp_path):
     assert style_path(tmp_path / "x.tiff") == tmp_path / "x.qml"
+
+
+def test_overwriting_removes_the_old_results_side_files(tmp_path):
+    """Found in review: an old result's overviews (.ovr) survived an overwrite and showed the old classes."""
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"old result")
+    for side in ("out.tif.ovr", "out.tif.aux.xml", "out.tif.msk", "out.tfw"):
+        (tmp_path / side).write_text("old")
+    (tmp_path / "other.tif.ovr").write_text("not ours")
+    plan = plan_outputs(str(target), overwrite=True)
+    assert {p.name for p in plan.stale} == {"out.tif.ovr", "out.tif.aux.xml", "out.tif.msk", "out.tfw"}
+    files = StagedFiles(overwrite=True)
+    stage(files, target, b"new result")
+    for side in plan.stale:
+        files.replace_stale(side)
+    files.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tif.ovr", "out.tif"]
+    assert target.read_bytes() == b"new result"
+
+
+def test_a_side_file_without_its_raster_does_not_stop_a_new_result(tmp_path):
+    """Found in review: a lone out.tif.aux.xml made the job fail at the very end ("appeared while the job ran")."""
+    (tmp_path / "out.tif.aux.xml").write_text("<PAMDataset/>")
+    plan = plan_outputs(str(tmp_path / "out.tif"))
+    files = StagedFiles(overwrite=False)
+    temporary = stage(files, tmp_path / "out.tif", b"new")
+    aux_path(temporary).write_text("<PAMDataset>new</PAMDataset>")
+    files.attach(aux_path(temporary), aux_path(tmp_path / "out.tif"))
+    for side in plan.stale:
+        files.replace_stale(side)
+    files.commit()
+    assert (tmp_path / "out.tif.aux.xml").read_text() == "<PAMDataset>new</PAMDataset>"
+
+
+def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch):
+    """The backup is a second name of the old file: a crash between the steps leaves out.tif in place."""
+    import segearth_qgis.outputs as outputs
+
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"precious")
+    seen = []
+    real_replace = os.replace
+
+    def crash_on_first_placement(source, destination):
+        if Path(destination) == target:
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            raise KeyboardInterrupt("the process dies here")
+        return real_replace(source, destination)
+
+    files = StagedFiles(overwrite=True)
+    stage(files, target, b"new")
+    monkeypatch.setattr(outputs.os, "replace", crash_on_first_placement)
+    with pytest.raises(KeyboardInterrupt):
+        files.commit()
+    monkeypatch.undo()
+    assert "out.tif" in seen[0] and target.read_bytes() == b"precious"
+
+
+def test_a_backup_left_by_a_crash_is_put_back(tmp_path):
+    from segearth_qgis.outputs import recover_leftovers
+
+    (tmp_path / ".out.tif.1a2b3c4d.old").write_bytes(b"the user's result")
+    (tmp_path / ".out.tif.5e6f7a8b.part.tif").write_bytes(b"half written")
+    done = recover_leftovers(tmp_path / "out.tif", now=10**12)
+    assert (tmp_path / "out.tif").read_bytes() == b"the user's result" and len(done) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
+    """Without hard links (FAT, SMB) the name is claimed first; if the move then fails it is released."""
+    import segearth_qgis.outputs as outputs
+
+    monkeypatch.setattr(outputs.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
+    real_replace = os.replace
+    monkeypatch.setattr(outputs.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
+                        if Path(d).name == "out.tif" else real_replace(s, d))
+    files = StagedFiles()
+    stage(files, tmp_path / "out.tif", b"new")
+    with pytest.raises(OutputError, match="Nothing was written"):
+        files.commit()
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+from qgis.PyQt.QtCore import QCoreApplication
 
 from segearth_qgis import settings
 from tests.plugin.helpers import wait_until
@@ -31,14 +32,49 @@ def dialog(qgis_iface, tmp_path):
 
 
 def test_the_plan_is_shown_before_anything_happens(dialog, tmp_path):
+    assert not dialog.start_button.isEnabled()  # the choices just changed: no start from the old plan
+    assert dialog.start() is None and dialog.plan_label.text() == "Working out the plan…"
+    wait_until(dialog.start_button.isEnabled, 30)  # the plan for them, once they settle
     text = dialog.plan_label.text()
-    assert sys.executable in text and "Device: cpu" in text and "PyTorch: CPU" in text and "MB to download" in text
-    assert "Backend " in text and "Weights: skip" in text
+    assert sys.executable in text and "Device: cpu (as asked)" in text and "PyTorch: CPU" in text
+    assert "MB to download" in text and "Backend " in text and "Weights: skip" in text
+    assert dialog.plan.device == "cpu" and dialog.plan.weights == "skip"
+    assert dialog.plan.target == str((tmp_path / "backend").resolve())
     assert dialog.start_button.isEnabled() and not (tmp_path / "backend").exists()
+
+
+def test_the_plan_is_worked_out_off_the_gui_thread_and_an_outdated_one_is_dropped(dialog, monkeypatch):
+    import threading
+
+    from segearth_qgis import backend_setup
+
+    wait_until(lambda: dialog.plan is not None and dialog.plan.weights == "skip", 30)  # the fixture's choices
+    real_make_plan = backend_setup.make_plan
+    release, threads = threading.Event(), []
+
+    def slow_make_plan(arguments):  # a machine where probing the Pythons takes a while
+        threads.append(threading.current_thread())
+        if arguments.device == "cuda":
+            release.wait(30)
+        return real_make_plan(arguments)
+
+    monkeypatch.setattr(backend_setup, "make_plan", slow_make_plan)
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cuda"))
+    wait_until(lambda: threads, 30)  # the CUDA plan is being worked out: the GUI answers meanwhile
+    assert threads[0] is not threading.main_thread() and not dialog.start_button.isEnabled()
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))  # changed before it arrived
+    wait_until(lambda: len(threads) == 2 and dialog.plan is not None, 30)
+    release.set()  # now the outdated CUDA plan arrives: it must not replace the CPU one
+    wait_until(lambda: not threads[0].is_alive(), 30)
+    for _ in range(20):
+        QCoreApplication.processEvents()
+    assert dialog.plan.device == "cpu" and "Device: cpu (as asked)" in dialog.plan_label.text()
+    assert dialog.start_button.isEnabled()
 
 
 @pytest.mark.setup
 def test_cancel_then_a_second_run_finishes(dialog, tmp_path):
+    wait_until(dialog.start_button.isEnabled, 30)
     task = dialog.start()
     assert task is not None and not dialog.start_button.isEnabled() and dialog.cancel_button.isEnabled()
     wait_until(lambda: "[3/6] PyTorch" in dialog.log_view.toPlainText(), 300)

@@ -88,7 +88,8 @@ def test_from_the_plugin_zip_to_a_first_result(tmp_path):
     zipfile.ZipFile(archive).extractall(plugins)
 
     environment = tmp_path / "backend-env"
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("PYTHONPATH", "VIRTUAL_ENV", "SEGEARTH_BACKEND_PYTHONPATH")}
     setup = subprocess.run([sys.executable, str(plugins / "segearth_qgis" / "backend_setup.py"), "--target",
                             str(environment), "--device", "cpu", "--weights", "skip", "--yes"],
                            capture_output=True, text=True, timeout=2400, env=clean)

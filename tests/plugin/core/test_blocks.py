@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from segearth_qgis.core.blocks import CROP, STRIDE, plan_axis, plan_blocks
+from segearth_qgis.core.blocks import CROP, STRIDE, context_span, plan_axis, plan_blocks, plan_grid_blocks
+from segearth_qgis.core.grid import Anchor, Grid
 
 
 @pytest.mark.parametrize("size, block", [(1, 1024), (224, 336), (500, 336), (1000, 448), (4000, 1024), (1010, 336),
@@ -55,3 +56,39 @@ def test_stitched_blocks_equal_one_run(tiny_segmenter, height, width):
         stitched[:, block.rows.core_start:block.rows.core_stop, block.cols.core_start:block.cols.core_stop] = \
             part.probabilities[:, rows, cols]
     np.testing.assert_allclose(stitched, whole.probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, start, stop", [(700, 37, 401), (700, 0, 700), (700, 650, 700), (700, 500, 540),
+                                               (180, 20, 100), (1000, 777, 1000), (1000, 112, 336)])
+def test_context_is_every_window_that_covers_the_area(size, start, stop):
+    """The context spans exactly the windows (of a run over the whole axis) that touch the area."""
+    from segearth_backend.windows import axis_spans
+
+    covering = [(a, b) for a, b in axis_spans(size, CROP, STRIDE) if a < stop and b > start]
+    assert context_span(start, stop, size) == (covering[0][0], max(b for _, b in covering))
+    with pytest.raises(ValueError, match="non-empty part"):
+        context_span(10, 10, size)
+
+
+@pytest.mark.parametrize("rows, cols", [((37, 401), (90, 450)), ((150, 520), (31, 333)), ((0, 90), (600, 700)),
+                                        ((480, 600), (0, 700))])
+def test_any_area_gets_the_labels_of_a_run_over_the_whole_raster(tiny_segmenter, rows, cols):
+    """Blocks on the anchor grid, with their context read beyond the area: every pixel's label is the one a
+    run over the whole raster gives, so two overlapping areas agree exactly on their overlap."""
+    rng = np.random.default_rng(5)
+    scene = rng.integers(0, 256, size=(600, 700, 3), dtype=np.uint8)
+    classes = ["background", "building,roof", "road", "tree"]
+    whole = tiny_segmenter.predict(scene, classes).labels
+    height, width = rows[1] - rows[0], cols[1] - cols[0]
+    grid = Grid(0.0, 0.0, 1.0, 1.0, width, height, Anchor(rows[0], cols[0], 600, 700))
+    labels = np.full((height, width), 99, np.uint8)
+    blocks = plan_grid_blocks(grid, block=336)
+    for block in blocks:
+        read = scene[rows[0] + block.rows.start:rows[0] + block.rows.stop,
+                     cols[0] + block.cols.start:cols[0] + block.cols.stop]
+        assert read.shape[:2] == (block.height, block.width)  # the context lies inside the raster
+        part = tiny_segmenter.predict(read, classes).labels
+        core_rows, core_cols = block.core_in_block()
+        labels[block.rows.core_start:block.rows.core_stop, block.cols.core_start:block.cols.core_stop] = \
+            part[core_rows, core_cols]
+    np.testing.assert_array_equal(labels, whole[rows[0]:rows[1], cols[0]:cols[1]])

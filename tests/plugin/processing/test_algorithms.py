@@ -62,14 +62,40 @@ def test_segment_extent_in_another_crs_and_resolution(provider, raster, tmp_path
                  OUTPUT=str(tmp_path / "part.tif"))
     dataset = gdal.Open(result["OUTPUT"])
     x0, px, _, y0, _, py = dataset.GetGeoTransform()
-    # The extent comes back into UTM as a (larger) bounding box, clipped to the raster; 4 m pixels from its corner.
+    # The extent comes back into UTM as a (larger) bounding box, clipped to the raster, snapped outwards to the
+    # raster's 4 m grid (4 m pixels counted from the raster's own corner).
     back = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), QgsCoordinateReferenceSystem("EPSG:32633"),
                                   QgsProject.instance()).transformBoundingBox(box)
     clipped = back.intersect(QgsRectangle(500000, 5599480, 500600, 5600000))
     assert (px, py) == (4.0, -4.0)
-    assert (x0, y0) == pytest.approx((clipped.xMinimum(), clipped.yMaximum()))
-    assert (dataset.RasterXSize, dataset.RasterYSize) == (round(clipped.width() / 4), round(clipped.height() / 4))
+    assert (x0 - 500000.0) % 4 == 0 and (5600000.0 - y0) % 4 == 0
+    assert x0 <= clipped.xMinimum() < x0 + 4 and y0 >= clipped.yMaximum() > y0 - 4
+    assert x0 + 4 * dataset.RasterXSize >= clipped.xMaximum() and y0 - 4 * dataset.RasterYSize <= clipped.yMinimum()
     assert 70 <= dataset.RasterXSize <= 80  # about the 300 m asked for
+
+
+@pytest.mark.parametrize("resolution", [None, 3.0])
+def test_overlapping_extents_agree_on_their_overlap(provider, raster, tmp_path, resolution):
+    """Windows sit on a grid fixed on the raster (its corner, at the processing resolution) and read the
+    context they need beyond the extent: two extents give the same labels where they overlap."""
+    step = resolution or 2.0
+    outputs = []
+    for name, (xmin, xmax, ymin, ymax) in (("a", (500075.0, 500455.0, 5599610.0, 5599930.0)),
+                                          ("b", (500161.0, 500593.0, 5599503.0, 5599841.0))):
+        parameters = {"RESOLUTION": resolution} if resolution else {}
+        result = run("segment", INPUT=str(raster), CLASSES=CLASSES, EXTENT=f"{xmin},{xmax},{ymin},{ymax} [EPSG:32633]",
+                     OUTPUT=str(tmp_path / f"{name}.tif"), **parameters)
+        dataset = gdal.Open(result["OUTPUT"])
+        x0, _, _, y0, _, _ = dataset.GetGeoTransform()
+        outputs.append((round((x0 - 500000.0) / step), round((5600000.0 - y0) / step), dataset.ReadAsArray()))
+    (ca, ra, a), (cb, rb, b) = outputs
+    rows = slice(max(ra, rb), min(ra + a.shape[0], rb + b.shape[0]))
+    cols = slice(max(ca, cb), min(ca + a.shape[1], cb + b.shape[1]))
+    assert rows.stop - rows.start > 50 and cols.stop - cols.start > 50
+    overlap_a = a[rows.start - ra:rows.stop - ra, cols.start - ca:cols.stop - ca]
+    overlap_b = b[rows.start - rb:rows.stop - rb, cols.start - cb:cols.stop - cb]
+    assert (overlap_a < 5).mean() > 0.9  # mostly valid pixels (the raster's first 10 columns are nodata)
+    np.testing.assert_array_equal(overlap_a, overlap_b)
 
 
 def test_segment_vector_areas_match_pixel_counts(provider, raster, tmp_path):

@@ -40,6 +40,7 @@ def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
         "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "PYTHONPATH": tree_pythonpath(),
+        "SEGEARTH_BACKEND_PYTHONPATH": tree_pythonpath(),
         "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"), "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
         "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"), "SEGEARTH_DEVICE": "cpu",
         "SEGEARTH_CACHE_DIR": str(tmp_path / "cache"),
@@ -119,7 +120,7 @@ def test_qgis_process_help_is_plain_text(tmp_path):
 def test_qgis_process_without_weights_names_the_files_once_within_seconds(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
            "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "SEGEARTH_OFFLINE": "1",
-           "PYTHONPATH": tree_pythonpath()}
+           "PYTHONPATH": tree_pythonpath(), "SEGEARTH_BACKEND_PYTHONPATH": tree_pythonpath()}
     subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
     raster = write_geotiff(tmp_path / "in.tif", smooth_image(40, 40), 32633,
                            (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))

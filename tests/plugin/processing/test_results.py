@@ -276,3 +276,7 @@ def test_a_layer_added_to_an_existing_geopackage_gets_no_style_file(provider, ra
     del source
     assert not (tmp_path / "project_data.qml").exists()
     assert any("holds other layers" in error for error in feedback.errors)
+
+
+def test_outputs_are_geotiff_only(provider):
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif", "tiff"]
