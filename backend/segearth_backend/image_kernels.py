@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import composite, numba_kernels
+from . import composite, kernels, numba_kernels
 from .heap import release_free_memory
 from .kernels import _reflect_index_cpu
 from .upsampler import RADIUS, STEPS, JointBilateralStep
@@ -284,8 +284,9 @@ class ImageKernels:
         for start in range(0, height, per_pass):
             stop = min(start + per_pass, height)
             weights = np.empty((batch, stop - start, width, self.spatial.shape[0] + guidance.shape[-1]), np.float32)
-            numba_kernels.range_weights(keys_np, guidance_np, rows[start:stop + 2 * RADIUS], cols,
-                                        self.temperature, self.spatial.numpy(), weights)
+            numba_kernels.range_logits(keys_np, guidance_np, rows[start:stop + 2 * RADIUS], cols,
+                                       self.temperature, weights)
+            kernels.normalise_range_(torch.from_numpy(weights)[..., :self.spatial.shape[0]], self.spatial)
             kernel = self.step.finish(torch.from_numpy(weights)).reshape(batch * (stop - start), width, -1)
             out[:, start:stop] = composite.compose(
                 kernel, (row_frame[0] + start, row_frame[0] + stop, row_frame[1]),

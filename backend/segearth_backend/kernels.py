@@ -51,7 +51,7 @@ def _reflect_pad(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 def neighbour_similarity(keys: torch.Tensor, radius: int) -> torch.Tensor:
     """Dot products of every pixel's key with its neighbours' keys (tensor code; the
-    numba path computes them inside :func:`range_weights`).
+    numba path computes them in ``numba_kernels.range_logits``).
 
     Args:
         keys: ``B x H x W x K``.
@@ -120,15 +120,27 @@ def range_weights(keys: torch.Tensor, guidance: torch.Tensor, temperature: torch
     if _use_numba(keys, guidance, spatial):
         keys, guidance = keys.contiguous(), guidance.contiguous()
         out = torch.empty(batch, height, width, taps + guidance.shape[3])
-        numba_kernels.range_weights(
+        numba_kernels.range_logits(
             keys.numpy(), guidance.numpy(), _reflect_index_cpu(height, radius).numpy(),
-            _reflect_index_cpu(width, radius).numpy(), float(temperature), spatial.contiguous().numpy(),
-            out.numpy())
+            _reflect_index_cpu(width, radius).numpy(), float(temperature), out.numpy())
+        normalise_range_(out[..., :taps], spatial)
         return out
     weights = torch.softmax(neighbour_similarity(keys, radius) * temperature, dim=-1)
     weights = weights * spatial.to(weights.dtype)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-7)
     return torch.cat([weights, guidance.to(weights.dtype)], dim=-1)
+
+
+def normalise_range_(weights: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+    """In place: ``softmax`` over the last axis, times ``spatial``, divided by its sum (clamped at 1e-7).
+
+    Args:
+        weights: ``... x T`` scaled similarities (a view; the last axis contiguous is fastest).
+        spatial: ``T`` Gaussian weights.
+    """
+    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
+    weights.div_(weights.sum(dim=-1, keepdim=True)).mul_(spatial.to(weights.dtype))
+    return weights.div_(weights.sum(dim=-1, keepdim=True).clamp_(min=1e-7))
 
 
 def upsample_bicubic_x2(source: torch.Tensor) -> torch.Tensor:

@@ -44,18 +44,20 @@ else:
 
     # Reassociation lets the key dot products vectorise; no other fast-math liberties.
     @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
-    def range_weights(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                      temperature: float, spatial: np.ndarray, out: np.ndarray) -> None:
-        """Normalised range x spatial kernel; ``out[..., :T]`` weights, ``out[..., T:]`` guidance.
+    def range_logits(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                     temperature: float, out: np.ndarray) -> None:
+        """``out[..., :T]``: ``temperature`` x each tap's key similarity; ``out[..., T:]``: the guidance.
 
         Output pixel ``(y, x)`` is centred on ``keys[b, rows[y + r], cols[x + r]]`` (``r`` the
-        radius), so ``out`` may cover any rectangle of ``keys`` with any border handling.
+        radius), so ``out`` may cover any rectangle of ``keys`` with any border handling. The
+        softmax over the taps is left to :func:`.kernels.normalise_range_` (vectorised ``exp``:
+        numba's is a scalar call per tap without Intel's SVML, twice this kernel's time).
         """
         batch, height, width = out.shape[0], out.shape[1], out.shape[2]
         depth = keys.shape[3]
-        taps = spatial.shape[0]
         extra = guidance.shape[3]
         diameter = rows.shape[0] - height + 1
+        taps = diameter * diameter
         radius = diameter // 2
         for line in prange(batch * height):
             b = line // height
@@ -65,7 +67,6 @@ else:
                 cx = cols[x + radius]
                 center = keys[b, cy, cx]
                 weights = out[b, y, x]
-                largest = np.float32(-np.inf)
                 for i in range(diameter):
                     source_row = keys[b, rows[y + i]]
                     for j in range(diameter):
@@ -73,24 +74,7 @@ else:
                         total = np.float32(0.0)
                         for k in range(depth):
                             total += center[k] * neighbour[k]
-                        total *= temperature
-                        weights[i * diameter + j] = total
-                        if total > largest:
-                            largest = total
-                norm = np.float32(0.0)
-                for t in range(taps):
-                    value = np.exp(weights[t] - largest)
-                    weights[t] = value
-                    norm += value
-                scaled = np.float32(0.0)
-                for t in range(taps):
-                    value = weights[t] / norm * spatial[t]
-                    weights[t] = value
-                    scaled += value
-                if scaled < 1e-7:
-                    scaled = np.float32(1e-7)
-                for t in range(taps):
-                    weights[t] = weights[t] / scaled
+                        weights[i * diameter + j] = total * temperature
                 for e in range(extra):
                     weights[taps + e] = guidance[b, cy, cx, e]
 
