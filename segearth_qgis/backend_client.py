@@ -438,11 +438,17 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
         if not failed:
             shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
 ENV_BACKEND_PYTHONPATH = "SEGEARTH_BACKEND_PYTHONPATH"
+#: What would leak QGIS's Python (or an active virtual environment) into the backend's.
+FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+#: Windows: the backend gets no console window (closing one would kill it). Popen requires 0 elsewhere.
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) if sys.platform == "win32" else 0
 
 
 def backend_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -453,10 +459,19 @@ def backend_environment(env: Mapping[str, str]) -> dict[str, str]:
     ``SEGEARTH_BACKEND_PYTHONPATH``, when set, becomes the backend's PYTHONPATH
     (a development checkout's source tree).
     """
-    environment = {key: value for key, value in env.items() if key not in ("PYTHONHOME", "PYTHONPATH")}
+    environment = {key: value for key, value in env.items() if key not in FOREIGN_PYTHON_VARIABLES}
     if env.get(ENV_BACKEND_PYTHONPATH):
         environment["PYTHONPATH"] = env[ENV_BACKEND_PYTHONPATH]
     return environment
+
+
+def split_arguments(text: str, windows: bool = sys.platform == "win32") -> list[str]:
+    """Command-line arguments from one string; on Windows backslashes are path separators, not escapes
+    (``--clip-weights "C:\\My data\\clip.bin"`` stays one path)."""
+    if not windows:
+        return shlex.split(text)
+    return [part[1:-1] if len(part) >= 2 and part[0] == part[-1] and part[0] in "\"'" else part
+            for part in shlex.split(text, posix=False)]
 
 
 def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
@@ -490,7 +505,7 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
     workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))
     ready_file, log_path = workdir / "ready.json", workdir / "backend.log"
     try:
-        extra = shlex.split(environment.get(ENV_ARGS, ""))
+        extra = split_arguments(environment.get(ENV_ARGS, ""))
     except ValueError as error:
         raise BackendStartError(f"{ENV_ARGS} cannot be read as command-line arguments ({error}): fix its quotes.",
                                 "bad_args") from None
@@ -498,9 +513,11 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                "--ready-file", str(ready_file), "--exit-with-parent", *args, *extra]
     log_stream = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # stdin: a pipe this process keeps open; the backend exits when it closes (--exit-with-parent), which
+        # also happens when QGIS crashes. Windows: no console window for the backend.
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=log_stream, env=environment,
-                                   start_new_session=sys.platform != "win32")
+                                   start_new_session=sys.platform != "win32", creationflags=NO_WINDOW)
     except OSError as error:
         log_stream.close()
         raise BackendStartError(
@@ -520,6 +537,8 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             backend.stop(keep_log=True)
             raise BackendStartError(f"The backend could not load the model: {document.get('error')}", "model_failed")
         if process.poll() is not None:
+            if process.stdin is not None:
+                process.stdin.close()
             raise BackendStartError(
                 f"The backend exited during start-up (exit code {process.returncode}). Its last output:\n"
                 f"{backend.log_tail()}\nThe full log is {log_path}.", "exited")

@@ -159,7 +159,12 @@ class BackendManager:
                                  self.explain_exit(local), local.log_path)
         if self._start_error is not None:
             message = self._start_error.message
-            if self._start_error.code in ("no_python", "bad_python", "exited") and "segearth" in message.lower():
+            code = self._start_error.code
+            # No interpreter, one without the backend or its packages, or a Windows venv whose base Python was
+            # uninstalled with its QGIS ("No Python at ..."): the set-up is what helps. A crash of a working
+            # environment is a failure with its log (running the set-up again would not change it).
+            if code in ("no_python", "bad_python") or (
+                    code == "exited" and ("No module named" in message or "No Python at" in message)):
                 return BackendStatus(NOT_SET_UP, "no working backend: click Set up backend…", message)
             if "weight files are missing" in message:
                 return BackendStatus(FAILED, "weights missing: choose them with Weights… (Details… lists them)",

@@ -46,6 +46,12 @@ RECORD_NAME = "segearth-backend.json"
 DONE_MARKER = "SEGEARTH_SETUP_DONE"
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
 #: Approximate downloads in MB (PyTorch and its libraries dominate; the rest is about 60 MB).
+#: Windows: child processes get no console window (QGIS is a windowed program; each python.exe or pip
+#: would open one, and closing it would kill the step). 0 elsewhere, where Popen requires 0.
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) if sys.platform == "win32" else 0
+#: macOS: a QGIS started from the Finder has only /usr/bin:/bin:/usr/sbin:/sbin on its PATH.
+MACOS_PYTHONS = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3",
+                 "/Library/Frameworks/Python.framework/Versions/Current/bin/python3")
 DOWNLOAD_MB = {"cpu": 260, "cuda-linux": 3300, "cuda-windows": 2600, "mps": 140, "pypi-linux": 3300}
 CLIP_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 SIMFEATUP_FILE = "xclip_jbu_one_million_aid.ckpt"
@@ -96,6 +102,8 @@ class Plan:
     backend_version: str
     wheelhouse: Optional[str] = None
     steps: list[str] = field(default_factory=list)
+    #: What the PyTorch step asks pip for (pinned where PyTorch's newest builds do not serve the machine).
+    torch_packages: list[str] = field(default_factory=lambda: ["torch", "torchvision"])
 
 
 # ----------------------------------------------------------------------------- facts about this machine
@@ -129,11 +137,12 @@ def clean_env() -> dict[str, str]:
 
 
 def python_version(executable: str) -> Optional[tuple[int, int]]:
-    """(major, minor) of ``executable`` when it is a working Python with venv, else None."""
+    """(major, minor) of ``executable`` when it is a working Python with venv and ensurepip, else None."""
     try:
-        result = subprocess.run([executable, "-c", "import sys, venv; print('%d %d' % sys.version_info[:2])"],
+        result = subprocess.run([executable, "-c",
+                                 "import sys, venv, ensurepip; print('%d %d' % sys.version_info[:2])"],
                                 capture_output=True, text=True, timeout=60, env=clean_env(),
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, creationflags=NO_WINDOW)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0 or not result.stdout.strip():
@@ -153,13 +162,25 @@ def python_candidates(given: Optional[str]) -> list[str]:
     if sys.platform == "win32":  # QGIS / OSGeo4W ship a full Python beside qgis.exe
         for root in dict.fromkeys([Path(sys.prefix), Path(sys.exec_prefix), Path(sys.executable).parent]):
             candidates += [str(root / "python.exe"), str(root / "python3.exe")]
+    if sys.platform == "darwin":
+        candidates += [path for path in MACOS_PYTHONS if Path(path).is_file()]
     for name in ("python3", "python", "py"):
         found = shutil.which(name)
-        if found:
+        if found and not (sys.platform == "darwin" and found == "/usr/bin/python3" and not _apple_tools()):
             candidates.append(found)
     if Path(sys.executable).name.lower().startswith("python"):
         candidates.append(sys.executable)
     return list(dict.fromkeys(candidates))
+
+
+def _apple_tools() -> bool:
+    """macOS: Apple's command-line developer tools are installed (without them /usr/bin/python3 is a stub
+    that opens an installation dialog when run)."""
+    try:
+        return subprocess.run(["xcode-select", "-p"], capture_output=True, timeout=20,
+                              stdin=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def find_base_python(given: Optional[str]) -> tuple[str, str]:
@@ -170,22 +191,50 @@ def find_base_python(given: Optional[str]) -> tuple[str, str]:
         if version is not None and version >= MINIMUM_PYTHON:
             return candidate, f"{version[0]}.{version[1]}"
         tried.append(f"{candidate} ({f'{version[0]}.{version[1]}' if version else 'not a Python with venv'})")
+    hint = {"win32": "Install Python 3.9+ from python.org",
+            "darwin": "Install Python 3.9+ from python.org or Homebrew"}.get(
+        sys.platform, "Install Python 3.9+ (on Debian/Ubuntu also python3-venv)")
     raise SetupError("No Python 3.9 or newer with the venv module was found (tried: " + ", ".join(tried or ["none"])
-                     + "). Install Python 3.9+ (on Debian/Ubuntu also python3-venv) and give it with --python.")
+                     + f"). {hint} and give it with --python.")
+
+
+def _nvidia_smi() -> Optional[str]:
+    found = shutil.which("nvidia-smi")
+    if found is None and sys.platform == "win32":  # older Windows drivers do not put it on the PATH
+        legacy = Path(os.environ.get("PROGRAMFILES", r"C:\Program Files")) / "NVIDIA Corporation" / "NVSMI"
+        found = str(legacy / "nvidia-smi.exe") if (legacy / "nvidia-smi.exe").is_file() else None
+    return found
+
+
+def _smi(*arguments: str) -> Optional[str]:
+    smi = _nvidia_smi()
+    if smi is None:
+        return None
+    try:
+        result = subprocess.run([smi, *arguments], capture_output=True, text=True, timeout=20,
+                                stdin=subprocess.DEVNULL, creationflags=NO_WINDOW)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def nvidia_gpu() -> Optional[str]:
     """The first NVIDIA GPU's name (nvidia-smi), or None."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        result = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                                timeout=20, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    return names[0] if result.returncode == 0 and names else None
+    names = [line.strip() for line in (_smi("--query-gpu=name", "--format=csv,noheader") or "").splitlines()
+             if line.strip()]
+    return names[0] if names else None
+
+
+def driver_cuda() -> Optional[tuple[int, int]]:
+    """The newest CUDA version the NVIDIA driver supports ("CUDA Version: 12.8" in nvidia-smi's header)."""
+    for line in (_smi() or "").splitlines():
+        if "CUDA Version:" in line:
+            try:
+                major, minor = line.split("CUDA Version:", 1)[1].split()[0].split(".")[:2]
+                return int(major), int(minor)
+            except (IndexError, ValueError):
+                return None
+    return None
 
 
 def choose_device(requested: str) -> tuple[str, str]:
@@ -204,7 +253,11 @@ def torch_build(device: str) -> tuple[str, Optional[str], int]:
     """(label, wheel index URL or None for PyPI's default, approximate download MB) for ``device``."""
     if device == "cuda":
         if sys.platform == "win32":  # PyPI's Windows wheels are CPU-only
-            return "CUDA 12.6", f"{PYTORCH_INDEX}/cu126", DOWNLOAD_MB["cuda-windows"]
+            # CUDA 12.8 builds run on every current GPU (12.6 has no code for RTX 50 cards) but need a
+            # driver that supports 12.8; an older driver gets the 12.6 build.
+            driver = driver_cuda()
+            build = "cu126" if driver is not None and driver < (12, 8) else "cu128"
+            return f"CUDA {build[2:4]}.{build[4:]}", f"{PYTORCH_INDEX}/{build}", DOWNLOAD_MB["cuda-windows"]
         return "CUDA (PyPI's default Linux build)", None, DOWNLOAD_MB["cuda-linux"]
     if device == "mps":
         return "default build (with MPS)", None, DOWNLOAD_MB["mps"]
@@ -213,9 +266,25 @@ def torch_build(device: str) -> tuple[str, Optional[str], int]:
     return "CPU", f"{PYTORCH_INDEX}/cpu", DOWNLOAD_MB["cpu"]
 
 
+def intel_mac() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "x86_64"
+
+
+def torch_packages() -> list[str]:
+    """pip requirements of the PyTorch step. Intel Macs: PyTorch's last build for them is 2.2, built
+    against NumPy 1 (with NumPy 2 it imports but fails at the first tensor conversion)."""
+    if intel_mac():
+        return ["torch<2.3", "torchvision<0.18", "numpy<2"]
+    return ["torch", "torchvision"]
+
+
 def reachable(url: str, timeout: float = 5.0) -> bool:
-    """One short connection attempt to ``url``'s host."""
+    """One short connection attempt to ``url``'s host (True when a proxy is configured: pip goes through it)."""
     from urllib.parse import urlparse
+    from urllib.request import getproxies
+
+    if getproxies().get(urlparse(url).scheme or "https"):
+        return True
 
     parsed = urlparse(url)
     try:
@@ -243,6 +312,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise SetupError(f"--weights must be 'download', 'skip' or a folder holding the weight files; "
                          f"{args.weights!r} is none of them.")
     base, version = find_base_python(args.python)
+    if intel_mac() and tuple(int(part) for part in version.split(".")) > (3, 12):
+        raise SetupError(f"PyTorch has no build for Intel Macs and Python {version} (its last, 2.2, is for Python "
+                         "3.9 to 3.12): give such a Python with --python (python.org has installers), or use a "
+                         "shared backend server (its URL in the panel's Backend box).")
     device, why = choose_device(args.device)
     label, index, megabytes = torch_build(device)
     if args.index_url is not None:
@@ -253,7 +326,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     target = Path(args.target).expanduser().resolve()
     steps = ["Python", "virtual environment", f"PyTorch ({label})", "SegEarth-OV backend", "weights", "check"]
     return Plan(base, version, str(target), str(venv_python(target)), device, why, label, index, megabytes,
-                args.weights, str(source), backend_version(source), args.wheelhouse, steps)
+                args.weights, str(source), backend_version(source), args.wheelhouse, steps, torch_packages())
 
 
 # ----------------------------------------------------------------------------- running the steps
@@ -276,7 +349,7 @@ def run(step: str, command: Sequence[str], advice: str, env: Optional[dict[str, 
     try:
         process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    encoding="utf-8", errors="replace", env=env or clean_env(),
-                                   stdin=subprocess.DEVNULL, bufsize=1)
+                                   stdin=subprocess.DEVNULL, bufsize=1, creationflags=NO_WINDOW)
     except OSError as error:
         raise SetupError(f"Step '{step}' could not run {command[0]}: {error}. {advice}") from None
     cancel.process = process
@@ -319,7 +392,7 @@ def pip_works(python: Path) -> bool:
     """The environment is complete: its pip runs (an interrupted ``venv`` leaves a Python without pip)."""
     try:
         result = subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, timeout=120,
-                                env=clean_env(), stdin=subprocess.DEVNULL)
+                                env=clean_env(), stdin=subprocess.DEVNULL, creationflags=NO_WINDOW)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
@@ -329,20 +402,24 @@ def installed_version(python: Path, distribution: str) -> Optional[str]:
     code = f"import importlib.metadata as m\ntry: print(m.version({distribution!r}))\nexcept Exception: print('')"
     try:
         result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120,
-                                env=clean_env(), stdin=subprocess.DEVNULL)
+                                env=clean_env(), stdin=subprocess.DEVNULL, creationflags=NO_WINDOW)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
 
 
-def torch_works(python: Path) -> bool:
-    """torch and torchvision import together (a mismatched pair fails here, not at the first job)."""
+def torch_error(python: Path) -> Optional[str]:
+    """None when torch and torchvision import together (a mismatched pair fails here, not at the first job);
+    else the last lines of the import's error (on Windows often a missing Visual C++ runtime)."""
     try:
-        result = subprocess.run([str(python), "-c", "import torch, torchvision"], capture_output=True, timeout=300,
-                                env=clean_env(), stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0
+        result = subprocess.run([str(python), "-c", "import torch, torchvision"], capture_output=True, text=True,
+                                encoding="utf-8", errors="replace", timeout=300, env=clean_env(),
+                                stdin=subprocess.DEVNULL, creationflags=NO_WINDOW)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    if result.returncode == 0:
+        return None
+    return "\n".join(result.stderr.strip().splitlines()[-6:]) or f"exit code {result.returncode}"
 
 
 def find_weights(folder: Path, depth: int = 4) -> dict[str, str]:
@@ -384,7 +461,7 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
             "on Debian/Ubuntu install python3-venv; check that the folder is writable.", echo=echo, cancel=cancel)
     step(3, f"PyTorch: {plan.torch_build} (about {plan.download_mb} MB to download)" if plan.download_mb
          else f"PyTorch: {plan.torch_build} (from {plan.wheelhouse})")
-    if torch_works(python):
+    if torch_error(python) is None:
         echo(f"    already installed: torch {installed_version(python, 'torch')}")
     else:
         index = plan.torch_index
@@ -392,10 +469,23 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
             echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead "
                  "(on Linux that is the larger CUDA build)")
             index = None
-        pip_install(python, ["torch", "torchvision"], plan, "PyTorch", index, echo=echo, cancel=cancel)
-        if not torch_works(python):
-            raise SetupError("Step 'PyTorch' installed torch and torchvision, but they do not import together. "
-                             f"Remove {target / 'venv'} and run the set-up again.")
+        try:
+            pip_install(python, plan.torch_packages, plan, "PyTorch", index, echo=echo, cancel=cancel)
+        except SetupCancelledError:
+            raise
+        except SetupError:
+            if index is None or plan.wheelhouse:
+                raise
+            # e.g. a proxy that lets PyPI through but not the PyTorch index (the probe above cannot tell)
+            echo(f"    installing from {index} failed: trying PyPI instead")
+            pip_install(python, plan.torch_packages, plan, "PyTorch", None, echo=echo, cancel=cancel)
+        error = torch_error(python)
+        if error is not None:
+            advice = (" On Windows, 'DLL load failed' usually means the Microsoft Visual C++ Redistributable "
+                      "(x64) is missing: install it and run the set-up again." if sys.platform == "win32" else "")
+            raise SetupError("Step 'PyTorch' installed torch and torchvision, but they do not import together:\n"
+                             f"{error}\nWhat to do:{advice or ''} If the error does not say what is missing, "
+                             f"remove {target / 'venv'} and run the set-up again.")
     step(4, f"SegEarth-OV backend {plan.backend_version} from {plan.backend_source}")
     if installed_version(python, "segearth-backend") == plan.backend_version:
         echo("    already installed")

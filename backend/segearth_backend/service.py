@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -372,14 +373,42 @@ def write_ready_file(path: Path, document: dict[str, Any]) -> None:
 
 
 def _watch_parent(server: Any, interval: float = 1.0) -> None:
-    """Stop ``server`` when the process that started us is gone (QGIS crashed, qgis_process ended)."""
+    """Stop ``server`` when the process that started us is gone (QGIS crashed, qgis_process ended).
+
+    Two signs, either enough: standard input is a pipe whose other end the parent holds (the plugin's
+    client keeps it open) and it reaches end-of-file when the parent ends, on every OS; on POSIX also, the
+    parent process id changes or that process no longer exists. (On Windows the parent id stays the
+    same after the parent ends, and a venv's ``python.exe`` is a launcher between the two.)
+    """
     parent = os.getppid()
+
+    def gone(why: str) -> None:
+        log.warning("the process that started this backend (pid %d) is gone (%s): shutting down", parent, why)
+        server.should_exit = True
+
+    def watch_stdin() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            return
+        if not server.should_exit:
+            gone("its end of our standard input closed")
+
+    try:
+        piped = stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        piped = False
+    if piped:
+        threading.Thread(target=watch_stdin, name="segearth-parent-pipe", daemon=True).start()
+    if sys.platform == "win32":
+        return
 
     def watch() -> None:
         while not server.should_exit:
             time.sleep(interval)
             alive = os.getppid() == parent
-            if alive and sys.platform != "win32":
+            if alive:
                 try:
                     os.kill(parent, 0)
                 except ProcessLookupError:
@@ -387,8 +416,8 @@ def _watch_parent(server: Any, interval: float = 1.0) -> None:
                 except PermissionError:
                     pass
             if not alive:
-                log.warning("the process that started this backend (pid %d) is gone: shutting down", parent)
-                server.should_exit = True
+                gone("it no longer runs")
+                return
 
     threading.Thread(target=watch, name="segearth-parent-watch", daemon=True).start()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,13 +35,21 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import backend_setup, settings
+from ..backend_manager import shared_manager
 from ..backend_setup import Cancellation, Plan, SetupCancelledError, SetupError
 
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
 def default_target() -> Path:
-    """The environment's folder: inside the QGIS profile, so it goes with it and never with QGIS's Python."""
+    """The environment's folder: inside the QGIS profile, so it goes with it and never with QGIS's Python.
+
+    On Windows the profile is in the roaming AppData (synchronised between machines, and its long path
+    brings PyTorch's deepest files near the 260-character limit): there the environment goes to the local
+    AppData, as the script's own default does.
+    """
+    if sys.platform == "win32":
+        return backend_setup.default_target()
     return Path(QgsApplication.qgisSettingsDirPath()) / "segearth-ov" / "backend"
 
 
@@ -234,6 +243,12 @@ class SetupDialog(QDialog):
         plan = self.plan
         if plan is None or self.task is not None:
             return None
+        manager = shared_manager()
+        if manager.local is not None and manager.local.running():
+            # pip may replace files the running backend has open (on Windows that fails half-way).
+            manager.stop()
+            self.log_view.appendPlainText("Stopped the local backend first (the set-up may replace its files); "
+                                          "the next job starts it again.")
         self.log_view.appendPlainText(f"Setting up the backend in {plan.target}")
         self.task = SetupTask(plan, self.lines)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))

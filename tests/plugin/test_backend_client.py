@@ -17,6 +17,7 @@ from segearth_qgis.backend_client import (
     BackendError,
     BackendSettings,
     BackendStartError,
+    split_arguments,
     start_local_backend,
 )
 from tests.helpers import ROOT, wait_for
@@ -174,6 +175,31 @@ def test_the_backend_never_sees_qgis_python_settings():
     from segearth_qgis.backend_client import backend_environment
 
     env = backend_environment({"PYTHONHOME": "C:/OSGeo4W/apps/Python39", "PYTHONPATH": "C:/OSGeo4W/apps/qgis/python",
+                               "PYTHONSTARTUP": "C:/OSGeo4W/startup.py", "VIRTUAL_ENV": "/home/me/other-venv",
+                               "__PYVENV_LAUNCHER__": "/Applications/QGIS.app/Contents/MacOS/python",
                                "PATH": "/usr/bin"})
     assert env == {"PATH": "/usr/bin"}
     assert backend_environment({"PYTHONPATH": "/qgis", "SEGEARTH_BACKEND_PYTHONPATH": "/src"})["PYTHONPATH"] == "/src"
+
+
+def test_backend_exits_when_the_pipe_from_its_parent_closes(tiny_backend_args):
+    """The sign of a vanished parent that works on Windows too (where a dead parent's pid stays the
+    parent pid, and a venv launcher sits between QGIS and the backend): end-of-file on its stdin."""
+    backend = start_local_backend(sys.executable, [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"],
+                                  timeout=120)
+    try:
+        assert backend.process.stdin is not None
+        backend.process.stdin.close()  # what the OS does when QGIS ends, however it ends
+        assert backend.process.wait(60) == 0
+        assert "standard input closed" in backend.log_path.read_text(encoding="utf-8")
+    finally:
+        backend.stop()
+
+
+def test_backend_arguments_keep_windows_paths():
+    """SEGEARTH_BACKEND_ARGS: backslashes are path separators on Windows, escapes elsewhere (shell rules)."""
+    text = '--clip-weights "C:\\My data\\clip.bin" --upsampler-weights D:\\w\\jbu.ckpt --device cpu'
+    assert split_arguments(text, windows=True) == [
+        "--clip-weights", "C:\\My data\\clip.bin", "--upsampler-weights", "D:\\w\\jbu.ckpt", "--device", "cpu"]
+    assert split_arguments("--clip-weights '/data/my clip.bin' --device cpu", windows=False) == [
+        "--clip-weights", "/data/my clip.bin", "--device", "cpu"]

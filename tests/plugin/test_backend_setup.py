@@ -26,6 +26,7 @@ def test_the_plan_as_json_names_python_device_build_size_and_weights(tmp_path):
     assert plan["python_version"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert plan["device"] == "cpu" and plan["torch_build"] == "CPU" and plan["download_mb"] > 100
     assert plan["torch_index"] == "https://download.pytorch.org/whl/cpu"
+    assert plan["torch_packages"] == ["torch", "torchvision"]  # pinned only on Intel Macs
     assert plan["venv_python"] == str(tmp_path / "env" / "venv" / "bin" / "python")
     assert plan["backend_source"] == str(ROOT / "backend") and plan["weights"] == "skip"
     from segearth_backend import __version__
@@ -171,3 +172,37 @@ def test_an_interrupted_environment_is_made_again(tmp_path):
         backend_setup.set_up(plan, echo=stop_after_step_two, cancel=cancel)
     assert not any("already there" in line for line in lines)
     assert backend_setup.pip_works(python)
+
+
+def fake_nvidia_smi(folder: Path, header_cuda: str) -> None:
+    """An ``nvidia-smi`` executable that answers as a driver supporting CUDA ``header_cuda`` would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--query-gpu=name" ]; then echo "NVIDIA GeForce RTX 5090"; exit 0; fi\n'
+        f'echo "| NVIDIA-SMI 570.86.10   Driver Version: 570.86.10   CUDA Version: {header_cuda}     |"\n')
+    script.chmod(0o755)
+
+
+def test_the_gpu_and_its_driver_cuda_version_come_from_nvidia_smi(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path / "bin", "12.8")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    assert backend_setup.nvidia_gpu() == "NVIDIA GeForce RTX 5090"
+    assert backend_setup.driver_cuda() == (12, 8)
+    assert backend_setup.choose_device("auto") == ("cuda", "NVIDIA GPU found: NVIDIA GeForce RTX 5090")
+    fake_nvidia_smi(tmp_path / "bin", "12.4")
+    assert backend_setup.driver_cuda() == (12, 4)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: no GPU, no version
+    assert backend_setup.nvidia_gpu() is None and backend_setup.driver_cuda() is None
+
+
+def test_a_proxy_counts_as_reaching_the_wheel_index(monkeypatch):
+    """Behind a proxy a direct connection fails although pip gets through: do not fall back to PyPI then
+    (on Windows PyPI's torch has no CUDA); if pip does fail on the index, the set-up tries PyPI."""
+    unreachable = "https://127.0.0.1:9/whl/cpu"
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert not backend_setup.reachable(unreachable, timeout=2)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert backend_setup.reachable(unreachable, timeout=2)

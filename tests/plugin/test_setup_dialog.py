@@ -93,3 +93,21 @@ def test_cancel_then_a_second_run_finishes(dialog, tmp_path):
     record = json.loads((tmp_path / "backend" / "segearth-backend.json").read_text())
     assert dialog.done_records == [record] and dialog.progress.value() == 100
     assert settings.BACKEND_PYTHON.load() == record["python"] == str(tmp_path / "backend" / "venv" / "bin" / "python")
+
+
+def test_a_running_local_backend_is_stopped_before_the_set_up_starts(dialog, tiny_backend_args, monkeypatch):
+    """pip may replace files a running backend holds open (on Windows the install then fails half-way)."""
+    from segearth_qgis.backend_manager import shared_manager
+
+    monkeypatch.setenv("SEGEARTH_BACKEND_PYTHON", sys.executable)
+    monkeypatch.delenv("SEGEARTH_BACKEND_URL", raising=False)
+    monkeypatch.setenv("SEGEARTH_BACKEND_ARGS", " ".join([*tiny_backend_args, "--no-warmup"]))
+    manager = shared_manager()
+    manager.stop()
+    manager.client()
+    running = manager.local
+    assert running is not None and running.running()
+    wait_until(dialog.start_button.isEnabled, 30)
+    assert dialog.start() is not None
+    assert manager.local is None and not running.running()
+    assert "Stopped the local backend first" in dialog.log_view.toPlainText()
