@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,20 +152,22 @@ def test_backend_exits_when_its_parent_dies(tiny_backend_args, tmp_path):
             os.kill(pid, 9)
 
 
-def test_working_folder_is_removed_on_stop_and_kept_when_the_start_failed(tiny_backend_args):
+def test_working_folder_is_removed_on_stop_and_kept_when_the_start_failed(tiny_backend_args, tmp_path, monkeypatch):
     """No /tmp/segearth-backend-* folder piles up; the log of a failure stays for the user to read."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's folders only (other runs share /tmp)
     backend = start_local_backend(sys.executable, [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"],
                                   timeout=120)
     folder = backend.log_path.parent
-    assert folder.name.startswith("segearth-backend-") and folder.is_dir()
+    assert folder.parent == tmp_path and folder.name.startswith("segearth-backend-") and folder.is_dir()
     backend.stop()
     assert not folder.exists()
     with pytest.raises(BackendStartError) as caught:
         start_local_backend(sys.executable, [*tiny_backend_args, "--clip-weights", "/no/such/file.pt"], timeout=120)
     assert "missing" in caught.value.message
-    leftovers = sorted(Path(folder.parent).glob("segearth-backend-*"), key=lambda p: p.stat().st_mtime)
-    assert leftovers and "missing" in (leftovers[-1] / "backend.log").read_text()
-    shutil.rmtree(leftovers[-1])
+    leftovers = list(tmp_path.glob("segearth-backend-*"))
+    assert len(leftovers) == 1 and "missing" in (leftovers[0] / "backend.log").read_text()
 
 
 def test_the_backend_never_sees_qgis_python_settings():
