@@ -45,13 +45,13 @@ MINIMUM_PYTHON = (3, 9)
 RECORD_NAME = "segearth-backend.json"
 DONE_MARKER = "SEGEARTH_SETUP_DONE"
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
-#: Approximate downloads in MB (PyTorch and its libraries dominate; the rest is about 60 MB).
 #: Windows: child processes get no console window (QGIS is a windowed program; each python.exe or pip
 #: would open one, and closing it would kill the step). 0 elsewhere, where Popen requires 0.
 NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) if sys.platform == "win32" else 0
 #: macOS: a QGIS started from the Finder has only /usr/bin:/bin:/usr/sbin:/sbin on its PATH.
 MACOS_PYTHONS = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3",
                  "/Library/Frameworks/Python.framework/Versions/Current/bin/python3")
+#: Approximate downloads in MB (PyTorch and its libraries dominate; the rest is about 60 MB).
 DOWNLOAD_MB = {"cpu": 260, "cuda-linux": 3300, "cuda-windows": 2600, "mps": 140, "pypi-linux": 3300}
 CLIP_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 SIMFEATUP_FILE = "xclip_jbu_one_million_aid.ckpt"
