@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -160,10 +161,22 @@ def test_the_plain_server_never_loads_ray(parity_dir, tmp_path):
         server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports between Ray's worker ports (10002-19999) and the kernel's ephemeral range.
+
+    Not ``bind(0)``: such a port is free only until the next process asks the kernel for any free port, and
+    ``ray start`` starts many (a head once failed because its client server's port had been handed out)."""
+    chosen: list[int] = []
+    for port in random.Random().sample(range(20000, 32000), 400):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError("no free ports between 20000 and 32000")
 
 
 @needs_ray
@@ -171,13 +184,13 @@ def test_joining_a_running_cluster_with_autoscaling(parity_dir, tmp_path):
     """``ray start --head`` (a cluster of one node), then ``serve --ray --ray-address ... --autoscale 1:2``:
     the service deploys onto it, and on SIGTERM removes its application but leaves the cluster running."""
     marker = f"segearth-ray-test-{uuid.uuid4().hex}"
-    port = _free_port()
+    port, client_port, agent_port = _free_ports(3)
     env = subprocess_env(SEGEARTH_TEST_MARKER=marker)
     with open(tmp_path / "head.log", "wb") as head_log:
         head = subprocess.Popen(
             [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
              "--num-cpus", "2", "--object-store-memory", str(300 * 2**20), "--include-dashboard", "false",
-             "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port())],
+             "--ray-client-server-port", str(client_port), "--dashboard-agent-listen-port", str(agent_port)],
             stdout=subprocess.DEVNULL, stderr=head_log, env=env)
     server = None
     try:
