@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import protocol
+from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW
 from .errors import BackendError, BackendStartError
 
 __all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartError", "LocalBackend",
@@ -445,10 +446,6 @@ class LocalBackend:
 
 
 ENV_BACKEND_PYTHONPATH = "SEGEARTH_BACKEND_PYTHONPATH"
-#: What would leak QGIS's Python (or an active virtual environment) into the backend's.
-FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
-#: Windows: the backend gets no console window (closing one would kill it). Popen requires 0 elsewhere.
-NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) if sys.platform == "win32" else 0
 
 
 def backend_environment(env: Mapping[str, str]) -> dict[str, str]:

@@ -48,6 +48,8 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl"
 #: Windows: child processes get no console window (QGIS is a windowed program; each python.exe or pip
 #: would open one, and closing it would kill the step). 0 elsewhere, where Popen requires 0.
 NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) if sys.platform == "win32" else 0
+#: What would leak QGIS's Python (or an active virtual environment) into the backend's.
+FOREIGN_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 #: macOS: a QGIS started from the Finder has only /usr/bin:/bin:/usr/sbin:/sbin on its PATH.
 MACOS_PYTHONS = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3",
                  "/Library/Frameworks/Python.framework/Versions/Current/bin/python3")
@@ -128,8 +130,7 @@ def backend_version(source: Path) -> str:
 
 def clean_env() -> dict[str, str]:
     """This process's environment without what would leak QGIS's Python into the backend's."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
-                                                            "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PYTHON_VARIABLES}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
