@@ -90,6 +90,13 @@ class SetupTask(QgsTask):
         self.was_cancelled = False
 
     def run(self) -> bool:
+        manager = shared_manager()
+        if manager.local is not None and manager.local.running():
+            # pip may replace files the running backend has open (on Windows that fails half-way). Here, not
+            # on the GUI thread: stopping waits for the backend to shut down (up to 15 s).
+            manager.stop()
+            self._echo("Stopped the local backend first (the set-up may replace its files); the next job starts "
+                       "it again.")
         try:
             self.record = backend_setup.set_up(self.plan, echo=self._echo, cancel=self.cancellation)
         except SetupCancelledError as error:
@@ -243,12 +250,6 @@ class SetupDialog(QDialog):
         plan = self.plan
         if plan is None or self.task is not None:
             return None
-        manager = shared_manager()
-        if manager.local is not None and manager.local.running():
-            # pip may replace files the running backend has open (on Windows that fails half-way).
-            manager.stop()
-            self.log_view.appendPlainText("Stopped the local backend first (the set-up may replace its files); "
-                                          "the next job starts it again.")
         self.log_view.appendPlainText(f"Setting up the backend in {plan.target}")
         self.task = SetupTask(plan, self.lines)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))

@@ -109,5 +109,5 @@ def test_a_running_local_backend_is_stopped_before_the_set_up_starts(dialog, tin
     assert running is not None and running.running()
     wait_until(dialog.start_button.isEnabled, 30)
     assert dialog.start() is not None
+    wait_until(lambda: "Stopped the local backend first" in dialog.log_view.toPlainText(), 60)  # off the GUI thread
     assert manager.local is None and not running.running()
-    assert "Stopped the local backend first" in dialog.log_view.toPlainText()
