@@ -14,6 +14,22 @@ DATA = ROOT / "tests" / "data"
 PARITY = DATA / "parity"
 
 
+def processes_with(marker: str, command: Callable[[bytes], bool] = lambda _: True) -> list[int]:
+    """Running processes (not this one, not zombies) whose environment holds ``marker`` and whose command line
+    (NUL-separated bytes) satisfies ``command``; sorted pids (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes() and command((proc / "cmdline").read_bytes()) \
+                    and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(found)
+
+
 def tree_pythonpath() -> str:
     """A PYTHONPATH that makes a child Python import this tree's backend and plugin."""
     return os.pathsep.join([str(ROOT / "backend"), str(ROOT)])

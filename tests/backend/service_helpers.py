@@ -28,7 +28,7 @@ from segearth_backend.protocol import BUNDLE_TYPE
 from segearth_backend.vision import image_features
 from segearth_backend.windows import window_grid
 from tests.backend.helpers import CLASSES, error_of, segment_body
-from tests.helpers import subprocess_env
+from tests.helpers import processes_with, subprocess_env
 
 __all__ = ["CLASSES", "error_of", "segment_body"]  # shared with tests/backend/helpers.py
 
@@ -179,17 +179,7 @@ def server_args(kind: str) -> list[str]:
 
 def ray_replica_pids(marker: str) -> list[int]:
     """The Ray Serve replica processes whose environment holds ``marker`` (Linux /proc)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "cmdline").read_bytes().startswith(b"ray::ServeReplica") \
-                    and marker.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return sorted(found)
+    return processes_with(marker, lambda command: command.startswith(b"ray::ServeReplica"))
 
 
 def cpu_ticks(pid: int) -> int:

@@ -38,23 +38,9 @@ from tests.backend.service_helpers import (
     segment_body,
     tiny_server_args,
 )
-from tests.helpers import subprocess_env, wait_for
+from tests.helpers import processes_with, subprocess_env, wait_for
 
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray Serve is not installed (pip install 'segearth-backend[ray]')")
-
-
-def ray_processes(marker: str) -> list[int]:
-    """Every process of ours, Ray's included (raylet, GCS, workers), whose environment holds ``marker``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (proc / "environ").read_bytes() and (proc / "stat").read_text().split()[2] != "Z":
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +56,7 @@ def ray_server(parity_dir, tmp_path_factory):
     yield server
     server.process.terminate()
     assert server.process.wait(60) in (0, -signal.SIGTERM)
-    wait_for(lambda: not ray_processes(marker), 60, 0.5, "Ray processes outlived the service")
+    wait_for(lambda: not processes_with(marker), 60, 0.5, "Ray processes outlived the service")
     assert "Traceback" not in server.log()
 
 
@@ -131,7 +117,7 @@ def test_a_model_that_fails_to_load_stops_the_service_with_the_reason(parity_dir
     assert time.monotonic() - start < 120  # one load per replica, not Ray's retry loop
     error = json.loads(ready.read_text())["error"]
     assert "These weight files are missing" in error and str(tmp_path / "missing.pt") in error
-    wait_for(lambda: not ray_processes(marker), 60, 0.5, "Ray processes outlived the failed service")
+    wait_for(lambda: not processes_with(marker), 60, 0.5, "Ray processes outlived the failed service")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -213,4 +199,4 @@ def test_joining_a_running_cluster_with_autoscaling(parity_dir, tmp_path):
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # `ray stop` would remove it
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
-    wait_for(lambda: not ray_processes(marker), 60, 0.5, "the cluster's processes outlived `ray start --block`")
+    wait_for(lambda: not processes_with(marker), 60, 0.5, "the cluster's processes outlived `ray start --block`")

@@ -8,29 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from osgeo import gdal
 
-from tests.helpers import ROOT, tree_pythonpath, wait_for
+from tests.helpers import ROOT, processes_with, tree_pythonpath, wait_for
 from tests.plugin.helpers import smooth_image, write_geotiff
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
-
-
-def backends_with(marker: bytes) -> list[int]:
-    """Backend processes whose environment contains ``marker`` (Linux /proc)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if b"segearth_backend" in (proc / "cmdline").read_bytes() and marker in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
@@ -63,9 +48,9 @@ def test_qgis_process_runs_segment_and_leaves_no_backend(tmp_path, parity_dir):
     assert dataset.GetRasterBand(1).GetCategoryNames()[:4] == ["background", "building, roof", "road", "tree, forest"]
     assert output.with_suffix(".qml").is_file()
     # The auto-started backend follows qgis_process out.
-    marker = f"SEGEARTH_CACHE_DIR={tmp_path / 'cache'}".encode()
-    wait_for(lambda: not backends_with(marker), timeout=90, interval=0.5,
-             message="a backend process outlived qgis_process")
+    marker = f"SEGEARTH_CACHE_DIR={tmp_path / 'cache'}"
+    wait_for(lambda: not processes_with(marker, lambda command: b"segearth_backend" in command), timeout=90,
+             interval=0.5, message="a backend process outlived qgis_process")
 
 
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
