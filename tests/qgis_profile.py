@@ -10,7 +10,8 @@ hence a plugin named on the command line (pytest.ini's ``addopts``).
 It also takes away what the session left in the temporary folder: the
 working folders of local backends (a failed backend keeps its log there for
 the user: many tests make backends fail on purpose) and the empty
-``QGIS3-*`` folders QGIS leaves behind. Only folders that appeared during
+``QGIS3-*`` folders QGIS leaves behind, and the session folders (logs) of the
+local Ray instances the Ray tests start. Only folders that appeared during
 the session are touched.
 """
 
@@ -25,14 +26,17 @@ from typing import Any, Generator
 import pytest
 
 _PROFILE: dict[str, Path] = {}
-#: Temporary folders a session leaves: (name prefix, removed only when empty).
-_LEFTOVERS = (("segearth-backend-", False), ("QGIS3-", True))
+#: Temporary folders a session leaves: (pattern under the temporary folder, removed only when empty).
+#: Ray's ``session_latest`` link is not matched (session folders are named after their date).
+_LEFTOVERS = (("segearth-backend-*", False), ("QGIS3-*", True), ("ray/session_2*", False))
 _BEFORE: set[Path] = set()
 
 
-def _leftover_candidates() -> set[Path]:
+def _leftover_candidates() -> dict[Path, bool]:
+    """Each candidate folder, and whether it may only be removed when empty."""
     folder = Path(tempfile.gettempdir())
-    return {entry for prefix, _ in _LEFTOVERS for entry in folder.glob(f"{prefix}*") if entry.is_dir()}
+    return {entry: empty for pattern, empty in _LEFTOVERS for entry in folder.glob(pattern)
+            if entry.is_dir() and not entry.is_symlink()}
 
 
 class _ConfigWithRoot:
@@ -70,8 +74,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     root = _PROFILE.pop("root", None)
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
-    for entry in _leftover_candidates() - _BEFORE:
-        only_if_empty = next(empty for prefix, empty in _LEFTOVERS if entry.name.startswith(prefix))
+    for entry, only_if_empty in _leftover_candidates().items():
+        if entry in _BEFORE:
+            continue
         if only_if_empty:
             with contextlib.suppress(OSError):  # not empty: in use by a QGIS outside the tests
                 entry.rmdir()
