@@ -54,7 +54,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="segearth-screenshot-"))  # a throwaway QGIS profile and results folder
     app = QgsApplication([], True, str(work / "profile"))
     app.initQgis()
-    from segearth_qgis.dock import SegEarthDock
+    from segearth_qgis.gui.dock import SegEarthDock
 
     window = QMainWindow()
     window.resize(1366, 768)  # the smallest screen the panel is made for

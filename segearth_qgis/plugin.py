@@ -9,11 +9,11 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QToolBar
 
-from .dock import SegEarthDock
+from .gui.dock import SegEarthDock
 from .qt_compat import QAction
 
 if TYPE_CHECKING:
-    from .result_style import ResultStyleHook
+    from .map.result_style import ResultStyleHook
 
 MENU = "SegEarth-OV"
 ICON = Path(__file__).with_name("icon.svg")
@@ -30,7 +30,7 @@ class SegEarthPlugin:
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name (also called by qgis_process)
         if self.style_hook is None:
-            from .result_style import ResultStyleHook
+            from .map.result_style import ResultStyleHook
 
             self.style_hook = ResultStyleHook()
             self.style_hook.connect()

@@ -17,7 +17,7 @@ from qgis.core import QgsSettings
 from .core.classes import PRESETS
 
 if TYPE_CHECKING:
-    from .backend_client import BackendSettings
+    from .client.backend_client import BackendSettings
 
 PREFIX = "segearth_ov/"
 T = TypeVar("T", str, bool, int, float)
@@ -129,7 +129,7 @@ def set_up_python() -> str:
 def backend_settings() -> BackendSettings:
     """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt`` (a
     developer checkout), then a set-up in the profile's default folder."""
-    from .backend_client import BackendSettings
+    from .client.backend_client import BackendSettings
 
     found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=BACKEND_TOKEN.load() or None,
                                      python=BACKEND_PYTHON.load() or None,

@@ -87,7 +87,7 @@ def measure(url: str, blocks: list[np.ndarray], in_flight: int) -> float:
     """Seconds to segment ``blocks[1:]`` with ``in_flight`` requests at a time, after ``blocks[0]`` as a warm-up
     on every replica (text embeddings, first-call costs). Every block differs, so no answer comes from the
     backend's feature cache."""
-    from segearth_qgis.backend_client import BackendClient
+    from segearth_qgis.client.backend_client import BackendClient
 
     client = BackendClient(url, TOKEN, timeout=3600)
     warm = [threading.Thread(target=client.segment, args=(blocks[0][: 224 + 16 * k], CLASSES))

@@ -87,7 +87,7 @@ class Server:
 
 def known_answers(clients: int, requests: int, workdir: Path) -> dict[str, Any]:
     from segearth_backend import load_segmenter
-    from segearth_qgis.backend_client import BackendClient, BackendError
+    from segearth_qgis.client.backend_client import BackendClient, BackendError
 
     rng = np.random.default_rng(2024)
     jobs = []
@@ -152,7 +152,7 @@ def full_size_model(workdir: Path) -> tuple[Path, Path, Path]:
     import torch
     from open_clip.model import CLIP
 
-    from segearth_backend.upsampler import JBUOne
+    from segearth_backend.upsampler.jbu import JBUOne
 
     config = {"embed_dim": 512, "quick_gelu": True,
               "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
@@ -166,7 +166,7 @@ def full_size_model(workdir: Path) -> tuple[Path, Path, Path]:
 
 
 def many_classes(workdir: Path, synonyms: int, backend_path: Optional[str]) -> dict[str, Any]:
-    from segearth_qgis.backend_client import BackendClient
+    from segearth_qgis.client.backend_client import BackendClient
 
     config, clip, upsampler = full_size_model(workdir)
     server = Server(["--model", str(config), "--clip-weights", str(clip), "--upsampler-weights", str(upsampler),

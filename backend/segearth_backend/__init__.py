@@ -9,7 +9,6 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-from .classes import ClassSet, parse_classes
 from .config import EngineConfig
 from .errors import (
                      CheckpointError,
@@ -27,7 +26,8 @@ from .errors import (
                      WeightsError,
                      WeightsNotFoundError,
 )
-from .segmenter import Prediction, Segmenter, load_segmenter
+from .pipeline.classes import ClassSet, parse_classes
+from .pipeline.segmenter import Prediction, Segmenter, load_segmenter
 
 __all__ = [
     "__version__", "load_segmenter", "Segmenter", "Prediction", "EngineConfig", "ClassSet", "parse_classes",

@@ -13,7 +13,7 @@ from .errors import SegEarthError
 
 if TYPE_CHECKING:
     from .config import EngineConfig
-    from .ray_settings import RaySettings
+    from .serve.ray_settings import RaySettings
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .service import ENV_TOKEN, ServiceSettings, read_token_file, serve
+    from .serve.app import ENV_TOKEN, ServiceSettings, read_token_file, serve
 
     token: Optional[str]
     if args.token_file:
@@ -94,7 +94,7 @@ RAY_ONLY = ("ray_address", "replicas", "autoscale", "gpus_per_replica", "cpus_pe
 def _ray_settings(args: argparse.Namespace) -> Optional[RaySettings]:
     """The Ray settings of ``serve --ray`` (None without ``--ray``; Ray options without it are an error)."""
     from .errors import ConfigError
-    from .ray_settings import RaySettings, parse_autoscale
+    from .serve.ray_settings import RaySettings, parse_autoscale
 
     if not args.ray:
         given = [name for name in RAY_ONLY if getattr(args, name) is not None]
@@ -116,7 +116,7 @@ def _info(args: argparse.Namespace) -> int:
 
         print(json.dumps(environment_report(), indent=2))
         return 0
-    from .segmenter import load_segmenter
+    from .pipeline.segmenter import load_segmenter
 
     segmenter = load_segmenter(config=_engine_config(args))
     print(json.dumps(segmenter.describe(), indent=2))
@@ -125,8 +125,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _fetch_weights(args: argparse.Namespace) -> int:
     """Download whatever weights the configuration needs and lacks (nothing when all are there)."""
-    from .segmenter import load_segmenter
-    from .weights_check import missing_weights
+    from .model.weights_check import missing_weights
+    from .pipeline.segmenter import load_segmenter
 
     config = _engine_config(args)
     missing = missing_weights(config)
@@ -142,7 +142,7 @@ def _fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _check_weights(args: argparse.Namespace) -> int:
-    from .weights_check import describe_missing, missing_weights
+    from .model.weights_check import describe_missing, missing_weights
 
     missing = missing_weights(_engine_config(args))
     print(describe_missing(missing) if missing else "All weight files are present.")
@@ -153,7 +153,7 @@ def _models(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import default_cache_dir
-    from .model_listing import format_models, model_status
+    from .model.listing import format_models, model_status
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     rows = model_status(cache)
@@ -164,9 +164,9 @@ def _models(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .benchmarks import find_benchmark
+    from .evaluation.benchmarks import find_benchmark
     from .evaluation.run import benchmark_predictor, evaluate, format_result
-    from .segmenter import load_segmenter
+    from .pipeline.segmenter import load_segmenter
 
     preset = find_benchmark(args.dataset)
     segmenter = load_segmenter(config=_engine_config(args))
@@ -238,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from .bench import main as bench_main
+        from .speed_bench import main as bench_main
 
         return bench_main(rest)
     if rest:

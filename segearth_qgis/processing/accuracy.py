@@ -32,8 +32,8 @@ from ..core.accuracy import AccuracyReport, assess, class_lookup, matrix_from_pa
 from ..core.accuracy_html import html_report
 from ..errors import AccuracyError
 from ..qt_compat import field_type
-from ..reference_grid import count_pairs, open_class_grid, rasterize_reference, warp_reference
 from .class_stats import class_names
+from .reference_grid import count_pairs, open_class_grid, rasterize_reference, warp_reference
 
 
 def _value(number: float) -> Optional[float]:

@@ -23,7 +23,7 @@ from qgis.core import (
 
 from ..core.classes import RGBA
 from ..core.report import classes_label
-from ..styling import class_vector_renderer, style_result_layer
+from ..map.styling import class_vector_renderer, style_result_layer
 
 #: At most this many post-processors wait for their layer (one per output of a run whose results load).
 MAX_PENDING = 64

@@ -33,17 +33,17 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 
 from .. import settings
-from ..aoi import AoiKind, AreaOfInterest
-from ..backend_manager import shared_manager
+from ..client.backend_manager import shared_manager
 from ..core.classes import MAX_CLASSES, PRESETS
 from ..core.report import shares_message, shares_warning
 from ..errors import BackendError, JobCancelledError, OutputError
-from ..job import JobResult, execute
-from ..job_request import JobInputs, plan_job
+from ..job.aoi import AoiKind, AreaOfInterest
+from ..job.engine import JobResult, execute
+from ..job.request import JobInputs, plan_job
+from ..map.styling import class_vector_renderer, write_class_style
+from ..map.vector_style import planned_vector_style, write_vector_style
 from ..qt_compat import field_type
-from ..styling import class_vector_renderer, write_class_style
 from .post_processing import ResultPostProcessor, attach
-from .vector_style import planned_vector_style, write_vector_style
 
 #: The BACKGROUND value that means "no background class".
 NO_BACKGROUND = -1

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from segearth_backend.protocol import BUNDLE_TYPE, write_bundle
+from segearth_backend.serve.protocol import BUNDLE_TYPE, write_bundle
 from tests.helpers import subprocess_env
 
 TEST_TOKEN = "test-token-5b0c1f"

@@ -20,12 +20,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segearth_backend.classes import NODATA_LABEL, parse_classes
-from segearth_backend.decision import decide
 from segearth_backend.device import autocast
-from segearth_backend.features import normalise, reduced_coordinates
-from segearth_backend.protocol import BUNDLE_TYPE
-from segearth_backend.vision import image_features
+from segearth_backend.model.image_tower import image_features
+from segearth_backend.pipeline.classes import NODATA_LABEL, parse_classes
+from segearth_backend.pipeline.decision import decide
+from segearth_backend.pipeline.features import normalise, reduced_coordinates
+from segearth_backend.serve.protocol import BUNDLE_TYPE
 from segearth_backend.windows import window_grid
 from tests.backend.helpers import CLASSES, error_of, segment_body
 from tests.helpers import processes_with, subprocess_env

@@ -47,7 +47,7 @@ def test_missing_weight_files_are_all_named(tmp_path):
 
 def test_unreachable_download_servers_fail_fast(tmp_path):
     """Without the offline flag, one short probe (not minutes of retries) finds that nothing can be downloaded."""
-    from segearth_backend.weights_check import hosts_reachable
+    from segearth_backend.model.weights_check import hosts_reachable
 
     if hosts_reachable(["https://huggingface.co", "https://github.com"]):
         pytest.skip("this machine can reach the download servers (the download would really start)")

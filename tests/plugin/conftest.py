@@ -49,7 +49,7 @@ def backend_environment(parity_dir: Path, tmp_path_factory: pytest.TempPathFacto
         patch.setenv("SEGEARTH_CACHE_DIR", str(tmp_path_factory.mktemp("backend-cache")))
         patch.setenv("SEGEARTH_BACKEND_PYTHONPATH", tree_pythonpath())  # this tree's backend, not an installed one
         yield
-        from segearth_qgis.backend_manager import shared_manager
+        from segearth_qgis.client.backend_manager import shared_manager
 
         shared_manager().stop()  # a backend started with these settings must not serve the next module
 
@@ -65,7 +65,7 @@ def tiny_backend_args(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def local_backend(tiny_backend_args: list[str]):
     """A backend process started by the plugin's own client code (this tree's backend)."""
-    from segearth_qgis.backend_client import start_local_backend
+    from segearth_qgis.client.backend_client import start_local_backend
 
     backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
     yield backend
@@ -83,7 +83,7 @@ def trace_task_threads() -> Iterator[None]:
         return
     from qgis.core.additions.qgstaskwrapper import QgsTaskWrapper
 
-    from segearth_qgis.task import SegmentTask
+    from segearth_qgis.gui.task import SegmentTask
 
     originals = {cls: cls.run for cls in (SegmentTask, QgsTaskWrapper)}
 

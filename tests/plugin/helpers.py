@@ -11,12 +11,12 @@ from typing import Callable, Optional
 import numpy as np
 from osgeo import gdal, osr
 
+from segearth_qgis.client.retry import RetryPolicy
 from segearth_qgis.core.grid import Grid
 from segearth_qgis.core.pixels import PixelRecipe
-from segearth_qgis.job import JobParams, run_job
-from segearth_qgis.outputs import plan_outputs
-from segearth_qgis.raster_io import GdalBandReader, PixelSource
-from segearth_qgis.retry import RetryPolicy
+from segearth_qgis.job.engine import JobParams, run_job
+from segearth_qgis.job.outputs import plan_outputs
+from segearth_qgis.job.raster_io import GdalBandReader, PixelSource
 
 #: The class list used across the plugin tests, and the names the outputs must carry.
 CLASSES = "background\nbuilding, roof\nroad\ntree, forest\nwater"

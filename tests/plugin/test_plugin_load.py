@@ -30,7 +30,7 @@ def test_load_unload_leaves_nothing(qgis_iface):
 
 
 def test_panel_state_persists(qgis_iface):
-    from segearth_qgis.dock import SegEarthDock
+    from segearth_qgis.gui.dock import SegEarthDock
 
     first = SegEarthDock(qgis_iface)
     first.classes_box.edit.setPlainText("road\nriver, canal")
@@ -43,7 +43,7 @@ def test_panel_state_persists(qgis_iface):
 
 
 def test_presets_fill_the_panel(qgis_iface):
-    from segearth_qgis.dock import SegEarthDock
+    from segearth_qgis.gui.dock import SegEarthDock
 
     dock = SegEarthDock(qgis_iface)
     dock.classes_box.fill_presets()
@@ -54,7 +54,7 @@ def test_presets_fill_the_panel(qgis_iface):
 
 
 def test_remote_backend_settings_from_the_panel(qgis_iface):
-    from segearth_qgis.dock import SegEarthDock
+    from segearth_qgis.gui.dock import SegEarthDock
     from segearth_qgis.settings import backend_settings
 
     dock = SegEarthDock(qgis_iface)

@@ -31,8 +31,9 @@ def test_package_holds_the_plugin_its_backend_and_a_repository_xml(tmp_path):
     names = zipfile.ZipFile(archive).namelist()
     assert "segearth_qgis/metadata.txt" in names and "segearth_qgis/icon.svg" in names
     assert "segearth_qgis/__init__.py" in names and "segearth_qgis/processing/provider.py" in names
-    assert "segearth_qgis/backend/pyproject.toml" in names and "segearth_qgis/backend/segearth_backend/segmenter.py" \
-        in names and "segearth_qgis/backend/segearth_backend/data/benchmarks.json" in names
+    assert "segearth_qgis/backend/pyproject.toml" in names \
+        and "segearth_qgis/backend/segearth_backend/pipeline/segmenter.py" in names \
+        and "segearth_qgis/backend/segearth_backend/data/benchmarks.json" in names
     assert all(n.startswith("segearth_qgis/") for n in names)
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n or n.endswith((".pyc", "backend_python.txt",
                                                                                      ".pt", ".ckpt"))]

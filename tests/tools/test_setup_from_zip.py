@@ -78,7 +78,7 @@ def test_from_the_plugin_zip_to_a_first_result(tmp_path):
     assert built.returncode == 0, built.stdout + built.stderr
     (archive,) = dist.glob("segearth_qgis.*.zip")
     names = zipfile.ZipFile(archive).namelist()
-    assert "segearth_qgis/backend/pyproject.toml" in names and "segearth_qgis/backend_setup.py" in names
+    assert "segearth_qgis/backend/pyproject.toml" in names and "segearth_qgis/client/backend_setup.py" in names
     assert not [n for n in names if "/tests/" in n or n.endswith((".pt", ".ckpt", ".pyc"))]
 
     # A fresh QGIS profile (pytest-qgis keeps it in <rootdir>/.qgis-settings) with the plugin extracted into it.
@@ -90,7 +90,7 @@ def test_from_the_plugin_zip_to_a_first_result(tmp_path):
     environment = tmp_path / "backend-env"
     clean = {k: v for k, v in os.environ.items()
              if k not in ("PYTHONPATH", "VIRTUAL_ENV", "SEGEARTH_BACKEND_PYTHONPATH")}
-    setup = subprocess.run([sys.executable, str(plugins / "segearth_qgis" / "backend_setup.py"), "--target",
+    setup = subprocess.run([sys.executable, str(plugins / "segearth_qgis" / "client" / "backend_setup.py"), "--target",
                             str(environment), "--device", "cpu", "--weights", "skip", "--yes"],
                            capture_output=True, text=True, timeout=2400, env=clean)
     assert setup.returncode == 0, setup.stdout[-4000:] + setup.stderr[-4000:]

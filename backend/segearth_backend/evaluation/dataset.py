@@ -23,8 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..benchmarks import DatasetLayout
 from ..errors import DatasetError
+from .benchmarks import DatasetLayout
 
 #: 8-bit Pillow modes ``convert("RGB")`` maps like OpenCV's IMREAD_COLOR.
 _EIGHT_BIT_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "La"}

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from ..benchmarks import BenchmarkPreset, DatasetLayout
 from ..errors import DatasetError
+from .benchmarks import BenchmarkPreset, DatasetLayout
 from .dataset import Sample, list_samples, read_image, read_label
 from .metrics import IoUAccumulator
 from .resize import BENCHMARK_SCALE, rescale_size, resize_image
@@ -33,8 +33,8 @@ def benchmark_predictor(segmenter: Any, preset: BenchmarkPreset) -> Predictor:
     import torch
     import torch.nn.functional as F
 
-    from ..classes import parse_classes
-    from ..segmenter import decide
+    from ..pipeline.classes import parse_classes
+    from ..pipeline.segmenter import decide
 
     class_set = parse_classes(list(preset.classes))
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from segearth_backend.benchmarks import find_benchmark
 from segearth_backend.errors import DatasetError
+from segearth_backend.evaluation.benchmarks import find_benchmark
 from segearth_backend.evaluation.dataset import list_samples, read_image, read_label
 from tests.backend.helpers import blocky_label, write_sample
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segearth_backend.benchmarks import find_benchmark
-from segearth_backend.classes import parse_classes
 from segearth_backend.errors import DatasetError
+from segearth_backend.evaluation.benchmarks import find_benchmark
 from segearth_backend.evaluation.dataset import read_image
 from segearth_backend.evaluation.resize import rescale_size, resize_image
 from segearth_backend.evaluation.run import evaluate, format_result
-from segearth_backend.segmenter import decide
+from segearth_backend.pipeline.classes import parse_classes
+from segearth_backend.pipeline.segmenter import decide
 from tests.backend.helpers import blocky_label, write_sample
 
 

@@ -10,7 +10,7 @@ from tests.plugin.helpers import UTM, smooth_image, write_geotiff
 
 @pytest.fixture(scope="module")
 def provider(qgis_processing, backend_environment):
-    from segearth_qgis.backend_manager import shared_manager
+    from segearth_qgis.client.backend_manager import shared_manager
     from segearth_qgis.processing.provider import SegEarthProvider
 
     provider = SegEarthProvider()

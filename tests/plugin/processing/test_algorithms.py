@@ -17,7 +17,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from segearth_qgis.backend_manager import shared_manager
+from segearth_qgis.client.backend_manager import shared_manager
 from tests.plugin.helpers import CLASS_NAMES as NAMES
 from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
 

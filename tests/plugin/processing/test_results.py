@@ -28,8 +28,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt, QVariant
 
 from segearth_qgis.core.classes import PRESETS
+from segearth_qgis.map.styling import RESULT_OPACITY
 from segearth_qgis.processing import post_processing
-from segearth_qgis.styling import RESULT_OPACITY
 from tests.plugin.helpers import CLASS_NAMES as NAMES
 from tests.plugin.helpers import CLASSES, UTM, read_band, write_geotiff
 

@@ -1,0 +1,154 @@
+"""Named CLIP models: the backbones of the authors' ``segearth_segmentor.py`` (pure data).
+
+Each preset names the open_clip architecture, where its weights come from (an
+open_clip pretrained tag, or a checkpoint file with its public source), the
+shape of its image features, and the feature upsampler the engine uses with
+it. The authors' SimFeatUp checkpoint (``xclip_jbu_one_million_aid.ckpt``)
+was trained on OpenAI CLIP ViT-B/16 features (512-d, 16-pixel patches); every
+other backbone runs with bilinear upsampling, as in the paper's backbone
+comparison. :mod:`.resolution` turns a preset into what the loader needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import ModelConfigError
+
+SIMFEATUP = "simfeatup"
+BILINEAR = "bilinear"
+#: Feature size and patch size the authors' SimFeatUp checkpoint was trained for.
+SIMFEATUP_FEATURE_DIM = 512
+SIMFEATUP_PATCH = 16
+
+_NOT_CLIP_B16 = ("the authors' SimFeatUp checkpoint was trained on OpenAI CLIP ViT-B/16 features; "
+                 "this model has {what}, so features are upsampled bilinearly (the paper's setting "
+                 "for other backbones)")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One named CLIP backbone.
+
+    Attributes:
+        name: the preset's name (``clip-vit-b16``), given as the engine's model.
+        family: who trained it (``CLIP (OpenAI)``, ``RemoteCLIP``...).
+        architecture: the open_clip model name the weights fit.
+        pretrained_tag: open_clip pretrained tag (downloaded by open_clip), or None.
+        weights_file: for file weights, the path under ``<cache>/clip/`` where the
+            engine looks for them; None for tags.
+        weights_url: where to download the file (or the archive holding it).
+        weights_sha256: SHA-256 of the file when published; None when unknown.
+        download_note: what to do with the download (e.g. unpack an archive).
+        feature_dim: channels of the image features (``embed_dim``).
+        patch_size: pixels per patch side.
+        upsampler: ``"simfeatup"`` or ``"bilinear"`` (what ``upsampler_weights=auto`` picks).
+        upsampler_reason: why, for logs, ``describe()`` and ``/health``.
+        source: where the choice of model and weights comes from.
+    """
+
+    name: str
+    family: str
+    architecture: str
+    pretrained_tag: Optional[str]
+    weights_file: Optional[str]
+    weights_url: Optional[str]
+    weights_sha256: Optional[str]
+    download_note: Optional[str]
+    feature_dim: int
+    patch_size: int
+    upsampler: str
+    upsampler_reason: str
+    source: str
+
+    @property
+    def vit(self) -> str:
+        """``ViT-B/16``-style label of the image tower."""
+        size = self.architecture.split("-")[1]
+        return f"ViT-{size}/{self.patch_size}"
+
+
+def _tag(name: str, family: str, architecture: str, tag: str, dim: int, patch: int, upsampler: str,
+         reason: str) -> ModelPreset:
+    return ModelPreset(name, family, architecture, tag, None, None, None, None, dim, patch, upsampler, reason,
+                       "segearth_segmentor.py (open_clip pretrained tag)")
+
+
+def _file(name: str, family: str, architecture: str, file: str, url: str, dim: int, patch: int,
+          note: Optional[str] = None) -> ModelPreset:
+    what = f"{dim}-d features on {patch}-pixel patches" if patch != SIMFEATUP_PATCH else (
+        "features from other weights")
+    return ModelPreset(name, family, architecture, None, file, url, None, note, dim, patch, BILINEAR,
+                       _NOT_CLIP_B16.format(what=what), "segearth_segmentor.py (checkpoint file)")
+
+
+_L14 = "768-d features on 14-pixel patches"
+_B16_OTHER = "the same shape (512-d, 16-pixel patches) but another feature space"
+_SKY = "https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/"
+
+#: Every preset; the first is the default model.
+MODEL_PRESETS: tuple[ModelPreset, ...] = (
+    _tag("clip-vit-b16", "CLIP (OpenAI)", "ViT-B-16-quickgelu", "openai", 512, 16, SIMFEATUP,
+         "SimFeatUp: the authors' checkpoint was trained on this model's features"),
+    _tag("clip-vit-l14", "CLIP (OpenAI)", "ViT-L-14-quickgelu", "openai", 768, 14, BILINEAR,
+         _NOT_CLIP_B16.format(what=_L14)),
+    _tag("openclip-vit-b16", "OpenCLIP (LAION-2B)", "ViT-B-16", "laion2b_s34b_b88k", 512, 16, BILINEAR,
+         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+    _tag("openclip-vit-l14", "OpenCLIP (LAION-2B)", "ViT-L-14", "laion2b_s32b_b82k", 768, 14, BILINEAR,
+         _NOT_CLIP_B16.format(what=_L14)),
+    _tag("metaclip-vit-b16", "MetaCLIP (fullcc)", "ViT-B-16-quickgelu", "metaclip_fullcc", 512, 16, BILINEAR,
+         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+    _tag("metaclip-vit-l14", "MetaCLIP (fullcc)", "ViT-L-14-quickgelu", "metaclip_fullcc", 768, 14, BILINEAR,
+         _NOT_CLIP_B16.format(what=_L14)),
+    _file("remoteclip-vit-b32", "RemoteCLIP", "ViT-B-32", "RemoteCLIP-ViT-B-32.pt",
+          "https://huggingface.co/chendelong/RemoteCLIP/resolve/main/RemoteCLIP-ViT-B-32.pt", 512, 32),
+    _file("remoteclip-vit-l14", "RemoteCLIP", "ViT-L-14", "RemoteCLIP-ViT-L-14.pt",
+          "https://huggingface.co/chendelong/RemoteCLIP/resolve/main/RemoteCLIP-ViT-L-14.pt", 768, 14),
+    _file("georsclip-vit-b32", "GeoRSCLIP (RS5M)", "ViT-B-32", "RS5M_ViT-B-32.pt",
+          "https://huggingface.co/Zilun/GeoRSCLIP/resolve/main/ckpt/RS5M_ViT-B-32.pt", 512, 32),
+    _file("georsclip-vit-l14", "GeoRSCLIP (RS5M)", "ViT-L-14", "RS5M_ViT-L-14.pt",
+          "https://huggingface.co/Zilun/GeoRSCLIP/resolve/main/ckpt/RS5M_ViT-L-14.pt", 768, 14),
+    _file("skyclip-vit-b32", "SkyCLIP (SkyScript)", "ViT-B-32", "SkyCLIP_ViT_B32_top50pct/epoch_20.pt",
+          _SKY + "SkyCLIP_ViT_B32_top50pct.zip", 512, 32,
+          note="unpack the archive; the checkpoint inside is epoch_20.pt"),
+    _file("skyclip-vit-l14", "SkyCLIP (SkyScript)", "ViT-L-14",
+          "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS/epoch_20.pt",
+          _SKY + "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS.zip", 768, 14,
+          note="unpack the archive; the checkpoint inside is epoch_20.pt"),
+)
+DEFAULT_PRESET = MODEL_PRESETS[0].name
+
+
+def preset_names() -> list[str]:
+    return [preset.name for preset in MODEL_PRESETS]
+
+
+def find_preset(name: str) -> Optional[ModelPreset]:
+    """The preset called ``name`` (case-insensitive), or None when it is not a preset name."""
+    wanted = name.strip().casefold()
+    for preset in MODEL_PRESETS:
+        if preset.name == wanted:
+            return preset
+    return None
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``.
+
+    Raises:
+        ModelConfigError: no such preset, with the known names.
+    """
+    preset = find_preset(name)
+    if preset is None:
+        raise ModelConfigError(f"Unknown model preset '{name}'. Known presets: {', '.join(preset_names())} "
+                               "(`segearth-backend models` lists them).")
+    return preset
+
+
+def preset_for(architecture: str, tag: str) -> Optional[ModelPreset]:
+    """The tag preset matching an open_clip name and pretrained tag, if any (for describing a config)."""
+    for preset in MODEL_PRESETS:
+        if preset.pretrained_tag == tag and preset.architecture == architecture:
+            return preset
+    return None

@@ -1,0 +1,550 @@
+"""Talking to the SegEarth-OV backend: start a local one, or use a URL (stdlib + numpy only).
+
+Importable from QGIS's Python: no torch, no QGIS. Every failure becomes a
+:class:`BackendError` whose message a user can act on.
+
+Settings come from :class:`BackendSettings` (``SEGEARTH_BACKEND_URL``,
+``SEGEARTH_BACKEND_TOKEN``, ``SEGEARTH_BACKEND_PYTHON``); the engine's own
+``SEGEARTH_*`` variables pass through to an auto-started backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import BackendError, BackendStartError
+from . import protocol
+from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW
+
+__all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartError", "LocalBackend",
+           "SegmentResult", "start_local_backend"]
+
+ENV_URL = "SEGEARTH_BACKEND_URL"
+ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
+ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
+#: Extra ``serve`` arguments for a backend the plugin starts, e.g. ``--ray --replicas 2`` (several GPUs).
+ENV_ARGS = "SEGEARTH_BACKEND_ARGS"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where the backend is: a URL (remote or already running) or a Python to start one with."""
+
+    url: Optional[str] = None
+    token: Optional[str] = None
+    python: Optional[str] = None
+    timeout: float = 600.0
+    #: Weight files for a local backend (None: the backend's own configuration / SEGEARTH_* variables).
+    clip_weights: Optional[str] = None
+    upsampler_weights: Optional[str] = None
+
+    def serve_args(self) -> tuple[str, ...]:
+        """``segearth-backend serve`` arguments for these settings (a local backend)."""
+        args: list[str] = []
+        if self.clip_weights:
+            args += ["--clip-weights", self.clip_weights]
+        if self.upsampler_weights:
+            args += ["--upsampler-weights", self.upsampler_weights]
+        return tuple(args)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> BackendSettings:
+        values: dict[str, Any] = {
+            "url": env.get(ENV_URL) or None, "token": env.get(ENV_TOKEN) or None, "python": env.get(ENV_PYTHON) or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class SegmentResult:
+    """One block's answer: ``labels`` H x W uint8, ``probabilities`` K x H x W float16 or None."""
+
+    labels: np.ndarray
+    probabilities: Optional[np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+#: Largest answer accepted from ``/health``, ``/progress`` and ``/classes/embed``.
+SMALL_ANSWER_BYTES = 4 * 2**20
+#: Seconds between two progress / cancel checks while a block is in flight.
+POLL_SECONDS = 0.3
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses: requests to them never go through a proxy."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_for(url: str) -> Optional[str]:
+    """The proxy URL to use for ``url``: never one for loopback, else the environment's unless ``no_proxy`` says no."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if is_loopback_host(host):
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy:
+        return None
+    where = f"{host}:{parts.port}" if parts.port else host
+    if urllib.request.proxy_bypass(where) or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
+
+
+class _Call:
+    """One HTTP exchange that another thread may abort (its socket is shut down)."""
+
+    def __init__(self) -> None:
+        self.aborted = threading.Event()
+        self.connection: Optional[http.client.HTTPConnection] = None
+
+    def abort(self) -> None:
+        self.aborted.set()
+        connection = self.connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class BackendClient:
+    """HTTP client for one backend URL (stdlib ``http.client``; proxies only for remote URLs)."""
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"The backend URL {self.url!r} is not an http:// or https:// URL: fix it in the "
+                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._base_path = parts.path.rstrip("/")
+
+    # ------------------------------------------------------------ transport
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """A connection (direct, or to the proxy), the path prefix to request, and proxy headers."""
+        proxy = proxy_for(self.url)
+        if proxy is None:
+            if self._scheme == "https":
+                return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                                   context=ssl.create_default_context()), self._base_path, {}
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout), self._base_path, {}
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if parts.scheme != "http" or not parts.hostname:
+            raise BackendError(f"The proxy {parts.scheme}://{parts.hostname} for {self.url} is not supported: use "
+                               "an http:// proxy, or list the backend host in no_proxy.", "bad_proxy")
+        headers = {}
+        if parts.username:
+            credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+        if self._scheme == "https":
+            tunnel = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=timeout,
+                                                 context=ssl.create_default_context())
+            tunnel.set_tunnel(self._host, self._port, headers=headers)
+            return tunnel, self._base_path, {}
+        plain = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        return plain, f"http://{self._host}:{self._port}{self._base_path}", headers
+
+    def _exchange(self, method: str, path: str, body: Optional[bytes], content_type: Optional[str],
+                  timeout: float, max_answer: int, call: Optional[_Call]) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; (status, lower-cased headers, body). Transport failures become BackendError."""
+        call = call or _Call()
+        connection, prefix, headers = self._connection(timeout)
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        call.connection = connection
+        try:
+            connection.connect()
+            if call.aborted.is_set():
+                raise BackendError("The request was cancelled.", "cancelled")
+            connection.request(method, prefix + path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer_headers = {name.lower(): value for name, value in response.getheaders()}
+            length = answer_headers.get("content-length", "")
+            if length.isdigit() and int(length) > max_answer:
+                raise BackendError(f"The backend's answer to {path} is {int(length)} bytes, more than the "
+                                   f"{max_answer} expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                chunk = response.read(min(1 << 20, max_answer + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_answer:
+                    raise BackendError(f"The backend's answer to {path} is larger than the {max_answer} bytes "
+                                       f"expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+            data = b"".join(chunks)
+            if length.isdigit() and len(data) < int(length):
+                raise http.client.IncompleteRead(data, int(length) - len(data))
+            return response.status, answer_headers, data
+        except BackendError:
+            raise
+        except http.client.IncompleteRead as error:
+            if call.aborted.is_set():
+                raise BackendError("The request was cancelled.", "cancelled") from None
+            raise BackendError(f"The backend's answer to {path} was cut off after {len(error.partial)} bytes (it "
+                               "may have crashed or been stopped): check that it is running and try again.",
+                               "truncated_answer") from None
+        except TimeoutError:
+            if call.aborted.is_set():
+                raise BackendError("The request was cancelled.", "cancelled") from None
+            raise BackendError(f"The SegEarth-OV backend at {self.url} did not answer {path} within {timeout:.0f} s: "
+                               "it may be overloaded or stuck; check its log, or try again.", "timeout") from None
+        except (OSError, http.client.HTTPException) as error:
+            if call.aborted.is_set():
+                raise BackendError("The request was cancelled.", "cancelled") from None
+            reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+            raise BackendError(
+                f"Cannot reach the SegEarth-OV backend at {self.url} ({reason}). Check that it is running "
+                "(start it from the plugin panel, or `segearth-backend serve`) and that the URL is right.",
+                "unreachable") from None
+        finally:
+            connection.close()
+
+    def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
+                 timeout: Optional[float] = None, max_answer: int = SMALL_ANSWER_BYTES,
+                 call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None) -> tuple[bytes, str]:
+        """One request; errors become BackendError. A 503 "busy" answer is retried after Retry-After."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            remaining = max(1.0, deadline - time.monotonic())
+            status, headers, data = self._exchange(method, path, body, content_type, remaining, max_answer, call)
+            if status < 400:
+                return data, headers.get("content-type", "")
+            try:
+                payload = json.loads(data.decode("utf-8"))
+                message, code = str(payload["message"]), str(payload["error"])
+            except (ValueError, KeyError, TypeError, RecursionError):
+                message, code = data.decode("utf-8", "replace")[:300] or f"HTTP {status}", "http_error"
+            retry = headers.get("retry-after", "")
+            if status == 503 and code == "busy" and retry.isdigit() and time.monotonic() + int(retry) < deadline:
+                if self._wait(int(retry), cancelled):
+                    raise BackendError("The request was cancelled.", "cancelled")
+                continue
+            raise BackendError(f"The backend refused the request ({status}): {message}", code, status,
+                               float(retry) if retry.isdigit() else None)
+
+    @staticmethod
+    def _wait(seconds: float, cancelled: Optional[Callable[[], bool]]) -> bool:
+        """Sleep ``seconds`` in short steps; True when ``cancelled()`` became true meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if cancelled is not None and cancelled():
+                return True
+            time.sleep(min(POLL_SECONDS, max(0.0, end - time.monotonic())))
+        return False
+
+    def _json(self, data: bytes, what: str) -> dict[str, Any]:
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            document = None
+        if not isinstance(document, dict):
+            raise BackendError(f"The backend at {self.url} answered {what} with something that is not a JSON "
+                               "object: is that URL a SegEarth-OV backend?", "bad_answer")
+        return document
+
+    # ------------------------------------------------------------ endpoints
+    def health(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The backend's ``/health`` document (protocol, versions, device, weights, status)."""
+        body, _ = self._request("GET", "/health", timeout=timeout)
+        health = self._json(body, "/health")
+        if health.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise BackendError(
+                f"The backend at {self.url} speaks protocol {str(health.get('protocol'))[:20]}, this plugin "
+                f"{protocol.PROTOCOL_VERSION}: update whichever is older.", "protocol_mismatch")
+        return health
+
+    def progress(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """``/progress/{request_id}``: ``state``, ``windows_done``, ``windows_total`` of a named request."""
+        body, _ = self._request("GET", f"/progress/{urllib.parse.quote(request_id)}", timeout=timeout)
+        return self._json(body, "/progress")
+
+    def segment(self, image: np.ndarray, classes: Sequence[str], prob_threshold: float = 0.0,
+                background_index: int = 0, bias_lambda: float = -0.3, valid: Optional[np.ndarray] = None,
+                probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+                cancelled: Optional[Callable[[], bool]] = None) -> SegmentResult:
+        """Segment one block: ``image`` H x W x 3 uint8 RGB, optional ``valid`` H x W bool.
+
+        Args:
+            progress: ``progress(windows_done, windows_total)``, called from a
+                polling thread about every 0.3 s while the block is computed.
+            cancelled: polled as often; when it returns True the connection is
+                dropped, the backend stops the work between window batches, and
+                ``BackendError(code="cancelled")`` is raised.
+
+        Raises:
+            BackendError: refused, unreachable, cancelled, or a malformed answer.
+        """
+        if cancelled is not None and cancelled():
+            raise BackendError("The request was cancelled.", "cancelled")
+        params: dict[str, Any] = {
+            "protocol": protocol.PROTOCOL_VERSION, "classes": list(classes),
+            "prob_threshold": float(prob_threshold), "background_index": int(background_index),
+            "bias_lambda": float(bias_lambda), "return_probabilities": bool(probabilities)}
+        request_id = f"qgis-{secrets.token_hex(8)}" if progress is not None else None
+        if request_id is not None:
+            params["request_id"] = request_id
+        members: dict[str, Any] = {"params.json": params, "image.npy": image}
+        if valid is not None:
+            members["valid.npy"] = valid.astype(bool)
+        height, width = image.shape[:2]
+        expected = height * width * (1 + (2 * len(classes) if probabilities else 0)) + 16 * 2**20
+        call = _Call()
+        finished = threading.Event()
+        watcher = None
+        if progress is not None or cancelled is not None:
+            watcher = threading.Thread(target=self._watch, args=(call, finished, request_id, progress, cancelled),
+                                       name="segearth-request-watch", daemon=True)
+            watcher.start()
+        try:
+            body, _ = self._request("POST", "/segment", protocol.encode(members), protocol.BUNDLE_TYPE,
+                                    max_answer=expected, call=call, cancelled=cancelled)
+        finally:
+            finished.set()
+            if watcher is not None:
+                watcher.join()
+        return self._segment_answer(body, height, width, len(classes), probabilities)
+
+    def _watch(self, call: _Call, finished: threading.Event, request_id: Optional[str],
+               progress: Optional[Callable[[int, int], None]], cancelled: Optional[Callable[[], bool]]) -> None:
+        """Polling thread: report progress, abort the exchange when ``cancelled()`` becomes true."""
+        while not finished.wait(POLL_SECONDS):
+            if cancelled is not None and cancelled():
+                call.abort()
+                return
+            if progress is not None and request_id is not None:
+                try:
+                    document = self.progress(request_id, timeout=5.0)
+                except BackendError:
+                    continue  # not registered yet, or a hiccup: the main exchange reports real failures
+                done, total = document.get("windows_done"), document.get("windows_total")
+                if isinstance(done, int) and isinstance(total, int) and total > 0:
+                    progress(done, total)
+
+    def _segment_answer(self, body: bytes, height: int, width: int, classes: int,
+                        probabilities: bool) -> SegmentResult:
+        try:
+            answer = protocol.decode(body, {"meta.json", "labels.npy", "probabilities.npy"})
+        except ValueError as error:
+            raise BackendError(f"The backend's answer is malformed: {error}.", "bad_answer") from None
+        labels, probs = answer.get("labels.npy"), answer.get("probabilities.npy")
+        meta = answer.get("meta.json", {})
+        if not isinstance(meta, dict):
+            raise BackendError("The backend's answer is malformed: meta.json is not an object.", "bad_answer")
+        if meta.get("protocol", protocol.PROTOCOL_VERSION) != protocol.PROTOCOL_VERSION:
+            raise BackendError(f"The backend answered in protocol {str(meta.get('protocol'))[:20]}, this plugin "
+                               f"speaks {protocol.PROTOCOL_VERSION}: update whichever is older.", "protocol_mismatch")
+        if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8 or labels.shape != (height, width):
+            shape = getattr(labels, "shape", None)
+            raise BackendError(f"The backend's answer is malformed: labels.npy is {shape}, expected a "
+                               f"{height} x {width} uint8 array.", "bad_answer")
+        if probabilities and (not isinstance(probs, np.ndarray) or probs.shape != (classes, height, width)):
+            raise BackendError(f"The backend's answer is malformed: probabilities.npy is "
+                               f"{getattr(probs, 'shape', None)}, expected {classes} x {height} x {width}.",
+                               "bad_answer")
+        return SegmentResult(labels, probs if probabilities else None, meta)
+
+    def embed_classes(self, classes: Sequence[str]) -> dict[str, Any]:
+        """Pre-compute the class embeddings so the first block is not slowed by text encoding."""
+        body, _ = self._request("POST", "/classes/embed", json.dumps({"classes": list(classes)}).encode("utf-8"),
+                                "application/json")
+        return self._json(body, "/classes/embed")
+
+
+class LocalBackend:
+    """A backend process started by :func:`start_local_backend`; ``stop()`` ends it.
+
+    Its working folder (ready file, log) is removed when it is stopped on
+    purpose and kept when it failed, so the log can be read.
+    """
+
+    def __init__(self, process: subprocess.Popen, url: str, token: str, log_path: Path,
+                 args: Sequence[str] = ()) -> None:
+        self.process, self.url, self.token, self.log_path = process, url, token, log_path
+        self.args = tuple(args)
+
+    def client(self, timeout: float = 600.0) -> BackendClient:
+        return BackendClient(self.url, self.token, timeout)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def phase(self) -> str:
+        """Where start-up is: ``starting`` (Python and torch load), ``loading`` (the model), or ``ready``."""
+        if self.url:
+            return "ready"
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "starting"
+        return "loading" if "loading the model" in text else "starting"
+
+    def failed(self) -> bool:
+        """True when the process ended on its own (crashed, killed, refused to start)."""
+        return self.process.poll() is not None and not self._stopping
+
+    _stopping = False
+
+    def stop(self, timeout: float = 15.0, keep_log: bool = False) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent. Removes the working folder
+        unless the process had already failed or ``keep_log`` (its log is kept for the user)."""
+        failed = self.failed() or keep_log
+        self._stopping = True
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        if not failed:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
+
+
+ENV_BACKEND_PYTHONPATH = "SEGEARTH_BACKEND_PYTHONPATH"
+
+
+def backend_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a backend process: this one without QGIS's Python settings.
+
+    QGIS (OSGeo4W on Windows, QGIS.app on macOS) sets PYTHONHOME and PYTHONPATH
+    for its own Python; the backend's environment must not see them.
+    ``SEGEARTH_BACKEND_PYTHONPATH``, when set, becomes the backend's PYTHONPATH
+    (a development checkout's source tree).
+    """
+    environment = {key: value for key, value in env.items() if key not in FOREIGN_PYTHON_VARIABLES}
+    if env.get(ENV_BACKEND_PYTHONPATH):
+        environment["PYTHONPATH"] = env[ENV_BACKEND_PYTHONPATH]
+    return environment
+
+
+def split_arguments(text: str, windows: bool = sys.platform == "win32") -> list[str]:
+    """Command-line arguments from one string; on Windows backslashes are path separators, not escapes
+    (``--clip-weights "C:\\My data\\clip.bin"`` stays one path)."""
+    if not windows:
+        return shlex.split(text)
+    return [part[1:-1] if len(part) >= 2 and part[0] == part[-1] and part[0] in "\"'" else part
+            for part in shlex.split(text, posix=False)]
+
+
+def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
+                        env: Optional[Mapping[str, str]] = None, timeout: float = 600.0,
+                        cancelled: Optional[Callable[[], bool]] = None,
+                        on_started: Optional[Callable[[LocalBackend], None]] = None) -> LocalBackend:
+    """Start ``python -m segearth_backend serve`` on a free loopback port and wait until it is ready.
+
+    Args:
+        python: interpreter with the backend installed (default ``$SEGEARTH_BACKEND_PYTHON``).
+        args: extra ``serve`` arguments (``--device cpu``...); ``$SEGEARTH_BACKEND_ARGS`` (in ``env``) adds
+            more, such as ``--ray --replicas 2`` for one replica per GPU of this machine.
+        env: environment for the process (default: this one).
+        timeout: seconds to wait for the model to load.
+        cancelled: polled while waiting; returning True stops the process.
+        on_started: called with the (not yet ready) backend once its process runs.
+
+    Raises:
+        BackendStartError: no interpreter, the process exited (its log tail is in
+            the message), timed out, or was cancelled.
+    """
+    environment = backend_environment(os.environ if env is None else env)
+    python = python or environment.get(ENV_PYTHON)
+    if not python:
+        raise BackendStartError(
+            "No backend is set up yet: in the SegEarth-OV panel click Backend, Set up backend… (once, a few "
+            "minutes), or give the Python of an environment where segearth-backend is installed (Backend, "
+            "Python; or SEGEARTH_BACKEND_PYTHON).", "no_python")
+    token = secrets.token_urlsafe(24)
+    environment["SEGEARTH_BACKEND_TOKEN"] = token  # passed by environment, never on the command line
+    workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))
+    ready_file, log_path = workdir / "ready.json", workdir / "backend.log"
+    try:
+        extra = split_arguments(environment.get(ENV_ARGS, ""))
+    except ValueError as error:
+        raise BackendStartError(f"{ENV_ARGS} cannot be read as command-line arguments ({error}): fix its quotes.",
+                                "bad_args") from None
+    command = [python, "-m", "segearth_backend", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--ready-file", str(ready_file), "--exit-with-parent", *args, *extra]
+    log_stream = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+    try:
+        # stdin: a pipe this process keeps open; the backend exits when it closes (--exit-with-parent), which
+        # also happens when QGIS crashes. Windows: no console window for the backend.
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=log_stream, env=environment,
+                                   start_new_session=sys.platform != "win32", creationflags=NO_WINDOW)
+    except OSError as error:
+        log_stream.close()
+        raise BackendStartError(
+            f"Cannot run the backend interpreter '{python}': {error.strerror or error}. Set "
+            "SEGEARTH_BACKEND_PYTHON to a Python with segearth-backend installed.", "bad_python") from None
+    log_stream.close()
+    backend = LocalBackend(process, "", token, log_path, args)
+    if on_started is not None:
+        on_started(backend)
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready_file.is_file():
+            document = json.loads(ready_file.read_text(encoding="utf-8"))
+            if "url" in document:
+                backend.url = document["url"]
+                return backend
+            backend.stop(keep_log=True)
+            raise BackendStartError(f"The backend could not load the model: {document.get('error')}", "model_failed")
+        if process.poll() is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            raise BackendStartError(
+                f"The backend exited during start-up (exit code {process.returncode}). Its last output:\n"
+                f"{backend.log_tail()}\nThe full log is {log_path}.", "exited")
+        if cancelled is not None and cancelled():
+            backend.stop()
+            raise BackendStartError("Starting the backend was cancelled.", "cancelled")
+        if time.monotonic() > deadline:
+            backend.stop(keep_log=True)
+            raise BackendStartError(
+                f"The backend did not become ready within {timeout:.0f} s. Its last output:\n{backend.log_tail()}\n"
+                f"The full log is {log_path}.", "timeout")
+        time.sleep(0.1)

@@ -1,0 +1,200 @@
+"""Runs the dock's jobs: one task at a time, progress in words, one clear outcome, results on the map."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsRasterLayer
+from qgis.PyQt.QtCore import QObject, pyqtSignal
+
+from .. import settings
+from ..client.backend_manager import BackendManager
+from ..core.classes import class_name
+from ..core.speed import SpeedRecord, class_shares, device_key, format_duration, records_from_json, records_to_json
+from ..job.aoi import AoiKind
+from ..job.engine import JobResult
+from ..job.request import PlannedJob
+from ..map.styling import add_result_layer
+from .task import LOG_TAG, SegmentTask
+
+#: A result where one class covers at least this share of the valid pixels is called uniform.
+UNIFORM_SHARE = 0.995
+AOI_WORDS = {AoiKind.LAYER: "whole layer", AoiKind.MAP_VIEW: "map view", AoiKind.RECTANGLE: "rectangle",
+             AoiKind.SELECTED_FEATURES: "polygons"}
+
+Report = Callable[[str, Any], None]
+
+
+def result_name(layer_name: str, classes: tuple[str, ...], preset: Optional[str], aoi: AoiKind,
+                when: Optional[datetime] = None) -> str:
+    """A layer name that tells runs apart: ``<layer> — <preset or first classes> — <area>, <time>``."""
+    if preset:
+        what = preset
+    else:
+        names = [class_name(line).split(",")[0] for line in classes]
+        what = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    stamp = (when or datetime.now()).strftime("%H:%M:%S")
+    return f"{layer_name} — {what} — {AOI_WORDS.get(aoi, aoi.value)}, {stamp}"
+
+
+def shares_text(result: JobResult) -> str:
+    """Each class's share of the valid pixels, largest first ("water 60%, road 40%"); '' when none is valid."""
+    shares = class_shares(result.class_pixels, result.names)
+    shown = [(name, share) for name, share in shares if share >= 0.005][:6]
+    hidden = len(shares) - len(shown)
+    return ", ".join(f"{name} {share:.0%}" for name, share in shown) + (f" (+{hidden} under 1 %)" if hidden else "")
+
+
+def outcome_text(result: JobResult, start_seconds: float, threshold: float,
+                 background_index: Optional[int]) -> tuple[str, Any]:
+    """The one message a finished job leaves: size, time (start-up included), class shares, or a warning."""
+    total = result.seconds + start_seconds
+    timing = f"{result.pixels / 1e6:.2f} MP in {format_duration(total)}"
+    if start_seconds > 0.5:
+        timing += f" (of which {format_duration(start_seconds)} starting the backend)"
+    shares = class_shares(result.class_pixels, result.names)
+    if not shares:
+        return (f"Segmented {timing}, but the area holds no valid pixels (all nodata): check the layer's nodata "
+                "value, the bands, or the area of interest."), Qgis.Warning
+    if shares[0][1] >= UNIFORM_SHARE:
+        name = shares[0][0]
+        is_background = background_index is not None and name == result.names[background_index]
+        if is_background and threshold > 0:
+            advice = (f"every pixel fell below the probability threshold {threshold:g}: lower it in Options, or "
+                      "describe the classes differently")
+        else:
+            advice = ("try other or more specific class names, another resolution, or check that the bands are "
+                      "red, green and blue")
+        return f"Segmented {timing}: the whole area is '{name}' — {advice}.", Qgis.Warning
+    message = f"Segmented {timing}: {shares_text(result)}"
+    if result.probabilities_path is not None:
+        message += f". Probabilities: {result.probabilities_path.name}"
+    return message, Qgis.Success
+
+
+class JobRunner(QObject):
+    """Owns the running task; emits ``progress(percent, text)`` and ``finished(task)``.
+
+    The dock shows progress and asks for cancel; the runner adds the result
+    layers, reports the one outcome, and keeps the measured speed per device
+    for the next estimate.
+    """
+
+    progress = pyqtSignal(float, str)
+    finished = pyqtSignal(object)
+
+    def __init__(self, manager: BackendManager, report: Report) -> None:
+        super().__init__()
+        self.manager, self.report = manager, report
+        self.task: Optional[SegmentTask] = None
+        self.started_at = 0.0
+        self.context: dict[str, Any] = {}
+        #: The layers the last successful job added (the result, then its probabilities).
+        self.result_layer_ids: list[str] = []
+        self.quiet = False
+
+    def running(self) -> bool:
+        return self.task is not None
+
+    def start(self, planned: PlannedJob, aoi: AoiKind, preset: Optional[str] = None,
+              quiet: bool = False) -> SegmentTask:
+        """Run ``planned`` (one job at a time: raises RuntimeError while one runs). ``quiet`` (updates while
+        typing): a successful outcome goes to the log panel and the progress line, not the message bar;
+        warnings and failures are reported as always."""
+        if self.task is not None:
+            raise RuntimeError("a segmentation is already running")
+        job = planned.job
+        self.quiet, self.result_layer_ids = quiet, []
+        self.context = {"layer": job.layer_name, "classes": planned.params.classes, "aoi": aoi, "preset": preset,
+                        "threshold": planned.params.threshold, "background": planned.params.background_index,
+                        "blocks": 0}
+        self.task = SegmentTask(f"SegEarth-OV: {job.layer_name}", self.manager, planned, self._done)
+        self.task.progressChanged.connect(self._progress)
+        self.started_at = time.monotonic()
+        self.progress.emit(0.0, "Starting…")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.progress.emit(float(self.task.progress()), "Cancelling…")
+
+    def _progress(self, value: float) -> None:
+        elapsed = time.monotonic() - self.started_at
+        blocks = self.task.blocks if self.task is not None else 0
+        if value <= 0:
+            return
+        text = f"{value:.0f} %"
+        if blocks:
+            done = min(blocks, int(value / 100.0 * blocks + 1e-6))
+            text = f"block {min(done + 1, blocks) if value < 100 else blocks} of {blocks}"
+        text += f" · {format_duration(elapsed)} elapsed"
+        if 0 < value < 100:
+            text += f" · about {format_duration(elapsed / value * (100 - value))} left"
+        self.progress.emit(value, text)
+
+    def _done(self, task: SegmentTask) -> None:
+        self.task = None
+        context = self.context
+        if task.result is not None:
+            self._show(task, context)
+        elif task.was_cancelled:
+            self._say("Segmentation cancelled; nothing was written.", Qgis.Info)
+        else:
+            self.report(f"Segmentation failed: {task.error}", Qgis.Critical)
+        self.finished.emit(task)
+
+    def _show(self, task: SegmentTask, context: dict[str, Any]) -> None:
+        result = task.result
+        if result is None:
+            return
+        try:
+            name = result_name(context["layer"], context["classes"], context["preset"], context["aoi"])
+            layer = add_result_layer(str(result.output_path), name, result.names, result.colours)
+            self.result_layer_ids = [layer.id()]
+            if result.probabilities_path is not None:
+                probabilities = QgsRasterLayer(str(result.probabilities_path), f"{name} — probabilities")
+                if probabilities.isValid():
+                    add_result_layer_hidden(probabilities, layer)
+                    self.result_layer_ids.append(probabilities.id())
+        except OSError as error:
+            self.report(str(error), Qgis.Critical)
+            return
+        message, level = outcome_text(result, task.start_seconds, context["threshold"], context["background"])
+        for warning in result.warnings:  # a restored backup, a style not written: always in the bar
+            self.report(warning, Qgis.Info)
+        self._say(message, level)
+        self.remember_speed(task)
+
+    def _say(self, message: str, level: Any) -> None:
+        """The outcome: in the message bar, or (quiet: a success, a cancel) only in the log panel."""
+        if self.quiet and level in (Qgis.Success, Qgis.Info):
+            QgsMessageLog.logMessage(message, LOG_TAG, level)
+        else:
+            self.report(message, level)
+
+    def remember_speed(self, task: SegmentTask) -> None:
+        """Add this job's seconds per megapixel to the running total of its device and model."""
+        result = task.result
+        if result is None or not task.health:
+            return
+        records = records_from_json(settings.load_json(settings.SPEED_HISTORY))
+        key = device_key(task.health)
+        records[key] = records.get(key, SpeedRecord()).add(result.seconds, result.pixels / 1e6)
+        settings.save_json(settings.SPEED_HISTORY, records_to_json(records))
+
+
+def add_result_layer_hidden(layer: QgsRasterLayer, beside: QgsRasterLayer) -> None:
+    """Add ``layer`` just below ``beside`` in the same group, unchecked (probabilities: there when wanted)."""
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    project.addMapLayer(layer, False)
+    node = project.layerTreeRoot().findLayer(beside.id())
+    group = node.parent() if node is not None else project.layerTreeRoot()
+    index = group.children().index(node) + 1 if node is not None else 0
+    inserted = group.insertLayer(index, layer)
+    inserted.setItemVisibilityChecked(False)

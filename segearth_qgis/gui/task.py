@@ -1,0 +1,76 @@
+"""The segmentation job as a QgsTask: runs off the GUI thread, reports progress, cancels."""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from typing import Any, Callable, Optional
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+
+from ..client.backend_manager import BackendManager
+from ..core.blocks import plan_grid_blocks
+from ..errors import BackendError, JobCancelledError, OutputError
+from ..job.engine import JobResult, execute
+from ..job.request import PlannedJob
+from ..map.styling import write_class_style
+
+LOG_TAG = "SegEarth-OV"
+
+
+def log_warning(message: str) -> None:
+    """A line in QGIS's log panel (SegEarth-OV tab); safe from the task's threads."""
+    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+
+
+class SegmentTask(QgsTask):
+    """Runs :func:`~segearth_qgis.job.execute`; ``on_done(task)`` is called on the GUI thread.
+
+    Exactly one outcome is set when it ends: ``result`` (success), ``error``
+    (a message for the user) or ``was_cancelled``. The task reports success to
+    QGIS's task manager whenever the plugin itself reports the outcome, so QGIS
+    does not add a "Task failed" notice of its own that would contradict it.
+    """
+
+    def __init__(self, description: str, manager: BackendManager, planned: PlannedJob,
+                 on_done: Callable[[SegmentTask], None]) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.manager, self.planned, self.on_done = manager, planned, on_done
+        self.result: Optional[JobResult] = None
+        self.error: Optional[str] = None
+        self.error_code: Optional[str] = None
+        self.was_cancelled = False
+        self.blocks = len(plan_grid_blocks(planned.job.grid, planned.params.block_size))
+        #: Seconds spent starting a local backend for this job (0 when one was running).
+        self.start_seconds = 0.0
+        #: The backend's /health after the job (device and model, for the speed history).
+        self.health: dict[str, Any] = {}
+
+    def run(self) -> bool:
+        try:
+            client = self.manager.client(cancelled=self.isCanceled)
+            self.start_seconds = self.manager.last_start_seconds
+            self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
+                                  cancelled=self.isCanceled, write_style=write_class_style, log=log_warning)
+            with contextlib.suppress(BackendError):
+                self.health = self.manager.health()
+        except JobCancelledError:
+            self.was_cancelled = True
+        except BackendError as error:
+            self.was_cancelled = error.code == "cancelled" or self.isCanceled()
+            if not self.was_cancelled:
+                self.error, self.error_code = self.manager.explain(error), error.code
+        except (OutputError, OSError, ValueError) as error:
+            self.error = str(error)
+        except Exception as error:  # noqa: BLE001 - any failure must reach the user as a message
+            self.error = f"Unexpected error: {type(error).__name__}: {error}"
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            return False
+        finally:
+            self.planned = None  # type: ignore[assignment]  # nothing of GDAL's may outlive the job
+        return True
+
+    def finished(self, result: bool) -> None:  # noqa: FBT001 - QgsTask's signature
+        if self.result is None and self.error is None:
+            self.was_cancelled = True
+        self.on_done(self)

@@ -1,0 +1,1 @@
+"""A segmentation job: what the user chose, checked; pixels read, blocks sent, GeoTIFFs written."""

@@ -1,0 +1,48 @@
+"""The benchmark class sets: the authors' configs as data, one source for the backend and the plugin."""
+
+import pytest
+
+from segearth_backend.errors import DatasetError
+from segearth_backend.evaluation.benchmarks import find_benchmark, load_benchmarks
+from segearth_backend.pipeline.classes import parse_classes
+
+#: (key, threshold, background index, lambda) from the authors' configs/cfg_*.py.
+CONFIG_FACTS = [
+    ("openearthmap", 0.1, 0, -0.3), ("loveda", 0.3, 0, -0.3), ("isaid", 0.4, 0, -0.3), ("potsdam", 0.1, 5, -0.3),
+    ("vaihingen", 0.1, 5, -0.3), ("uavid", 0.3, 0, -0.3), ("udd5", 0.4, 4, -0.3), ("vdd", 0.3, 0, -0.3),
+    ("whu_aerial", 0.6, 0, -0.3), ("whu_sat_ii", 0.7, 0, -0.3), ("inria", 0.6, 0, -0.3), ("xbd", 0.0, 0, 0.0),
+    ("chn6_cug", 0.8, 0, -0.3), ("deepglobe", 0.7, 0, -0.3), ("massachusetts", 0.7, 0, -0.3),
+    ("spacenet", 0.7, 0, -0.3), ("wbs_si", 0.6, 0, -0.3),
+]
+
+
+def test_seventeen_benchmarks_then_generic_sets():
+    presets = load_benchmarks()
+    assert [p.key for p in presets if p.dataset is not None] == [key for key, *_ in CONFIG_FACTS]
+    assert [p.name for p in presets if p.dataset is None] == ["Buildings", "Roads", "Water"]
+    assert len({p.key for p in presets}) == len({p.name for p in presets}) == len(presets) == 20
+
+
+@pytest.mark.parametrize("key, threshold, background, lam", CONFIG_FACTS)
+def test_settings_follow_the_configs(key, threshold, background, lam):
+    preset = find_benchmark(key)
+    assert (preset.prob_threshold, preset.background_index, preset.bias_lambda) == (threshold, background, lam)
+    classes = parse_classes(list(preset.classes))
+    assert classes.num_classes == len(preset.dataset.class_names)  # one class line per dataset label
+    assert 0 <= preset.background_index < classes.num_classes
+    assert preset.config.startswith("cfg_") and preset.class_file.startswith("cls_")
+
+
+def test_class_lists_and_layouts_of_some_sets():
+    assert find_benchmark("OpenEarthMap").classes[-1] == "building,roof,house"
+    potsdam = find_benchmark("potsdam")
+    assert potsdam.classes[5] == "clutter,background" and potsdam.dataset.reduce_zero_label
+    assert find_benchmark("isaid").dataset.seg_map_suffix == "_instance_color_RGB.png"
+    assert find_benchmark("udd5").dataset.img_suffix == ".JPG" and find_benchmark("loveda").dataset.reduce_zero_label
+    assert find_benchmark("wbs_si").dataset.ann_file == "wbs-si_val.txt"
+    assert not find_benchmark("openearthmap").dataset.reduce_zero_label
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(DatasetError, match="Known datasets: openearthmap, loveda"):
+        find_benchmark("cityscapes")

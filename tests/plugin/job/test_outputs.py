@@ -1,0 +1,246 @@
+"""Output planning and the all-or-nothing move into place (segearth_qgis.outputs, no QGIS needed)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from segearth_qgis.errors import OutputError
+from segearth_qgis.job.outputs import StagedFiles, aux_path, normalise_output, plan_outputs, style_path
+
+
+def test_suffix_is_added_and_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normalise_output("result") == tmp_path / "result.tif"
+    assert normalise_output("a.TIFF") == tmp_path / "a.TIFF"
+    assert normalise_output("x.png") == tmp_path / "x.png.tif"
+    with pytest.raises(OutputError, match="No output file"):
+        normalise_output("  ")
+
+
+def test_an_input_is_never_an_output(tmp_path):
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"imagery")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(scene), inputs=[str(scene)], overwrite=True)
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(tmp_path / "x.tif"), str(scene), inputs=[str(scene)], overwrite=True)
+    link = tmp_path / "link.tif"
+    link.symlink_to(scene)
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(link), inputs=[str(scene)], overwrite=True)
+    hard = tmp_path / "hard.tif"
+    os.link(scene, hard)
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(hard), inputs=[str(scene)], overwrite=True)
+    relative = Path(os.path.relpath(scene))
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(tmp_path / "sub" / ".." / "scene.tif"), inputs=[str(relative)], overwrite=True)
+    assert scene.read_bytes() == b"imagery"
+
+
+def test_an_output_whose_side_file_is_an_input_is_refused(tmp_path):
+    style = tmp_path / "scene.qml"
+    style.write_text("<qgis/>")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        plan_outputs(str(tmp_path / "scene.tif"), inputs=[str(style)], overwrite=True)
+
+
+def test_two_outputs_of_one_run_are_never_the_same_file(tmp_path):
+    with pytest.raises(OutputError, match="different file names"):
+        plan_outputs(str(tmp_path / "a.tif"), str(tmp_path / "a.tif"))
+    with pytest.raises(OutputError, match="different file names"):
+        plan_outputs(str(tmp_path / "a"), str(tmp_path / "a.tif"))
+
+
+def test_existing_target_needs_overwrite(tmp_path):
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"old")
+    with pytest.raises(OutputError, match="already exists"):
+        plan_outputs(str(target))
+    assert plan_outputs(str(target), overwrite=True).labels == target
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        plan_outputs(str(folder), overwrite=True)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        plan_outputs(str(tmp_path / "nope" / "out.tif"))
+
+
+def test_read_only_folder(small_filesystem):
+    locked = small_filesystem(64, read_only=True)
+    with pytest.raises(OutputError, match=f"The folder {locked} is not writable"):
+        plan_outputs(str(locked / "out.tif"))
+
+
+def test_another_files_style_is_never_written(tmp_path):
+    (tmp_path / "scene3.tif").write_bytes(b"imagery")
+    style = tmp_path / "scene3.qml"
+    style.write_text("<qgis>the user's style</qgis>")
+    plan = plan_outputs(str(tmp_path / "scene3.tiff"))
+    assert plan.style is None and "scene3.tif" in plan.warnings[0]
+    fresh = plan_outputs(str(tmp_path / "other.tif"))
+    assert fresh.style == tmp_path / "other.qml" and not fresh.warnings
+    orphan = tmp_path / "lonely.qml"
+    orphan.write_text("<qgis/>")
+    assert plan_outputs(str(tmp_path / "lonely.tif")).style is None
+
+
+def test_our_own_earlier_result_gets_its_style_replaced(tmp_path):
+    (tmp_path / "result.tif").write_bytes(b"earlier result")
+    (tmp_path / "result.qml").write_text("<qgis/>")
+    plan = plan_outputs(str(tmp_path / "result.tif"), overwrite=True)
+    assert plan.style == tmp_path / "result.qml" and not plan.warnings
+
+
+def stage(files: StagedFiles, target: Path, content: bytes) -> Path:
+    temporary = files.stage(target)
+    temporary.write_bytes(content)
+    return temporary
+
+
+def test_commit_moves_everything_with_normal_permissions(tmp_path):
+    files = StagedFiles()
+    first = stage(files, tmp_path / "a.tif", b"A")
+    assert first.name.startswith(".a.tif.") and first.parent == tmp_path
+    stage(files, tmp_path / "b.tif", b"B")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert files.commit() == [tmp_path / "a.tif", tmp_path / "b.tif"]
+    assert (tmp_path / "a.tif").read_bytes() == b"A" and (tmp_path / "b.tif").read_bytes() == b"B"
+    assert stat.S_IMODE((tmp_path / "a.tif").stat().st_mode) == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+
+
+def test_a_file_created_meanwhile_is_not_replaced_and_nothing_moves(tmp_path):
+    files = StagedFiles(overwrite=False)
+    stage(files, tmp_path / "a.tif", b"A")
+    stage(files, tmp_path / "b.tif", b"B")
+    (tmp_path / "b.tif").write_bytes(b"someone else's")
+    with pytest.raises(OutputError, match="appeared while the job ran"):
+        files.commit()
+    assert (tmp_path / "b.tif").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]
+
+
+def test_a_failed_move_restores_what_was_replaced(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"old A")
+    (tmp_path / "b.tif").write_bytes(b"old B")
+    files = StagedFiles(overwrite=True)
+    stage(files, tmp_path / "a.tif", b"new A")
+    missing = tmp_path / ".vanished.part.tif"  # a staged file that is gone when the moves happen
+    files.attach(missing, tmp_path / "b.tif")
+    with pytest.raises(OutputError):
+        files.commit()
+    assert (tmp_path / "a.tif").read_bytes() == b"old A" and (tmp_path / "b.tif").read_bytes() == b"old B"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+
+
+def test_overwrite_replaces_and_removes_a_stale_side_file(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"old")
+    aux_path(tmp_path / "a.tif").write_text("<PAMDataset/>")
+    files = StagedFiles(overwrite=True)
+    stage(files, tmp_path / "a.tif", b"new")
+    files.replace_stale(aux_path(tmp_path / "a.tif"))
+    files.commit()
+    assert (tmp_path / "a.tif").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]
+
+
+def test_abort_leaves_nothing(tmp_path):
+    files = StagedFiles()
+    temporary = stage(files, tmp_path / "a.tif", b"A")
+    aux_path(temporary).write_text("<PAMDataset/>")
+    files.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_style_path_is_the_qgis_default_style_name(tmp_path):
+    assert style_path(tmp_path / "x.tiff") == tmp_path / "x.qml"
+
+
+def test_overwriting_removes_the_old_results_side_files(tmp_path):
+    """Found in review: an old result's overviews (.ovr) survived an overwrite and showed the old classes."""
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"old result")
+    for side in ("out.tif.ovr", "out.tif.aux.xml", "out.tif.msk", "out.tfw"):
+        (tmp_path / side).write_text("old")
+    (tmp_path / "other.tif.ovr").write_text("not ours")
+    plan = plan_outputs(str(target), overwrite=True)
+    assert {p.name for p in plan.stale} == {"out.tif.ovr", "out.tif.aux.xml", "out.tif.msk", "out.tfw"}
+    files = StagedFiles(overwrite=True)
+    stage(files, target, b"new result")
+    for side in plan.stale:
+        files.replace_stale(side)
+    files.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tif.ovr", "out.tif"]
+    assert target.read_bytes() == b"new result"
+
+
+def test_a_side_file_without_its_raster_does_not_stop_a_new_result(tmp_path):
+    """Found in review: a lone out.tif.aux.xml made the job fail at the very end ("appeared while the job ran")."""
+    (tmp_path / "out.tif.aux.xml").write_text("<PAMDataset/>")
+    plan = plan_outputs(str(tmp_path / "out.tif"))
+    files = StagedFiles(overwrite=False)
+    temporary = stage(files, tmp_path / "out.tif", b"new")
+    aux_path(temporary).write_text("<PAMDataset>new</PAMDataset>")
+    files.attach(aux_path(temporary), aux_path(tmp_path / "out.tif"))
+    for side in plan.stale:
+        files.replace_stale(side)
+    files.commit()
+    assert (tmp_path / "out.tif.aux.xml").read_text() == "<PAMDataset>new</PAMDataset>"
+
+
+def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch):
+    """The backup is a second name of the old file: a crash between the steps leaves out.tif in place."""
+    import segearth_qgis.job.outputs as outputs
+
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"precious")
+    seen = []
+    real_replace = os.replace
+
+    def crash_on_first_placement(source, destination):
+        if Path(destination) == target:
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            raise KeyboardInterrupt("the process dies here")
+        return real_replace(source, destination)
+
+    files = StagedFiles(overwrite=True)
+    stage(files, target, b"new")
+    monkeypatch.setattr(outputs.os, "replace", crash_on_first_placement)
+    with pytest.raises(KeyboardInterrupt):
+        files.commit()
+    monkeypatch.undo()
+    assert "out.tif" in seen[0] and target.read_bytes() == b"precious"
+
+
+def test_a_backup_left_by_a_crash_is_put_back(tmp_path):
+    from segearth_qgis.job.outputs import recover_leftovers
+
+    (tmp_path / ".out.tif.1a2b3c4d.old").write_bytes(b"the user's result")
+    (tmp_path / ".out.tif.5e6f7a8b.part.tif").write_bytes(b"half written")
+    done = recover_leftovers(tmp_path / "out.tif", now=10**12)
+    assert (tmp_path / "out.tif").read_bytes() == b"the user's result" and len(done) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
+    """Without hard links (FAT, SMB) the name is claimed first; if the move then fails it is released."""
+    import segearth_qgis.job.outputs as outputs
+
+    monkeypatch.setattr(outputs.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
+    real_replace = os.replace
+    monkeypatch.setattr(outputs.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
+                        if Path(d).name == "out.tif" else real_replace(s, d))
+    files = StagedFiles()
+    stage(files, tmp_path / "out.tif", b"new")
+    with pytest.raises(OutputError, match="Nothing was written"):
+        files.commit()
+    assert list(tmp_path.iterdir()) == []
