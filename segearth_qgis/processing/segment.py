@@ -41,7 +41,7 @@ from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
 from ..job_request import JobInputs, plan_job
 from ..qt_compat import field_type
-from ..styling import class_vector_renderer, write_class_style
+from ..styling import class_style_text, class_vector_renderer
 from .post_processing import ResultPostProcessor, attach
 from .vector_style import planned_vector_style, write_vector_style
 
@@ -150,7 +150,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
-                             cancelled=feedback.isCanceled, write_style=write_class_style, log=feedback.pushWarning)
+                             cancelled=feedback.isCanceled, make_style=class_style_text, log=feedback.pushWarning)
         except JobCancelledError:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except BackendError as error:
