@@ -137,9 +137,12 @@ def reader_factory(layer: QgsRasterLayer) -> Callable[[], BandReader]:
         source, native = layer.source(), native_grid(layer)
         with collect_errors():  # a source GDAL cannot open alone is read through the provider instead
             probe = gdal.OpenEx(source, gdal.OF_RASTER) if source else None
-        if probe is not None:
+        # QGIS shows a per-dataset mask (an external .msk) as one more band, an alpha band GDAL does not have:
+        # such a layer is read through the provider too.
+        if probe is not None and layer.bandCount() <= probe.RasterCount:
             probe = None
             return lambda: GdalBandReader(source, native)
+        probe = None
     reader = ProviderBandReader(layer)
     return lambda: reader
 

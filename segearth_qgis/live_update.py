@@ -20,7 +20,6 @@ from qgis.core import QgsProject
 
 from .job import JobResult
 from .job_request import JobInputs
-from .outputs import raster_side_files
 
 #: Quiet time after the last edit before the area is re-segmented (milliseconds).
 LIVE_DELAY_MS = 1000
@@ -53,13 +52,9 @@ class LastResult:
 
 
 def result_files(result: JobResult) -> list[Path]:
-    """Every file a job wrote: the classes, their style, the probabilities, and their GDAL side files."""
-    files = [result.output_path, *raster_side_files(result.output_path)]
-    if result.style_path is not None:
-        files.append(result.style_path)
-    if result.probabilities_path is not None:
-        files += [result.probabilities_path, *raster_side_files(result.probabilities_path)]
-    return files
+    """Every file a job wrote (the classes, their style, the probabilities, their GDAL side files), and only those:
+    never a file beside them that belongs to something else (the input's world file)."""
+    return list(result.written)
 
 
 class LiveResults:

@@ -13,7 +13,7 @@ from .core.blocks import plan_grid_blocks
 from .errors import BackendError, JobCancelledError, OutputError
 from .job import JobResult, execute
 from .job_request import PlannedJob
-from .styling import write_class_style
+from .styling import class_style_text
 
 LOG_TAG = "SegEarth-OV"
 
@@ -51,7 +51,7 @@ class SegmentTask(QgsTask):
             client = self.manager.client(cancelled=self.isCanceled)
             self.start_seconds = self.manager.last_start_seconds
             self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
-                                  cancelled=self.isCanceled, write_style=write_class_style, log=log_warning)
+                                  cancelled=self.isCanceled, make_style=class_style_text, log=log_warning)
             with contextlib.suppress(BackendError):
                 self.health = self.manager.health()
         except JobCancelledError:

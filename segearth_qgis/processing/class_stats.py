@@ -10,7 +10,6 @@ from osgeo import gdal
 from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsPointXY,
@@ -31,6 +30,7 @@ from qgis.core import (
 )
 
 from ..qt_compat import field_type
+from .run_outputs import RunOutputs, layer_inputs
 
 NODATA = 255
 
@@ -105,25 +105,43 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        import processing
-
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
         if layer.bandCount() != 1:
             raise QgsProcessingException(f"INPUT has {layer.bandCount()} bands; a class raster has one.")
-        names = class_names(layer)
-        area = pixel_area_m2(layer, context)
-        zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) else ""
-        fields = QgsFields()
-        fields.append(self.zone_output_field(parameters, context, zone_field))
-        for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
-                           ("pixels", field_type("LongLong")),
-                           ("area_m2", field_type("Double")), ("share", field_type("Double"))):
-            fields.append(QgsField(name, kind))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
-        if sink is None:
-            raise QgsProcessingException("The output table could not be created: check the output path.")
+        zones_layer = self.parameterAsVectorLayer(parameters, self.ZONES, context) if parameters.get(self.ZONES) \
+            else None
+        with RunOutputs(self, parameters, context) as outputs:
+            outputs.check([*layer_inputs(layer), *layer_inputs(zones_layer)], [self.OUTPUT])
+            names = class_names(layer)
+            area = pixel_area_m2(layer, context)
+            zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) \
+                else ""
+            fields = QgsFields()
+            fields.append(self.zone_output_field(parameters, context, zone_field))
+            for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
+                               ("pixels", field_type("LongLong")),
+                               ("area_m2", field_type("Double")), ("share", field_type("Double"))):
+                fields.append(QgsField(name, kind))
+            rows = self.count(layer, parameters, zone_field, context, feedback)
+            outputs.sink(self.OUTPUT, fields, QgsWkbTypes.NoGeometry)
+            for zone, counts in rows:
+                total = sum(counts.values())
+                for class_id in sorted(set(counts) | set(names)):
+                    if feedback.isCanceled():
+                        raise QgsProcessingException("Cancelled: no output was written.")
+                    pixels = counts.get(class_id, 0)
+                    feature = QgsFeature(fields)
+                    feature.setAttributes([zone, class_id, names.get(class_id, f"class {class_id}"), pixels,
+                                           pixels * area, pixels / total if total else 0.0])
+                    outputs.add(self.OUTPUT, feature)
+            return {self.OUTPUT: outputs.commit()[self.OUTPUT]}
+
+    def count(self, layer: QgsRasterLayer, parameters: dict[str, Any], zone_field: str, context: QgsProcessingContext,
+              feedback: QgsProcessingFeedback) -> list[tuple[Any, dict[int, int]]]:
+        """Pixels per class value (nodata left out): one row for the whole raster, or one per zone."""
+        import processing
 
         rows: list[tuple[Any, dict[int, int]]] = []
         if parameters.get(self.ZONES):
@@ -145,16 +163,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             counts = {int(f["value"]): int(f["count"]) for f in table.getFeatures()
                       if f["value"] is not None and not math.isnan(float(f["value"]))}
             rows.append((None, {k: v for k, v in counts.items() if k != NODATA}))
-
-        for zone, counts in rows:
-            total = sum(counts.values())
-            for class_id in sorted(set(counts) | set(names)):
-                pixels = counts.get(class_id, 0)
-                feature = QgsFeature(fields)
-                feature.setAttributes([zone, class_id, names.get(class_id, f"class {class_id}"), pixels,
-                                       pixels * area, pixels / total if total else 0.0])
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
-        return {self.OUTPUT: dest}
+        return rows
 
     def zone_output_field(self, parameters: dict[str, Any], context: QgsProcessingContext, name: str) -> QgsField:
         """The ``zone`` column: a copy of the zones' field ``name`` (its type), or the feature id."""

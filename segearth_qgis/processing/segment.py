@@ -8,7 +8,6 @@ from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
     QgsFeatureRequest,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsProcessing,
@@ -41,9 +40,11 @@ from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
 from ..job_request import JobInputs, plan_job
 from ..qt_compat import field_type
-from ..styling import class_vector_renderer, write_class_style
+from ..styling import class_style_text, class_vector_renderer
+from ..vector_outputs import DataInput
 from .post_processing import ResultPostProcessor, attach
-from .vector_style import planned_vector_style, write_vector_style
+from .run_outputs import RunOutputs, layer_inputs
+from .vector_style import planned_vector_style, vector_style_text
 
 #: The BACKGROUND value that means "no background class".
 NO_BACKGROUND = -1
@@ -106,6 +107,13 @@ class _SegmentBase(QgsProcessingAlgorithm):
         definition = self.parameterDefinition(name)
         return definition.description() if definition is not None else name
 
+    def data_inputs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[DataInput]:
+        """What the run reads (the raster's files, the mask's layer): no output may be one of them."""
+        inputs = layer_inputs(self.parameterAsRasterLayer(parameters, self.INPUT, context))
+        if parameters.get(self.MASK):
+            inputs += layer_inputs(self.parameterAsVectorLayer(parameters, self.MASK, context))
+        return inputs
+
     def background_index(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[int]:
         """The BACKGROUND parameter: a class line (from 0), or None for -1 (no background class)."""
         index = self.parameterAsInt(parameters, self.BACKGROUND, context)
@@ -150,7 +158,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
-                             cancelled=feedback.isCanceled, write_style=write_class_style, log=feedback.pushWarning)
+                             cancelled=feedback.isCanceled, make_style=class_style_text, log=feedback.pushWarning)
         except JobCancelledError:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except BackendError as error:
@@ -275,49 +283,51 @@ class SegmentVectorAlgorithm(_SegmentBase):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        raster = QgsProcessingUtils.generateTempFilename("segearth_segmentation.tif")
-        # Progress: segmentation 0-80 %, polygons 80-85 %, measuring 85-95 %, writing 95-100 %. (No
-        # QgsProcessingMultiStepFeedback: its queued progress events can outlive it.)
-        result = self.segment(parameters, context, feedback, raster, progress_scale=0.8)
-        polygons = self.polygonize(raster, context, feedback)
-        feedback.setProgress(85)
-        background = self.background_index(parameters, context)
-        drop = background if self.parameterAsBool(parameters, self.DROP_BACKGROUND, context) else None
-        kept = self.select(polygons, result.names, drop, self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                           context, feedback)
-        _raise_if_cancelled(feedback)
-        # From here on the output is written whole: a cancel no longer stops it half-way.
-        style = planned_vector_style(parameters.get(self.OUTPUT), context)
-        fields = QgsFields()
-        fields.append(QgsField("class_id", field_type("Int")))
-        fields.append(QgsField("class_name", field_type("String")))
-        fields.append(QgsField("area_m2", field_type("Double")))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon,
-                                          polygons.crs())
-        if sink is None:
-            raise QgsProcessingException("The output layer could not be created: check the output path.")
-        tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
-        request = QgsFeatureRequest().setFilterFids(list(kept))
-        for index, feature in enumerate(polygons.getFeatures(request)):
-            class_id, area = kept[feature.id()]
-            geometry = feature.geometry()
-            if tolerance > 0:
-                geometry = geometry.simplify(tolerance)
-            geometry.convertToMultiType()
-            out = QgsFeature(fields)
-            out.setGeometry(geometry)
-            out.setAttributes([class_id, result.names[class_id], area])
-            sink.addFeature(out, QgsFeatureSink.FastInsert)
-            feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
-        del sink  # flushed and closed before the style is written beside it
-        if style.path is not None:
-            try:
-                write_vector_style(style.path, fields, class_vector_renderer(result.names, result.colours))
-            except OSError as error:
-                feedback.reportError(f"The style {style.path.name} was not written ({error}); the polygons are "
-                                     "styled when Processing loads them.", fatalError=False)
-        elif style.reason:
-            feedback.reportError(style.reason, fatalError=False)
+        with RunOutputs(self, parameters, context) as outputs:
+            outputs.check(self.data_inputs(parameters, context), [self.OUTPUT])  # before the long work
+            raster = QgsProcessingUtils.generateTempFilename("segearth_segmentation.tif")
+            # Progress: segmentation 0-80 %, polygons 80-85 %, measuring 85-95 %, writing 95-100 %. (No
+            # QgsProcessingMultiStepFeedback: its queued progress events can outlive it.)
+            result = self.segment(parameters, context, feedback, raster, progress_scale=0.8)
+            polygons = self.polygonize(raster, context, feedback)
+            feedback.setProgress(85)
+            background = self.background_index(parameters, context)
+            drop = background if self.parameterAsBool(parameters, self.DROP_BACKGROUND, context) else None
+            kept = self.select(polygons, result.names, drop,
+                               self.parameterAsDouble(parameters, self.MIN_AREA, context), context, feedback)
+            style = planned_vector_style(outputs.target(self.OUTPUT))
+            fields = QgsFields()
+            fields.append(QgsField("class_id", field_type("Int")))
+            fields.append(QgsField("class_name", field_type("String")))
+            fields.append(QgsField("area_m2", field_type("Double")))
+            # Staged: a cancel or a failure from here on still leaves the destination as it was.
+            outputs.sink(self.OUTPUT, fields, QgsWkbTypes.MultiPolygon, polygons.crs())
+            tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
+            request = QgsFeatureRequest().setFilterFids(list(kept))
+            for index, feature in enumerate(polygons.getFeatures(request)):
+                _raise_if_cancelled(feedback)
+                class_id, area = kept[feature.id()]
+                geometry = feature.geometry()
+                if tolerance > 0:
+                    geometry = geometry.simplify(tolerance)
+                geometry.convertToMultiType()
+                out = QgsFeature(fields)
+                out.setGeometry(geometry)
+                out.setAttributes([class_id, result.names[class_id], area])
+                outputs.add(self.OUTPUT, out)
+                feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
+            _raise_if_cancelled(feedback)
+            if style.path is not None:
+                try:
+                    text = vector_style_text(fields, class_vector_renderer(result.names, result.colours))
+                except OSError as error:
+                    feedback.reportError(f"The style {style.path.name} was not written ({error}); the polygons are "
+                                         "styled when Processing loads them.", fatalError=False)
+                else:
+                    outputs.write_file(style.path, text.encode("utf-8"))
+            elif style.reason:
+                feedback.reportError(style.reason, fatalError=False)
+            dest = outputs.commit()[self.OUTPUT]
         attach(ResultPostProcessor(result.names, result.colours, self.output_description(self.OUTPUT), background),
                context, dest)
         return {self.OUTPUT: dest}
