@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -24,6 +25,10 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 #: Sidecars QGIS / GDAL keep beside a raster: a sidecar belongs to the file it is named after.
 STYLE_SUFFIX = ".qml"
 AUX_SUFFIX = ".aux.xml"
+#: A write that failed, without an errno, on a disk with less free space than this failed for want of space.
+#: GDAL says so in no one wording ("No space left on device", "TIFFAppendToStrip: Write error"...), and a
+#: GeoTIFF is written a tile (at most a few hundred KB) at a time.
+FULL_DISK_BYTES = 1 << 20
 
 
 def normalise_output(path: str) -> Path:
@@ -224,11 +229,23 @@ def reserve_temporary(target: Path, suffix: str) -> Path:
     raise OutputError(f"Could not create a temporary file in {target.parent}.")
 
 
+def disk_is_full(folder: Path) -> bool:
+    """Whether the disk holding ``folder`` has less than :data:`FULL_DISK_BYTES` free (False when unknown)."""
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 def output_error(folder: Path, error: BaseException) -> OutputError:
-    """An OutputError that names the folder and the cause (full disk, permissions...)."""
+    """An OutputError that names the folder and the cause (full disk, permissions...).
+
+    The cause comes from the error's ``errno``; an error without one (GDAL's) is a full disk when the disk
+    holding ``folder`` has (almost) no space left, whatever its text says.
+    """
     code = getattr(error, "errno", None)
     reason = os.strerror(code) if isinstance(code, int) else str(error)
-    if code == errno.ENOSPC or "No space left" in str(error):
+    if code == errno.ENOSPC or (code is None and disk_is_full(folder)):
         return OutputError(f"The disk holding {folder} is full (no space left on device): free some space or choose "
                            "another folder. Nothing was written.")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -244,3 +244,16 @@ def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="Nothing was written"):
         files.commit()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_on_a_full_disk_is_a_full_disk_whatever_gdal_calls_it(small_filesystem, tmp_path):
+    """GDAL 3.10 reports a full disk as "TIFFAppendToStrip: Write error" (no errno): the free space decides."""
+    from segearth_qgis.outputs import output_error
+
+    folder = small_filesystem(64)
+    with pytest.raises(OSError):
+        (folder / "filler").write_bytes(b"x" * 128 * 1024)
+    gdal_says = OSError("WriteEncodedTile/Strip() failed.; TIFFAppendToStrip: Write error at scanline 0")
+    assert "is full" in str(output_error(folder, gdal_says))
+    assert "is full" not in str(output_error(tmp_path, gdal_says))  # plenty of room: GDAL's own reason
+    assert "Write error" in str(output_error(tmp_path, gdal_says))
