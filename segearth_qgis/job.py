@@ -83,6 +83,7 @@ class JobResult:
 
 
 def _writing(folder: Path) -> Callable[[GdalError], OutputError]:
+    """GDAL's write failure in ``folder`` as an OutputError (GDAL gives no errno: see :func:`output_error`)."""
     return lambda error: output_error(folder, OSError(error.reason))
 
 

@@ -340,8 +340,9 @@ def same_file(a: Path, b: Path) -> bool:
     return _same_file(a, b)
 
 
-#: A write that fails with less than this free on the disk failed because the disk is full (whatever the writer
-#: said: GDAL's drivers often report only "failed").
+#: A write that fails with less than this free on the disk failed because the disk is full, whatever the writer
+#: said: GDAL says so in no one wording ("No space left on device", "TIFFAppendToStrip: Write error"...), and a
+#: GeoTIFF is written a tile (at most a few hundred KB) at a time.
 FULL_DISK_MARGIN = 1 << 20
 
 
@@ -354,10 +355,14 @@ def disk_nearly_full(folder: Path) -> bool:
 
 
 def output_error(folder: Path, error: BaseException) -> OutputError:
-    """An OutputError that names the folder and the cause (full disk, permissions...)."""
+    """An OutputError that names the folder and the cause (full disk, permissions...).
+
+    The cause comes from the error's ``errno``; an error without one (GDAL's) is a full disk when the disk
+    holding ``folder`` has (almost) no space left, whatever its text says.
+    """
     code = getattr(error, "errno", None)
     reason = os.strerror(code) if isinstance(code, int) else str(error)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error):
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and disk_nearly_full(folder)):
         return OutputError(f"The disk holding {folder} is full (no space left on device): free some space or choose "
                            "another folder. Nothing was written.")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):

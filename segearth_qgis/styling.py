@@ -19,6 +19,7 @@ from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtXml import QDomDocument
 
 from .outputs import write_whole
+from .qgis_compat import renderer_band
 
 GROUP_NAME = "SegEarth-OV"
 #: Opacity of a class raster shown over its image (0-1): the image stays visible beneath the classes.
@@ -118,7 +119,7 @@ def has_default_palette(layer: QgsRasterLayer) -> bool:
     """
     renderer = layer.renderer()
     provider = layer.dataProvider()
-    if not isinstance(renderer, QgsPalettedRasterRenderer) or provider is None or renderer.band() != 1:
+    if not isinstance(renderer, QgsPalettedRasterRenderer) or provider is None or renderer_band(renderer) != 1:
         return False
     expected = QgsPalettedRasterRenderer.colorTableToClassData(provider.colorTable(1))
     current = renderer.classes()

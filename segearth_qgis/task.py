@@ -20,7 +20,7 @@ LOG_TAG = "SegEarth-OV"
 
 def log_warning(message: str) -> None:
     """A line in QGIS's log panel (SegEarth-OV tab); safe from the task's threads."""
-    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
 
 
 class SegmentTask(QgsTask):
@@ -34,7 +34,7 @@ class SegmentTask(QgsTask):
 
     def __init__(self, description: str, manager: BackendManager, planned: PlannedJob,
                  on_done: Callable[[SegmentTask], None]) -> None:
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.manager, self.planned, self.on_done = manager, planned, on_done
         self.result: Optional[JobResult] = None
         self.error: Optional[str] = None
@@ -64,7 +64,7 @@ class SegmentTask(QgsTask):
             self.error = str(error)
         except Exception as error:  # noqa: BLE001 - any failure must reach the user as a message
             self.error = f"Unexpected error: {type(error).__name__}: {error}"
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
             return False
         finally:
             self.planned = None  # type: ignore[assignment]  # nothing of GDAL's may outlive the job

@@ -9,7 +9,6 @@ from qgis.core import (
     QgsFeature,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -23,12 +22,12 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
-    QgsWkbTypes,
 )
 
 from ..core.accuracy import AccuracyReport, assess, class_lookup, matrix_from_pairs, parse_mapping
 from ..core.accuracy_html import html_report
 from ..errors import AccuracyError
+from ..qgis_compat import TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
 from ..qt_compat import field_type
 from ..reference_grid import count_pairs, open_class_grid, rasterize_reference, warp_reference
 from .class_stats import class_names
@@ -74,7 +73,7 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE_RASTER, "Reference raster",
                                                             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.REFERENCE_VECTOR, "Reference polygons", [QgsProcessing.TypeVectorPolygon], optional=True))
+            self.REFERENCE_VECTOR, "Reference polygons", [VECTOR_POLYGON_SOURCE], optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.REFERENCE_FIELD, "Class field of the reference polygons (codes or names)",
             parentLayerParameterName=self.REFERENCE_VECTOR, optional=True))
@@ -82,9 +81,9 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
             self.MAPPING, "Class mapping (reference=classification per line; codes or names)", multiLine=True,
             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_MATRIX, "Confusion matrix",
-                                                            QgsProcessing.TypeVector))
+                                                            TABLE_SOURCE))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_METRICS, "Per-class accuracy",
-                                                            QgsProcessing.TypeVector))
+                                                            TABLE_SOURCE))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Accuracy report",
                                                                 "HTML files (*.html)", optional=True))
         for name, label in ((self.OVERALL_ACCURACY, "Overall accuracy"), (self.KAPPA, "Cohen's kappa"),
@@ -184,7 +183,7 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         for index in range(len(report.names)):
             fields.append(QgsField(f"pred_{index}", field_type("LongLong")))
         fields.append(QgsField("total", field_type("LongLong")))
-        outputs.sink(self.OUTPUT_MATRIX, fields, QgsWkbTypes.NoGeometry)
+        outputs.sink(self.OUTPUT_MATRIX, fields, WKB_NO_GEOMETRY)
         for index, name in enumerate(report.names):
             row = [int(value) for value in report.matrix[index]]
             feature = QgsFeature(fields)
@@ -200,7 +199,7 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
                            ("precision", field_type("Double")), ("recall", field_type("Double")),
                            ("f1", field_type("Double"))):
             fields.append(QgsField(name, kind))
-        outputs.sink(self.OUTPUT_METRICS, fields, QgsWkbTypes.NoGeometry)
+        outputs.sink(self.OUTPUT_METRICS, fields, WKB_NO_GEOMETRY)
         for index, name in enumerate(report.names):
             feature = QgsFeature(fields)
             feature.setAttributes([

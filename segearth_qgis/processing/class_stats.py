@@ -6,14 +6,12 @@ import json
 import math
 from typing import Any, Optional
 
-from osgeo import gdal
 from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
     QgsField,
     QgsFields,
     QgsPointXY,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -26,9 +24,10 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
     QgsUnitTypes,
-    QgsWkbTypes,
 )
 
+from ..gdal_errors import collect_errors, opened
+from ..qgis_compat import METERS, SQUARE_METERS, TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
 from ..qt_compat import field_type
 from .run_outputs import RunOutputs, layer_inputs
 
@@ -42,13 +41,14 @@ def class_names(layer: QgsRasterLayer) -> dict[int, str]:
     """
     names: dict[int, str] = {}
     if layer.providerType() == "gdal":
-        dataset = gdal.Open(layer.source())
-        if dataset is not None:
-            dataset.GetMetadata()  # GTiff reads its .aux.xml (category names) only after such a call
-            band = dataset.GetRasterBand(1)
-            names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
-            if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):
-                names.update(dict(enumerate(json.loads(dataset.GetMetadataItem("SEGEARTH_CLASSES")))))
+        with collect_errors() as log:
+            dataset = opened(layer.source(), log)
+            if dataset is not None:
+                dataset.GetMetadata()  # GTiff reads its .aux.xml (category names) only after such a call
+                band = dataset.GetRasterBand(1)
+                names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
+                if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):
+                    names.update(dict(enumerate(json.loads(dataset.GetMetadataItem("SEGEARTH_CLASSES")))))
     renderer = layer.renderer()
     if not names and renderer is not None and renderer.type() == "paletted":
         names.update({int(c.value): c.label for c in renderer.classes() if c.label and c.label != str(int(c.value))})
@@ -61,7 +61,7 @@ def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float
     width, height = extent.width() / layer.width(), extent.height() / layer.height()
     crs = layer.crs()
     if not crs.isGeographic():
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), METERS)
         return width * height * factor * factor
     measure = QgsDistanceArea()
     measure.setSourceCrs(crs, context.transformContext())
@@ -70,7 +70,7 @@ def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float
     cell = QgsRectangle(center.x(), center.y(), center.x() + width, center.y() + height)
     ring = [QgsPointXY(cell.xMinimum(), cell.yMinimum()), QgsPointXY(cell.xMaximum(), cell.yMinimum()),
             QgsPointXY(cell.xMaximum(), cell.yMaximum()), QgsPointXY(cell.xMinimum(), cell.yMaximum())]
-    return measure.convertAreaMeasurement(measure.measurePolygon(ring), QgsUnitTypes.AreaSquareMeters)
+    return measure.convertAreaMeasurement(measure.measurePolygon(ring), SQUARE_METERS)
 
 
 class ClassStatsAlgorithm(QgsProcessingAlgorithm):
@@ -98,10 +98,10 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Segmentation raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, "Zones (polygons)",
-                                                              [QgsProcessing.TypeVectorPolygon], optional=True))
+                                                              [VECTOR_POLYGON_SOURCE], optional=True))
         self.addParameter(QgsProcessingParameterField(self.ZONE_FIELD, "Zone attribute (empty: feature id)",
                                                       parentLayerParameterName=self.ZONES, optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", QgsProcessing.TypeVector))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", TABLE_SOURCE))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -125,7 +125,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
                                ("area_m2", field_type("Double")), ("share", field_type("Double"))):
                 fields.append(QgsField(name, kind))
             rows = self.count(layer, parameters, zone_field, context, feedback)
-            outputs.sink(self.OUTPUT, fields, QgsWkbTypes.NoGeometry)
+            outputs.sink(self.OUTPUT, fields, WKB_NO_GEOMETRY)
             for zone, counts in rows:
                 total = sum(counts.values())
                 for class_id in sorted(set(counts) | set(names)):

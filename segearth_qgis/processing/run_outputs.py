@@ -221,11 +221,11 @@ class RunOutputs:
         staged = self.sinks.get(name)
         if staged is None:
             sink, destination, count = self.kept[name]
-            if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+            if not sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(f"{name}: writing to {destination} failed: {_last_error(sink)}")
             self.kept[name] = (sink, destination, count + 1)
             return
-        if not staged.sink.addFeature(feature, QgsFeatureSink.FastInsert):
+        if not staged.sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
             raise QgsProcessingException(str(writing_error(staged.target.path.parent,
                                                            f"Writing {staged.target.describe()}",
                                                            _last_error(staged.sink))))

@@ -10,7 +10,6 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -25,9 +24,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
-    QgsUnitTypes,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import Qt
 
@@ -39,6 +36,7 @@ from ..core.report import shares_message, shares_warning
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
 from ..job_request import JobInputs, plan_job
+from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, SQUARE_METERS, VECTOR_POLYGON_SOURCE, WKB_MULTIPOLYGON
 from ..qt_compat import field_type
 from ..styling import class_style_text, class_vector_renderer
 from ..vector_outputs import DataInput
@@ -87,19 +85,19 @@ class _SegmentBase(QgsProcessingAlgorithm):
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area of interest (extent)", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Area of interest (polygons; outside becomes nodata)", [QgsProcessing.TypeVectorPolygon],
+            self.MASK, "Area of interest (polygons; outside becomes nodata)", [VECTOR_POLYGON_SOURCE],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, "Processing resolution (map units per pixel; empty: native)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+            DOUBLE_NUMBER, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold", QgsProcessingParameterNumber.Double, PRESETS[0].threshold,
+            self.THRESHOLD, "Probability threshold", DOUBLE_NUMBER, PRESETS[0].threshold,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BACKGROUND, "Background class (line number from 0; -1: none)", QgsProcessingParameterNumber.Integer,
+            self.BACKGROUND, "Background class (line number from 0; -1: none)", INTEGER_NUMBER,
             PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BIAS_LAMBDA, "Global-bias lambda", QgsProcessingParameterNumber.Double, -0.3, minValue=-10.0,
+            self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, -0.3, minValue=-10.0,
             maxValue=10.0))
 
     def output_description(self, name: str) -> str:
@@ -274,12 +272,12 @@ class SegmentVectorAlgorithm(_SegmentBase):
         self.add_common_parameters()
         self.addParameter(QgsProcessingParameterBoolean(self.DROP_BACKGROUND, "Drop background polygons", True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, "Minimum polygon area (m²)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.MIN_AREA, "Minimum polygon area (m²)", DOUBLE_NUMBER, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, "Simplification tolerance (map units; 0: none)", QgsProcessingParameterNumber.Double,
+            self.SIMPLIFY, "Simplification tolerance (map units; 0: none)", DOUBLE_NUMBER,
             0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class polygons",
-                                                            QgsProcessing.TypeVectorPolygon))
+                                                            VECTOR_POLYGON_SOURCE))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -301,7 +299,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             fields.append(QgsField("class_name", field_type("String")))
             fields.append(QgsField("area_m2", field_type("Double")))
             # Staged: a cancel or a failure from here on still leaves the destination as it was.
-            outputs.sink(self.OUTPUT, fields, QgsWkbTypes.MultiPolygon, polygons.crs())
+            outputs.sink(self.OUTPUT, fields, WKB_MULTIPOLYGON, polygons.crs())
             tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
             request = QgsFeatureRequest().setFilterFids(list(kept))
             for index, feature in enumerate(polygons.getFeatures(request)):
@@ -367,7 +365,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             if class_id >= len(names) or class_id == drop:
                 continue
             area = measure.convertAreaMeasurement(measure.measureArea(feature.geometry()),
-                                                  QgsUnitTypes.AreaSquareMeters)
+                                                  SQUARE_METERS)
             if area >= minimum:
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)

@@ -387,3 +387,16 @@ def test_a_killed_writers_temporary_goes_at_the_next_run_a_live_writers_never(tm
         live.wait(30)
     plan_outputs(str(target))  # its writer has ended now
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(path.name for path in users)
+
+
+def test_a_write_error_on_a_full_disk_is_a_full_disk_whatever_gdal_calls_it(small_filesystem, tmp_path):
+    """GDAL 3.10 reports a full disk as "TIFFAppendToStrip: Write error" (no errno): the free space decides."""
+    from segearth_qgis.outputs import output_error
+
+    folder = small_filesystem(64)
+    with pytest.raises(OSError):
+        (folder / "filler").write_bytes(b"x" * 128 * 1024)
+    gdal_says = OSError("WriteEncodedTile/Strip() failed.; TIFFAppendToStrip: Write error at scanline 0")
+    assert "is full" in str(output_error(folder, gdal_says))
+    assert "is full" not in str(output_error(tmp_path, gdal_says))  # plenty of room: GDAL's own reason
+    assert "Write error" in str(output_error(tmp_path, gdal_says))
