@@ -7,10 +7,17 @@ QGIS_PROCESS ?= $(shell command -v qgis_process.bin || command -v qgis_process)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# WHEELHOUSE=DIR: the venv's packages are downloaded into DIR (kept) and installed from there, so that a venv made
+# again downloads nothing twice (pip's own cache keeps nothing from an index that sends no caching headers).
+WHEELHOUSE ?=
+PIP_SOURCE := $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE))
+# make test-qgis: the Debian QGIS release (3.40: Debian 13; 3.44: sid) and pytest's arguments (default: see the script).
+QGIS ?= 3.40
+TESTS ?=
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install system plugin test coverage bench stress cluster-bench demo package lint screenshot clean
+.PHONY: help install system plugin test test-qgis coverage bench stress cluster-bench demo package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -23,8 +30,10 @@ $(STAMP): backend/pyproject.toml | system
 	# Keep the system numpy: QGIS's and GDAL's bindings are built against it.
 	$(SYSTEM_PYTHON) -c "import numpy; print('numpy==' + numpy.__version__)" > $(VENV)/constraints.txt \
 		|| : > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt "setuptools>=68" wheel
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-build-isolation -e "backend[test]"
+	$(if $(WHEELHOUSE),$(PY) -m pip download -q -d $(WHEELHOUSE) -c $(VENV)/constraints.txt \
+		"setuptools>=68" wheel "./backend[test]")
+	$(PY) -m pip install -q $(PIP_SOURCE) -c $(VENV)/constraints.txt "setuptools>=68" wheel
+	$(PY) -m pip install -q $(PIP_SOURCE) -c $(VENV)/constraints.txt --no-build-isolation -e "backend[test]"
 	touch $(STAMP)
 
 plugin: $(STAMP) ## link segearth_qgis into $(QGIS_PLUGIN_DIR) and enable it (QGIS and qgis_process)
@@ -41,6 +50,9 @@ plugin: $(STAMP) ## link segearth_qgis into $(QGIS_PLUGIN_DIR) and enable it (QG
 
 test: $(STAMP) ## the whole test suite (backend and plugin), in random order; QGIS in a throwaway profile
 	$(PY) -m pytest
+
+test-qgis: ## the tests against Debian's QGIS QGIS=3.40 (Debian 13) or 3.44 (sid) in a chroot outside the tree (root)
+	bash tools/qgis_chroot.sh $(QGIS) $(TESTS)
 
 coverage: $(STAMP) ## the test suite under coverage (backend processes and task threads included): report + coverage_out/html
 	rm -rf coverage_out

@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     run_algorithm(binary, "segearth:segment_vector", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
                                                       "MIN_AREA": "5", "OUTPUT": str(gpkg)}, env)
 
+    sys.path.insert(0, str(ROOT))
     if tiny:
         label_as_demo(raster)
     from qgis.core import QgsApplication
 
     app = QgsApplication([], False)
     app.initQgis()
-    sys.path.insert(0, str(ROOT))
     picture = preview(image, raster, args.out / "preview.png", TINY_NOTE if tiny else None)
     say(f"wrote {raster.name} (+ .qml), {gpkg.name} (+ .qml) and {picture.name} in {args.out}")
     if tiny:
@@ -177,9 +177,12 @@ def label_as_demo(raster: Path) -> None:
     """Say in the output's own metadata that its classes come from the tiny random test weights."""
     from osgeo import gdal
 
-    dataset = gdal.Open(str(raster), gdal.GA_Update)
-    dataset.SetMetadataItem("SEGEARTH_DEMO", TINY_NOTE)
-    dataset = None
+    from segearth_qgis.job.gdal_errors import checked, collect_errors
+
+    with collect_errors() as log:  # GDAL's mode stated (GDAL 3.9+ warns otherwise), failures raised
+        dataset = checked(f"open {raster}", lambda: gdal.Open(str(raster), gdal.GA_Update), log)
+        dataset.SetMetadataItem("SEGEARTH_DEMO", TINY_NOTE)
+        dataset = None
 
 
 if __name__ == "__main__":

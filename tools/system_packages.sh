@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The Debian packages the plugin's tests and demo need (QGIS and its Python, GDAL, Xvfb), installed when missing.
+# The Debian packages the plugin's tests and demo need (QGIS and its Python, GDAL, Xvfb, venv), installed when missing.
 # Used by `make` (every target that needs QGIS) and so by CI. Elsewhere than Debian/Ubuntu it only says what to do.
 set -euo pipefail
-packages=(qgis python3-qgis python3-gdal gdal-bin xvfb)
+packages=(qgis python3-qgis python3-gdal gdal-bin xvfb python3-venv)
 if ! command -v dpkg-query > /dev/null; then
     echo "not a Debian/Ubuntu system: install QGIS 3.22+ with its Python bindings and GDAL yourself"
     exit 0

@@ -66,7 +66,7 @@ def offline(env: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything needed to build a :class:`~segearth_backend.segmenter.Segmenter`.
+    """Everything needed to build a :class:`~segearth_backend.pipeline.segmenter.Segmenter`.
 
     Attributes:
         model: a model preset name (``clip-vit-b16``, see ``segearth-backend models``),

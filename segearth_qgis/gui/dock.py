@@ -224,7 +224,7 @@ class SegEarthDock(QDockWidget):
     def segment(self) -> Optional[SegmentTask]:
         """Start a job from the panel's state; problems go to the message bar. Returns the task."""
         if self.runner.running():
-            self.report("A segmentation is already running.", Qgis.Warning)
+            self.report("A segmentation is already running.", Qgis.MessageLevel.Warning)
             return None
         self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
@@ -248,7 +248,7 @@ class SegEarthDock(QDockWidget):
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
                 ready = planned, inputs
         except (ValueError, OutputError) as error:
-            self.report(str(error), Qgis.Warning)
+            self.report(str(error), Qgis.MessageLevel.Warning)
         finally:
             self._asking = False
         if ready is None:  # refused: an update that waited for the question runs now
@@ -377,7 +377,7 @@ class SegEarthDock(QDockWidget):
             if exception is not None:
                 message = f"The backend {action} failed: {exception}"
             if message:
-                self.report(message, Qgis.Critical)
+                self.report(message, Qgis.MessageLevel.Critical)
             self._helper_done(None)
 
         self.save_state()
@@ -438,7 +438,7 @@ class SegEarthDock(QDockWidget):
         """Message bar and log panel, never a traceback dialog. A long message (a list of missing files, a
         log tail) shows its first line in the bar and the rest behind the bar's "more" button."""
         QgsMessageLog.logMessage(text, LOG_TAG, level)
-        duration = 0 if level == Qgis.Critical else 12
+        duration = 0 if level == Qgis.MessageLevel.Critical else 12
         lines = text.strip().splitlines()
         if len(lines) > 1:
             self.iface.messageBar().pushMessage("SegEarth-OV", lines[0].rstrip(":"), text, level=level,

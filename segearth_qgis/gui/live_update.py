@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 from qgis.core import QgsProject
 
 from ..job.engine import JobResult
-from ..job.outputs import raster_side_files
 from ..job.request import JobInputs
 
 #: Quiet time after the last edit before the area is re-segmented (milliseconds).
@@ -53,13 +52,9 @@ class LastResult:
 
 
 def result_files(result: JobResult) -> list[Path]:
-    """Every file a job wrote: the classes, their style, the probabilities, and their GDAL side files."""
-    files = [result.output_path, *raster_side_files(result.output_path)]
-    if result.style_path is not None:
-        files.append(result.style_path)
-    if result.probabilities_path is not None:
-        files += [result.probabilities_path, *raster_side_files(result.probabilities_path)]
-    return files
+    """Every file a job wrote (the classes, their style, the probabilities, their GDAL side files), and only those:
+    never a file beside them that belongs to something else (the input's world file)."""
+    return list(result.written)
 
 
 class LiveResults:

@@ -57,7 +57,7 @@ def outcome_text(result: JobResult, start_seconds: float, threshold: float,
     shares = class_shares(result.class_pixels, result.names)
     if not shares:
         return (f"Segmented {timing}, but the area holds no valid pixels (all nodata): check the layer's nodata "
-                "value, the bands, or the area of interest."), Qgis.Warning
+                "value, the bands, or the area of interest."), Qgis.MessageLevel.Warning
     if shares[0][1] >= UNIFORM_SHARE:
         name = shares[0][0]
         is_background = background_index is not None and name == result.names[background_index]
@@ -67,11 +67,11 @@ def outcome_text(result: JobResult, start_seconds: float, threshold: float,
         else:
             advice = ("try other or more specific class names, another resolution, or check that the bands are "
                       "red, green and blue")
-        return f"Segmented {timing}: the whole area is '{name}' — {advice}.", Qgis.Warning
+        return f"Segmented {timing}: the whole area is '{name}' — {advice}.", Qgis.MessageLevel.Warning
     message = f"Segmented {timing}: {shares_text(result)}"
     if result.probabilities_path is not None:
         message += f". Probabilities: {result.probabilities_path.name}"
-    return message, Qgis.Success
+    return message, Qgis.MessageLevel.Success
 
 
 class JobRunner(QObject):
@@ -142,9 +142,9 @@ class JobRunner(QObject):
         if task.result is not None:
             self._show(task, context)
         elif task.was_cancelled:
-            self._say("Segmentation cancelled; nothing was written.", Qgis.Info)
+            self._say("Segmentation cancelled; nothing was written.", Qgis.MessageLevel.Info)
         else:
-            self.report(f"Segmentation failed: {task.error}", Qgis.Critical)
+            self.report(f"Segmentation failed: {task.error}", Qgis.MessageLevel.Critical)
         self.finished.emit(task)
 
     def _show(self, task: SegmentTask, context: dict[str, Any]) -> None:
@@ -161,17 +161,17 @@ class JobRunner(QObject):
                     add_result_layer_hidden(probabilities, layer)
                     self.result_layer_ids.append(probabilities.id())
         except OSError as error:
-            self.report(str(error), Qgis.Critical)
+            self.report(str(error), Qgis.MessageLevel.Critical)
             return
         message, level = outcome_text(result, task.start_seconds, context["threshold"], context["background"])
         for warning in result.warnings:  # a restored backup, a style not written: always in the bar
-            self.report(warning, Qgis.Info)
+            self.report(warning, Qgis.MessageLevel.Info)
         self._say(message, level)
         self.remember_speed(task)
 
     def _say(self, message: str, level: Any) -> None:
         """The outcome: in the message bar, or (quiet: a success, a cancel) only in the log panel."""
-        if self.quiet and level in (Qgis.Success, Qgis.Info):
+        if self.quiet and level in (Qgis.MessageLevel.Success, Qgis.MessageLevel.Info):
             QgsMessageLog.logMessage(message, LOG_TAG, level)
         else:
             self.report(message, level)

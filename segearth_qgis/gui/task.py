@@ -13,18 +13,18 @@ from ..core.blocks import plan_grid_blocks
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.engine import JobResult, execute
 from ..job.request import PlannedJob
-from ..map.styling import write_class_style
+from ..map.styling import class_style_text
 
 LOG_TAG = "SegEarth-OV"
 
 
 def log_warning(message: str) -> None:
     """A line in QGIS's log panel (SegEarth-OV tab); safe from the task's threads."""
-    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+    QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
 
 
 class SegmentTask(QgsTask):
-    """Runs :func:`~segearth_qgis.job.execute`; ``on_done(task)`` is called on the GUI thread.
+    """Runs :func:`~segearth_qgis.job.engine.execute`; ``on_done(task)`` is called on the GUI thread.
 
     Exactly one outcome is set when it ends: ``result`` (success), ``error``
     (a message for the user) or ``was_cancelled``. The task reports success to
@@ -34,7 +34,7 @@ class SegmentTask(QgsTask):
 
     def __init__(self, description: str, manager: BackendManager, planned: PlannedJob,
                  on_done: Callable[[SegmentTask], None]) -> None:
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.manager, self.planned, self.on_done = manager, planned, on_done
         self.result: Optional[JobResult] = None
         self.error: Optional[str] = None
@@ -51,7 +51,7 @@ class SegmentTask(QgsTask):
             client = self.manager.client(cancelled=self.isCanceled)
             self.start_seconds = self.manager.last_start_seconds
             self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
-                                  cancelled=self.isCanceled, write_style=write_class_style, log=log_warning)
+                                  cancelled=self.isCanceled, make_style=class_style_text, log=log_warning)
             with contextlib.suppress(BackendError):
                 self.health = self.manager.health()
         except JobCancelledError:
@@ -64,7 +64,7 @@ class SegmentTask(QgsTask):
             self.error = str(error)
         except Exception as error:  # noqa: BLE001 - any failure must reach the user as a message
             self.error = f"Unexpected error: {type(error).__name__}: {error}"
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
             return False
         finally:
             self.planned = None  # type: ignore[assignment]  # nothing of GDAL's may outlive the job

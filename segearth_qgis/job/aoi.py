@@ -17,6 +17,7 @@ from qgis.core import (
 
 from ..core.grid import Rect
 from ..errors import AoiError
+from ..qgis_compat import POLYGON_GEOMETRY
 
 
 class AoiKind(str, Enum):
@@ -48,7 +49,7 @@ def selected_polygons(layer: Optional[QgsVectorLayer]) -> AreaOfInterest:
     """The selected features of a polygon layer as an AOI."""
     if layer is None or not isinstance(layer, QgsVectorLayer):
         raise AoiError("Choose a polygon layer for the area of interest.")
-    if layer.geometryType() != 2:  # QgsWkbTypes.PolygonGeometry
+    if layer.geometryType() != POLYGON_GEOMETRY:
         raise AoiError(f"Layer '{layer.name()}' is not a polygon layer.")
     geometries = [QgsGeometry(f.geometry()) for f in layer.selectedFeatures() if f.hasGeometry()]
     if not geometries:
@@ -70,15 +71,16 @@ def resolve(aoi: AreaOfInterest, raster_crs: QgsCoordinateReferenceSystem,
     transform = QgsCoordinateTransform(source_crs, raster_crs, project)
     try:
         if aoi.kind == AoiKind.SELECTED_FEATURES:
-            polygons = []
-            box = QgsRectangle()
-            box.setMinimal()
+            polygons, boxes = [], []
             for geometry in aoi.geometries:
                 moved = QgsGeometry(geometry)
                 moved.transform(transform)
                 polygons.append(moved.asWkt())
-                box.combineExtentWith(moved.boundingBox())
-            return ResolvedAoi((box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()), tuple(polygons))
+                boxes.append(moved.boundingBox())
+            if not boxes:
+                raise AoiError("No polygon is selected: select the polygons to segment.")
+            return ResolvedAoi((min(b.xMinimum() for b in boxes), min(b.yMinimum() for b in boxes),
+                                max(b.xMaximum() for b in boxes), max(b.yMaximum() for b in boxes)), tuple(polygons))
         if aoi.rectangle is None or aoi.rectangle.isEmpty():
             raise AoiError("No rectangle is drawn: click 'Draw' and drag a rectangle on the map.")
         box = transform.transformBoundingBox(aoi.rectangle)

@@ -32,13 +32,14 @@ from .raster_io import NODATA_LABEL, LabelWriter, PixelSource, ProbabilityWriter
 
 __all__ = ["JobCancelledError", "JobParams", "JobResult", "run_job", "execute"]
 
-#: ``write_style(geotiff, qml, names, colours)``: writes the QML style of the class GeoTIFF (QGIS side).
-StyleWriter = Callable[[Path, Path, list[str], list[tuple[int, int, int, int]]], None]
+#: ``make_style(geotiff, names, colours)``: the QML style of the class GeoTIFF, as text (QGIS side; raises OSError
+#: when QGIS cannot make it). The job writes it beside the result like every other file.
+StyleMaker = Callable[[Path, list[str], list[tuple[int, int, int, int]]], str]
 
 
 @dataclass(frozen=True)
 class JobParams:
-    """What to segment and where to write it, checked (built by :func:`~segearth_qgis.job_request.plan_job`).
+    """What to segment and where to write it, checked (built by :func:`~segearth_qgis.job.request.plan_job`).
 
     Attributes:
         classes: class lines, synonyms separated by commas.
@@ -77,16 +78,19 @@ class JobResult:
     concurrency: int = 1
     #: What was sent again (the log lines).
     retried: tuple[str, ...] = ()
+    #: Every file the job put in place (its GeoTIFFs, their style and GDAL side files), and nothing else.
+    written: tuple[Path, ...] = ()
 
 
 def _writing(folder: Path) -> Callable[[GdalError], OutputError]:
+    """GDAL's write failure in ``folder`` as an OutputError (GDAL gives no errno: see :func:`output_error`)."""
     return lambda error: output_error(folder, OSError(error.reason))
 
 
 def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, client: Any,
             progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False,
-            write_style: Optional[StyleWriter] = None, concurrency: int = 1,
+            make_style: Optional[StyleMaker] = None, concurrency: int = 1,
             log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY) -> JobResult:
     """Segment ``grid`` block by block through ``client`` (a BackendClient) and write the outputs.
 
@@ -108,7 +112,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     # Without a background class nothing can fall below the threshold: every pixel keeps its best class.
     background = params.background_index if params.background_index is not None else 0
     threshold = params.threshold if params.background_index is not None else 0.0
-    staged = StagedFiles(plan.overwrite)
+    staged = StagedFiles(plan.overwrite, protected=plan.inputs)
     writers: list[Any] = []
     counts = np.zeros(256, np.int64)
     blocks = plan_grid_blocks(grid, params.block_size)  # on the raster's anchor grid, with the context around
@@ -200,39 +204,40 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
         for side in plan.stale:  # an old result's overviews and statistics go with it
             staged.replace_stale(side)
         warnings = list(plan.warnings)
-        if plan.style is not None and write_style is not None:
-            style_tmp = staged.stage(plan.style, ".qml")
+        style: Optional[Path] = None
+        if plan.style is not None and make_style is not None:
             try:
-                write_style(labels_out.path, style_tmp, names, colours)
+                text = make_style(labels_out.path, names, colours)
             except OSError as error:
-                warnings.append(f"The style {plan.style.name} could not be written ({error}); the result is styled "
+                warnings.append(f"The style {plan.style.name} could not be made ({error}); the result is styled "
                                 "in this project only.")
-                staged.drop(style_tmp)
                 staged.replace_stale(plan.style)  # an older result's style would name the wrong classes
-        staged.commit()
+            else:  # written whole like the rasters: a full disk fails the job here, nothing is written
+                staged.write(plan.style, text.encode("utf-8"), ".qml")
+                style = plan.style
+        written = staged.commit()
     except BaseException:
         for writer in writers:
             writer.discard()
         staged.abort()
         raise
-    style = plan.style if plan.style is not None and plan.style.exists() and write_style is not None else None
     return JobResult(plan.labels, plan.probabilities, style, names, colours, time.monotonic() - start,
                      grid.width * grid.height, len(blocks), {k: int(v) for k, v in enumerate(counts) if v},
-                     tuple(warnings), concurrency, tuple(retried))
+                     tuple(warnings), concurrency, tuple(retried), tuple(written))
 
 
 def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
-            cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None,
+            cancelled: Callable[[], bool] = lambda: False, make_style: Optional[StyleMaker] = None,
             log: Callable[[str], None] = lambda message: None) -> JobResult:
-    """:func:`run_job` on a :class:`~segearth_qgis.job_setup.PreparedJob`, opening and closing its source here.
+    """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.PreparedJob`, opening and closing its source here.
 
-    As many blocks are kept in flight as :func:`~segearth_qgis.inflight.choose_concurrency` says
+    As many blocks are kept in flight as :func:`~segearth_qgis.job.inflight.choose_concurrency` says
     (``$SEGEARTH_CONCURRENCY``, else the backend's replicas).
     """
     concurrency = choose_concurrency(client)
     source = job.source()
     try:
-        return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, write_style,
+        return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, make_style,
                        concurrency, log)
     finally:
         source.close()

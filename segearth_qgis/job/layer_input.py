@@ -1,4 +1,4 @@
-"""From a QGIS raster layer to a :class:`~segearth_qgis.raster_io.PixelSource` (QGIS + GDAL)."""
+"""From a QGIS raster layer to a :class:`~segearth_qgis.job.raster_io.PixelSource` (QGIS + GDAL)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
-from qgis.core import Qgis, QgsProviderRegistry, QgsRaster, QgsRasterLayer, QgsRectangle
+from qgis.core import Qgis, QgsProviderRegistry, QgsRasterLayer, QgsRectangle
 
 from ..core.grid import Grid, Rect
 from ..core.pixels import PixelRecipe
 from ..errors import LayerError
-from .gdal_errors import collect_errors
+from ..qgis_compat import ALPHA_BAND, renderer_band
+from .gdal_errors import collect_errors, opened
 from .raster_io import BandReader, GdalBandReader
 
 _NUMPY_TYPES = {
-    Qgis.Byte: np.uint8, Qgis.UInt16: np.uint16, Qgis.Int16: np.int16, Qgis.UInt32: np.uint32,
-    Qgis.Int32: np.int32, Qgis.Float32: np.float32, Qgis.Float64: np.float64,
+    Qgis.DataType.Byte: np.uint8, Qgis.DataType.UInt16: np.uint16, Qgis.DataType.Int16: np.int16,
+    Qgis.DataType.UInt32: np.uint32, Qgis.DataType.Int32: np.int32, Qgis.DataType.Float32: np.float32,
+    Qgis.DataType.Float64: np.float64,
 }
 
 
@@ -37,14 +39,14 @@ def default_bands(layer: QgsRasterLayer) -> tuple[int, int, int]:
         if all(b > 0 for b in bands):
             return bands
     if renderer is not None and renderer.type() == "singlebandgray":
-        return (renderer.grayBand(),) * 3
+        return (renderer_band(renderer),) * 3
     return (1, 2, 3) if layer.bandCount() >= 3 else (1, 1, 1)
 
 
 def alpha_band(layer: QgsRasterLayer) -> Optional[int]:
     provider = layer.dataProvider()
     for band in range(1, layer.bandCount() + 1):
-        if provider.colorInterpretation(band) == QgsRaster.AlphaBand:
+        if provider.colorInterpretation(band) == ALPHA_BAND:
             return band
     return None
 
@@ -59,7 +61,7 @@ def _renderer_range(layer: QgsRasterLayer, band: int) -> Optional[tuple[float, f
             if number == band and getter() is not None:
                 enhancement = getter()
                 break
-    elif renderer is not None and renderer.type() == "singlebandgray" and renderer.grayBand() == band:
+    elif renderer is not None and renderer.type() == "singlebandgray" and renderer_band(renderer) == band:
         enhancement = renderer.contrastEnhancement()
     if enhancement is None:
         return None
@@ -91,7 +93,7 @@ def build_recipe(layer: QgsRasterLayer, bands: Sequence[int], extent: Optional[R
     if alpha in rgb:
         alpha = None
     stretch = None
-    if any(provider.dataType(band) != Qgis.Byte for band in rgb):
+    if any(provider.dataType(band) != Qgis.DataType.Byte for band in rgb):
         area = QgsRectangle(*extent) if extent else layer.extent()
         ranges = []
         for band in rgb:
@@ -135,11 +137,14 @@ def reader_factory(layer: QgsRasterLayer) -> Callable[[], BandReader]:
     GUI thread)."""
     if layer.providerType() == "gdal":
         source, native = layer.source(), native_grid(layer)
-        with collect_errors():  # a source GDAL cannot open alone is read through the provider instead
-            probe = gdal.OpenEx(source, gdal.OF_RASTER) if source else None
-        if probe is not None:
+        with collect_errors() as log:  # a source GDAL cannot open alone is read through the provider instead
+            probe = opened(source, log, gdal.OF_RASTER) if source else None
+        # QGIS shows a per-dataset mask (an external .msk) as one more band, an alpha band GDAL does not have:
+        # such a layer is read through the provider too.
+        if probe is not None and layer.bandCount() <= probe.RasterCount:
             probe = None
             return lambda: GdalBandReader(source, native)
+        probe = None
     reader = ProviderBandReader(layer)
     return lambda: reader
 
@@ -149,8 +154,8 @@ def layer_files(layer: QgsRasterLayer) -> list[str]:
     files: list[str] = []
     source = layer.source()
     if layer.providerType() == "gdal" and source:
-        with collect_errors():
-            dataset = gdal.OpenEx(source, gdal.OF_RASTER)
+        with collect_errors() as log:
+            dataset = opened(source, log, gdal.OF_RASTER)
             if dataset is not None:
                 files.extend(dataset.GetFileList() or [])
             dataset = None

@@ -98,8 +98,11 @@ def polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str
                  ) -> Callable[[tuple[int, int], tuple[int, int]], np.ndarray]:
     """A mask function: True inside the polygons (given as WKT in the grid's CRS)."""
     with collect_errors() as log:
-        mask = _polygon_mask(wkts, grid, crs_wkt)
-        reason = log.take()
+        try:
+            mask = _polygon_mask(wkts, grid, crs_wkt)
+            reason = log.take()
+        except RuntimeError as error:  # GDAL's exceptions are on
+            reason = str(error).strip() or log.take() or "GDAL reported no reason"
     if reason:
         raise AoiError(f"The area-of-interest polygons cannot be used: {reason}.")
     return mask
@@ -121,7 +124,8 @@ def _polygon_mask(wkts: Sequence[str], grid: Grid, crs_wkt: str
         height, width = rows[1] - rows[0], cols[1] - cols[0]
         xmin, _, _, ymax = grid.sub_extent(rows[0], rows[1], cols[0], cols[1])
         with collect_errors() as errors:
-            target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+            target = checked("make the area-of-interest mask",
+                             lambda: gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte), errors)
             target.SetGeoTransform((xmin, grid.pixel_width, 0.0, ymax, 0.0, -grid.pixel_height))
             target.SetProjection(crs_wkt)
             checked("rasterize the area of interest", lambda: gdal.RasterizeLayer(target, [1], layer, burn_values=[1]),
@@ -136,7 +140,7 @@ class GeoTiffWriter:
     """A tiled, compressed GeoTIFF written block by block at ``path`` (a staged temporary file).
 
     Every GDAL failure (a full disk, a vanished folder) raises
-    :class:`~segearth_qgis.gdal_errors.GdalError`; :meth:`close` flushes and
+    :class:`~segearth_qgis.job.gdal_errors.GdalError`; :meth:`close` flushes and
     closes the file, so that errors surface before the file is moved into place.
     """
 

@@ -18,7 +18,7 @@ from osgeo import gdal
 from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsProviderRegistry, QgsRasterLayer
 
 from ..core.classes import RGBA, class_colours
-from ..job.gdal_errors import collect_errors
+from ..job.gdal_errors import collect_errors, opened
 from .styling import has_default_palette, style_result_layer
 
 #: The ``SEGEARTH_SOFTWARE`` metadata item of the class rasters this plugin writes.
@@ -80,11 +80,8 @@ def read_class_raster(path: str) -> Optional[ClassRaster]:
     single-band byte raster; names from ``SEGEARTH_CLASSES``, else the category
     names; colours (RGBA) from ``SEGEARTH_COLOURS``, else the colour table.
     """
-    with collect_errors():
-        try:
-            dataset = gdal.Open(path)
-        except RuntimeError:  # someone switched GDAL exceptions on
-            return None
+    with collect_errors() as log:
+        dataset = opened(path, log)
         if dataset is None:
             return None
         metadata = dataset.GetMetadata() or {}  # GTiff reads its .aux.xml (category names) only after this
@@ -105,7 +102,7 @@ def layer_class_raster(layer: QgsMapLayer) -> Optional[ClassRaster]:
     if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal" or not layer.isValid():
         return None
     provider = layer.dataProvider()
-    if provider is None or layer.bandCount() != 1 or provider.dataType(1) != Qgis.Byte:
+    if provider is None or layer.bandCount() != 1 or provider.dataType(1) != Qgis.DataType.Byte:
         return None
     path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
     return read_class_raster(str(path))

@@ -9,12 +9,17 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
     QgsLayerTreeGroup,
+    QgsMapLayer,
     QgsPalettedRasterRenderer,
     QgsProject,
     QgsRasterLayer,
     QgsRendererCategory,
 )
 from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtXml import QDomDocument
+
+from ..job.outputs import write_whole
+from ..qgis_compat import renderer_band
 
 GROUP_NAME = "SegEarth-OV"
 #: Opacity of a class raster shown over its image (0-1): the image stays visible beneath the classes.
@@ -49,20 +54,40 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     return layer
 
 
-def write_class_style(geotiff: Path, qml: Path, names: Sequence[str],
-                      colours: Sequence[tuple[int, int, int, int]]) -> None:
-    """Write the class style of ``geotiff`` to ``qml`` (the job moves it beside the result as its default style).
+def class_style_text(geotiff: Path, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]]) -> str:
+    """The class style of ``geotiff`` as QML text (the job writes it beside the result as its default style).
 
     Raises:
-        OSError: QGIS cannot open the GeoTIFF or write the style.
+        OSError: QGIS cannot open the GeoTIFF or export the style.
     """
     layer = QgsRasterLayer(str(geotiff), "style", "gdal")
     if not layer.isValid():
         raise OSError(f"QGIS cannot open {geotiff.name} to style it")
     style_result_layer(layer, names, colours)
-    message, ok = layer.saveNamedStyle(str(qml))
-    if not ok:
-        raise OSError(f"could not write the style {qml.name}: {message}")
+    return layer_style_text(layer)
+
+
+def layer_style_text(layer: QgsMapLayer) -> str:
+    """``layer``'s whole style as the text of a ``.qml`` file (what QGIS's *Save Style* writes).
+
+    Raises:
+        OSError: QGIS could not export it.
+    """
+    document = QDomDocument("qgis")
+    message = layer.exportNamedStyle(document)
+    if message:
+        raise OSError(f"QGIS could not export the style: {message}")
+    return document.toString(2)
+
+
+def write_class_style(geotiff: Path, qml: Path, names: Sequence[str],
+                      colours: Sequence[tuple[int, int, int, int]]) -> None:
+    """Write the class style of ``geotiff`` to ``qml`` as a job writes its files (whole, checked, or not at all).
+
+    Raises:
+        OSError: QGIS cannot make the style. OutputError: it could not be written (a full disk...).
+    """
+    write_whole(qml, class_style_text(geotiff, names, colours).encode("utf-8"))
 
 
 def class_vector_renderer(names: Sequence[str], colours: Sequence[tuple[int, int, int, int]],
@@ -94,7 +119,7 @@ def has_default_palette(layer: QgsRasterLayer) -> bool:
     """
     renderer = layer.renderer()
     provider = layer.dataProvider()
-    if not isinstance(renderer, QgsPalettedRasterRenderer) or provider is None or renderer.band() != 1:
+    if not isinstance(renderer, QgsPalettedRasterRenderer) or provider is None or renderer_band(renderer) != 1:
         return False
     expected = QgsPalettedRasterRenderer.colorTableToClassData(provider.colorTable(1))
     current = renderer.classes()

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -25,15 +22,16 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
-    QgsWkbTypes,
 )
 
 from ..core.accuracy import AccuracyReport, assess, class_lookup, matrix_from_pairs, parse_mapping
 from ..core.accuracy_html import html_report
 from ..errors import AccuracyError
+from ..qgis_compat import TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
 from ..qt_compat import field_type
 from .class_stats import class_names
 from .reference_grid import count_pairs, open_class_grid, rasterize_reference, warp_reference
+from .run_outputs import RunOutputs, layer_inputs
 
 
 def _value(number: float) -> Optional[float]:
@@ -75,7 +73,7 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE_RASTER, "Reference raster",
                                                             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.REFERENCE_VECTOR, "Reference polygons", [QgsProcessing.TypeVectorPolygon], optional=True))
+            self.REFERENCE_VECTOR, "Reference polygons", [VECTOR_POLYGON_SOURCE], optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.REFERENCE_FIELD, "Class field of the reference polygons (codes or names)",
             parentLayerParameterName=self.REFERENCE_VECTOR, optional=True))
@@ -83,9 +81,9 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
             self.MAPPING, "Class mapping (reference=classification per line; codes or names)", multiLine=True,
             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_MATRIX, "Confusion matrix",
-                                                            QgsProcessing.TypeVector))
+                                                            TABLE_SOURCE))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_METRICS, "Per-class accuracy",
-                                                            QgsProcessing.TypeVector))
+                                                            TABLE_SOURCE))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Accuracy report",
                                                                 "HTML files (*.html)", optional=True))
         for name, label in ((self.OVERALL_ACCURACY, "Overall accuracy"), (self.KAPPA, "Cohen's kappa"),
@@ -102,10 +100,22 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         if has_raster == has_vector:
             raise QgsProcessingException("Give exactly one reference: REFERENCE_RASTER, or REFERENCE_VECTOR with "
                                          "REFERENCE_FIELD.")
+        with RunOutputs(self, parameters, context) as outputs:
+            reference_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context) if has_raster \
+                else self.parameterAsVectorLayer(parameters, self.REFERENCE_VECTOR, context)
+            outputs.check([*layer_inputs(layer), *layer_inputs(reference_layer)],
+                          [self.OUTPUT_MATRIX, self.OUTPUT_METRICS], [self.OUTPUT_HTML])
+            results = self._assess(layer, parameters, context, feedback, outputs)
+            results.update(outputs.commit())
+            return results
+
+    def _assess(self, layer: QgsRasterLayer, parameters: dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback, outputs: RunOutputs) -> dict[str, Any]:
+        """Compare, and stage the tables and the report in ``outputs``; the results without the tables."""
         try:
             grid = open_class_grid(layer.source())
             target = QgsProcessingUtils.generateTempFilename("reference_on_grid.tif")
-            if has_raster:
+            if parameters.get(self.REFERENCE_RASTER):
                 reference_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context)
                 if reference_layer is None:
                     raise QgsProcessingException("REFERENCE_RASTER is not a raster layer QGIS can open.")
@@ -124,18 +134,18 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"{report.total} pixels compared ({skipped} without reference or classification, "
                           f"{ignored} left out by the mapping): overall accuracy {report.overall_accuracy:.4f}, "
                           f"kappa {report.kappa:.4f}, mean IoU {report.mean_iou:.4f}")
+        self._write_matrix(outputs, report)
+        self._write_metrics(outputs, report)
         results: dict[str, Any] = {
-            self.OUTPUT_MATRIX: self._write_matrix(parameters, context, report),
-            self.OUTPUT_METRICS: self._write_metrics(parameters, context, report),
             self.OVERALL_ACCURACY: report.overall_accuracy, self.KAPPA: _value(report.kappa),
             self.MEAN_IOU: _value(report.mean_iou), self.PIXELS: report.total,
         }
-        html_path = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
-        if html_path:
+        html_path = outputs.file_target(self.OUTPUT_HTML)
+        if html_path is not None:
             details = [("Classification", layer.source()), ("Reference", described),
                        ("Pixels without reference or classification", f"{skipped:,}")]
-            Path(html_path).write_text(html_report(report, "Accuracy assessment", details, ignored), encoding="utf-8")
-            results[self.OUTPUT_HTML] = html_path
+            outputs.write_file(html_path, html_report(report, "Accuracy assessment", details, ignored).encode("utf-8"))
+            results[self.OUTPUT_HTML] = str(html_path)
         return results
 
     def _rasterize(self, parameters: dict[str, Any], context: QgsProcessingContext, grid: Any,
@@ -166,26 +176,21 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
         names = [prediction.get(index, f"class {index}") for index in range(num_classes)]
         return assess(matrix, names), ignored
 
-    def _write_matrix(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                      report: AccuracyReport) -> str:
+    def _write_matrix(self, outputs: RunOutputs, report: AccuracyReport) -> None:
         fields = QgsFields()
         fields.append(QgsField("reference_id", field_type("Int")))
         fields.append(QgsField("reference", field_type("String")))
         for index in range(len(report.names)):
             fields.append(QgsField(f"pred_{index}", field_type("LongLong")))
         fields.append(QgsField("total", field_type("LongLong")))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT_MATRIX, context, fields, QgsWkbTypes.NoGeometry)
-        if sink is None:
-            raise QgsProcessingException("The confusion matrix table could not be created: check the output path.")
+        outputs.sink(self.OUTPUT_MATRIX, fields, WKB_NO_GEOMETRY)
         for index, name in enumerate(report.names):
             row = [int(value) for value in report.matrix[index]]
             feature = QgsFeature(fields)
             feature.setAttributes([index, name, *row, sum(row)])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
-        return str(dest)
+            outputs.add(self.OUTPUT_MATRIX, feature)
 
-    def _write_metrics(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                       report: AccuracyReport) -> str:
+    def _write_metrics(self, outputs: RunOutputs, report: AccuracyReport) -> None:
         fields = QgsFields()
         for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
                            ("reference_pixels", field_type("LongLong")),
@@ -194,14 +199,11 @@ class AccuracyAlgorithm(QgsProcessingAlgorithm):
                            ("precision", field_type("Double")), ("recall", field_type("Double")),
                            ("f1", field_type("Double"))):
             fields.append(QgsField(name, kind))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT_METRICS, context, fields, QgsWkbTypes.NoGeometry)
-        if sink is None:
-            raise QgsProcessingException("The per-class table could not be created: check the output path.")
+        outputs.sink(self.OUTPUT_METRICS, fields, WKB_NO_GEOMETRY)
         for index, name in enumerate(report.names):
             feature = QgsFeature(fields)
             feature.setAttributes([
                 index, name, int(report.matrix[index].sum()), int(report.matrix[:, index].sum()),
                 int(report.matrix[index, index]), _value(report.iou[index]), _value(report.precision[index]),
                 _value(report.recall[index]), _value(report.f1[index])])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
-        return str(dest)
+            outputs.add(self.OUTPUT_METRICS, feature)

@@ -6,15 +6,12 @@ import json
 import math
 from typing import Any, Optional
 
-from osgeo import gdal
 from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsPointXY,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -27,10 +24,12 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
     QgsUnitTypes,
-    QgsWkbTypes,
 )
 
+from ..job.gdal_errors import collect_errors, opened
+from ..qgis_compat import METERS, SQUARE_METERS, TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
 from ..qt_compat import field_type
+from .run_outputs import RunOutputs, layer_inputs
 
 NODATA = 255
 
@@ -42,13 +41,14 @@ def class_names(layer: QgsRasterLayer) -> dict[int, str]:
     """
     names: dict[int, str] = {}
     if layer.providerType() == "gdal":
-        dataset = gdal.Open(layer.source())
-        if dataset is not None:
-            dataset.GetMetadata()  # GTiff reads its .aux.xml (category names) only after such a call
-            band = dataset.GetRasterBand(1)
-            names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
-            if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):
-                names.update(dict(enumerate(json.loads(dataset.GetMetadataItem("SEGEARTH_CLASSES")))))
+        with collect_errors() as log:
+            dataset = opened(layer.source(), log)
+            if dataset is not None:
+                dataset.GetMetadata()  # GTiff reads its .aux.xml (category names) only after such a call
+                band = dataset.GetRasterBand(1)
+                names.update({i: n for i, n in enumerate(band.GetCategoryNames() or []) if n})
+                if not names and dataset.GetMetadataItem("SEGEARTH_CLASSES"):
+                    names.update(dict(enumerate(json.loads(dataset.GetMetadataItem("SEGEARTH_CLASSES")))))
     renderer = layer.renderer()
     if not names and renderer is not None and renderer.type() == "paletted":
         names.update({int(c.value): c.label for c in renderer.classes() if c.label and c.label != str(int(c.value))})
@@ -61,7 +61,7 @@ def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float
     width, height = extent.width() / layer.width(), extent.height() / layer.height()
     crs = layer.crs()
     if not crs.isGeographic():
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), METERS)
         return width * height * factor * factor
     measure = QgsDistanceArea()
     measure.setSourceCrs(crs, context.transformContext())
@@ -70,7 +70,7 @@ def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float
     cell = QgsRectangle(center.x(), center.y(), center.x() + width, center.y() + height)
     ring = [QgsPointXY(cell.xMinimum(), cell.yMinimum()), QgsPointXY(cell.xMaximum(), cell.yMinimum()),
             QgsPointXY(cell.xMaximum(), cell.yMaximum()), QgsPointXY(cell.xMinimum(), cell.yMaximum())]
-    return measure.convertAreaMeasurement(measure.measurePolygon(ring), QgsUnitTypes.AreaSquareMeters)
+    return measure.convertAreaMeasurement(measure.measurePolygon(ring), SQUARE_METERS)
 
 
 class ClassStatsAlgorithm(QgsProcessingAlgorithm):
@@ -98,32 +98,50 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Segmentation raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(self.ZONES, "Zones (polygons)",
-                                                              [QgsProcessing.TypeVectorPolygon], optional=True))
+                                                              [VECTOR_POLYGON_SOURCE], optional=True))
         self.addParameter(QgsProcessingParameterField(self.ZONE_FIELD, "Zone attribute (empty: feature id)",
                                                       parentLayerParameterName=self.ZONES, optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", QgsProcessing.TypeVector))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class statistics", TABLE_SOURCE))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        import processing
-
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
         if layer.bandCount() != 1:
             raise QgsProcessingException(f"INPUT has {layer.bandCount()} bands; a class raster has one.")
-        names = class_names(layer)
-        area = pixel_area_m2(layer, context)
-        zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) else ""
-        fields = QgsFields()
-        fields.append(self.zone_output_field(parameters, context, zone_field))
-        for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
-                           ("pixels", field_type("LongLong")),
-                           ("area_m2", field_type("Double")), ("share", field_type("Double"))):
-            fields.append(QgsField(name, kind))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry)
-        if sink is None:
-            raise QgsProcessingException("The output table could not be created: check the output path.")
+        zones_layer = self.parameterAsVectorLayer(parameters, self.ZONES, context) if parameters.get(self.ZONES) \
+            else None
+        with RunOutputs(self, parameters, context) as outputs:
+            outputs.check([*layer_inputs(layer), *layer_inputs(zones_layer)], [self.OUTPUT])
+            names = class_names(layer)
+            area = pixel_area_m2(layer, context)
+            zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) \
+                else ""
+            fields = QgsFields()
+            fields.append(self.zone_output_field(parameters, context, zone_field))
+            for name, kind in (("class_id", field_type("Int")), ("class_name", field_type("String")),
+                               ("pixels", field_type("LongLong")),
+                               ("area_m2", field_type("Double")), ("share", field_type("Double"))):
+                fields.append(QgsField(name, kind))
+            rows = self.count(layer, parameters, zone_field, context, feedback)
+            outputs.sink(self.OUTPUT, fields, WKB_NO_GEOMETRY)
+            for zone, counts in rows:
+                total = sum(counts.values())
+                for class_id in sorted(set(counts) | set(names)):
+                    if feedback.isCanceled():
+                        raise QgsProcessingException("Cancelled: no output was written.")
+                    pixels = counts.get(class_id, 0)
+                    feature = QgsFeature(fields)
+                    feature.setAttributes([zone, class_id, names.get(class_id, f"class {class_id}"), pixels,
+                                           pixels * area, pixels / total if total else 0.0])
+                    outputs.add(self.OUTPUT, feature)
+            return {self.OUTPUT: outputs.commit()[self.OUTPUT]}
+
+    def count(self, layer: QgsRasterLayer, parameters: dict[str, Any], zone_field: str, context: QgsProcessingContext,
+              feedback: QgsProcessingFeedback) -> list[tuple[Any, dict[int, int]]]:
+        """Pixels per class value (nodata left out): one row for the whole raster, or one per zone."""
+        import processing
 
         rows: list[tuple[Any, dict[int, int]]] = []
         if parameters.get(self.ZONES):
@@ -145,16 +163,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             counts = {int(f["value"]): int(f["count"]) for f in table.getFeatures()
                       if f["value"] is not None and not math.isnan(float(f["value"]))}
             rows.append((None, {k: v for k, v in counts.items() if k != NODATA}))
-
-        for zone, counts in rows:
-            total = sum(counts.values())
-            for class_id in sorted(set(counts) | set(names)):
-                pixels = counts.get(class_id, 0)
-                feature = QgsFeature(fields)
-                feature.setAttributes([zone, class_id, names.get(class_id, f"class {class_id}"), pixels,
-                                       pixels * area, pixels / total if total else 0.0])
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
-        return {self.OUTPUT: dest}
+        return rows
 
     def zone_output_field(self, parameters: dict[str, Any], context: QgsProcessingContext, name: str) -> QgsField:
         """The ``zone`` column: a copy of the zones' field ``name`` (its type), or the feature id."""

@@ -19,6 +19,7 @@ from osgeo import gdal, ogr, osr
 from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext, QgsGeometry
 
 from ..errors import AccuracyError
+from ..job.gdal_errors import ErrorLog, GdalError, checked, collect_errors, is_gdal_failure_code, opened
 
 REFERENCE_NODATA = -(2**31)
 BLOCK_ROWS = 256
@@ -49,23 +50,26 @@ def open_class_grid(path: str) -> ClassGrid:
     Raises:
         AccuracyError: not readable by GDAL, not one band, or rotated.
     """
-    dataset = gdal.Open(path)
-    if dataset is None:
-        raise AccuracyError(f"'{path}' cannot be opened by GDAL: save the classification as a GeoTIFF first.")
-    if dataset.RasterCount != 1:
-        raise AccuracyError(f"'{path}' has {dataset.RasterCount} bands; a class raster has one.")
-    geotransform = tuple(dataset.GetGeoTransform())
-    if geotransform[2] or geotransform[4]:
-        raise AccuracyError(f"'{path}' is rotated; warp it to a north-up grid first (gdalwarp).")
-    return ClassGrid(path, dataset.RasterXSize, dataset.RasterYSize, geotransform, dataset.GetProjection(),
-                     dataset.GetRasterBand(1).GetNoDataValue())
+    with collect_errors() as log:
+        dataset = opened(path, log)
+        if dataset is None:
+            raise AccuracyError(f"'{path}' cannot be opened by GDAL: save the classification as a GeoTIFF first.")
+        if dataset.RasterCount != 1:
+            raise AccuracyError(f"'{path}' has {dataset.RasterCount} bands; a class raster has one.")
+        geotransform = tuple(dataset.GetGeoTransform())
+        if geotransform[2] or geotransform[4]:
+            raise AccuracyError(f"'{path}' is rotated; warp it to a north-up grid first (gdalwarp).")
+        return ClassGrid(path, dataset.RasterXSize, dataset.RasterYSize, geotransform, dataset.GetProjection(),
+                         dataset.GetRasterBand(1).GetNoDataValue())
 
 
-def _grid_dataset(grid: ClassGrid, target: str) -> gdal.Dataset:
-    dataset = gdal.GetDriverByName("GTiff").Create(target, grid.width, grid.height, 1, gdal.GDT_Int32,
-                                                   ["TILED=YES", "COMPRESS=DEFLATE"])
-    if dataset is None:
-        raise AccuracyError(f"Cannot write the temporary file '{target}': {gdal.GetLastErrorMsg()}")
+def _grid_dataset(grid: ClassGrid, target: str, log: ErrorLog) -> gdal.Dataset:
+    """An empty Int32 GeoTIFF on ``grid`` (all :data:`REFERENCE_NODATA`), inside :func:`collect_errors`."""
+    try:
+        dataset = checked(f"create {target}", lambda: gdal.GetDriverByName("GTiff").Create(
+            target, grid.width, grid.height, 1, gdal.GDT_Int32, ["TILED=YES", "COMPRESS=DEFLATE"]), log)
+    except GdalError as error:
+        raise AccuracyError(f"Cannot write the temporary file '{target}': {error.reason}") from None
     dataset.SetGeoTransform(grid.geotransform)
     dataset.SetProjection(grid.wkt)
     band = dataset.GetRasterBand(1)
@@ -82,16 +86,20 @@ def warp_reference(source: str, grid: ClassGrid, target: str) -> None:
     Raises:
         AccuracyError: unreadable, not one band, or the warp failed.
     """
-    dataset = gdal.Open(source)
-    if dataset is None:
-        raise AccuracyError(f"The reference raster '{source}' cannot be opened by GDAL.")
-    if dataset.RasterCount != 1:
-        raise AccuracyError(f"The reference raster has {dataset.RasterCount} bands; give a single band of class codes.")
-    output = _grid_dataset(grid, target)
-    if gdal.Warp(output, dataset, resampleAlg="near", dstNodata=REFERENCE_NODATA) is None:
-        raise AccuracyError(f"The reference could not be resampled onto the classification's grid: "
-                            f"{gdal.GetLastErrorMsg()}")
-    output.FlushCache()
+    with collect_errors() as log:
+        dataset = opened(source, log)
+        if dataset is None:
+            raise AccuracyError(f"The reference raster '{source}' cannot be opened by GDAL.")
+        if dataset.RasterCount != 1:
+            raise AccuracyError(f"The reference raster has {dataset.RasterCount} bands; give a single band of class "
+                                "codes.")
+        output = _grid_dataset(grid, target, log)
+        try:
+            checked("warp", lambda: gdal.Warp(output, dataset, resampleAlg="near", dstNodata=REFERENCE_NODATA), log)
+            checked("flush", output.FlushCache, log, failed=is_gdal_failure_code)
+        except GdalError as error:
+            raise AccuracyError("The reference could not be resampled onto the classification's grid: "
+                                f"{error.reason}") from None
 
 
 def _code(value: object) -> Optional[int]:
@@ -135,9 +143,25 @@ def rasterize_reference(features: Iterable[tuple[QgsGeometry, object]], source_c
         burn = [index[str(value).strip()] for _, value in rows]
     grid_crs = QgsCoordinateReferenceSystem.fromWkt(grid.wkt)
     transform = QgsCoordinateTransform(source_crs, grid_crs, transform_context)
+    with collect_errors() as log:
+        try:
+            memory, layer = _memory_layer(grid.wkt, rows, burn, transform, log)  # keep memory: the layer needs it
+            dataset = _grid_dataset(grid, target, log)
+            checked("rasterize", lambda: gdal.RasterizeLayer(dataset, [1], layer, options=["ATTRIBUTE=code"]), log,
+                    failed=is_gdal_failure_code)
+            checked("flush", dataset.FlushCache, log, failed=is_gdal_failure_code)
+        except GdalError as error:
+            raise AccuracyError(f"The reference polygons could not be rasterized: {error.reason}") from None
+    return classes
+
+
+def _memory_layer(wkt: str, rows: list[tuple[QgsGeometry, object]], burn: list[int],
+                  transform: QgsCoordinateTransform, log: ErrorLog) -> tuple[ogr.DataSource, ogr.Layer]:
+    """An OGR memory data source and its layer (in the grid's CRS ``wkt``): the polygons, codes in field "code"."""
     reference = osr.SpatialReference()
-    reference.ImportFromWkt(grid.wkt)
-    memory = ogr.GetDriverByName("Memory").CreateDataSource("reference")
+    checked("read the grid's CRS", lambda: reference.ImportFromWkt(wkt), log, failed=bool)
+    memory = checked("create a memory layer", lambda: ogr.GetDriverByName("Memory").CreateDataSource("reference"),
+                     log)
     layer = memory.CreateLayer("reference", reference, ogr.wkbUnknown)
     layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
     for (geometry, _), code in zip(rows, burn):
@@ -147,11 +171,7 @@ def rasterize_reference(features: Iterable[tuple[QgsGeometry, object]], source_c
         feature.SetGeometry(ogr.CreateGeometryFromWkb(bytes(projected.asWkb())))
         feature.SetField("code", code)
         layer.CreateFeature(feature)
-    dataset = _grid_dataset(grid, target)
-    if gdal.RasterizeLayer(dataset, [1], layer, options=["ATTRIBUTE=code"]) != 0:
-        raise AccuracyError(f"The reference polygons could not be rasterized: {gdal.GetLastErrorMsg()}")
-    dataset.FlushCache()
-    return classes
+    return memory, layer
 
 
 def count_pairs(grid: ClassGrid, reference_path: str, cancelled: Callable[[], bool] = lambda: False,
@@ -163,7 +183,16 @@ def count_pairs(grid: ClassGrid, reference_path: str, cancelled: Callable[[], bo
     Returns:
         the counts and the number of skipped pixels.
     """
-    class_dataset, reference_dataset = gdal.Open(grid.path), gdal.Open(reference_path)  # keep: bands need them
+    with collect_errors() as log:
+        return _count_pairs(grid, reference_path, cancelled, progress, log)
+
+
+def _count_pairs(grid: ClassGrid, reference_path: str, cancelled: Callable[[], bool],
+                 progress: Callable[[float], None], log: ErrorLog) -> tuple[dict[tuple[int, int], int], int]:
+    class_dataset, reference_dataset = opened(grid.path, log), opened(reference_path, log)  # keep: bands need them
+    if class_dataset is None or reference_dataset is None:
+        raise AccuracyError(f"'{grid.path if class_dataset is None else reference_path}' cannot be read any more: "
+                            "is it still there?")
     classes, reference = class_dataset.GetRasterBand(1), reference_dataset.GetRasterBand(1)
     pairs: dict[tuple[int, int], int] = {}
     skipped = 0

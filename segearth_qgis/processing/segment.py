@@ -8,10 +8,8 @@ from qgis.core import (
     QgsDistanceArea,
     QgsFeature,
     QgsFeatureRequest,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -26,9 +24,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
-    QgsUnitTypes,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import Qt
 
@@ -40,10 +36,13 @@ from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.aoi import AoiKind, AreaOfInterest
 from ..job.engine import JobResult, execute
 from ..job.request import JobInputs, plan_job
-from ..map.styling import class_vector_renderer, write_class_style
-from ..map.vector_style import planned_vector_style, write_vector_style
+from ..job.vector_outputs import DataInput
+from ..map.styling import class_style_text, class_vector_renderer
+from ..map.vector_style import planned_vector_style, vector_style_text
+from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, SQUARE_METERS, VECTOR_POLYGON_SOURCE, WKB_MULTIPOLYGON
 from ..qt_compat import field_type
 from .post_processing import ResultPostProcessor, attach
+from .run_outputs import RunOutputs, layer_inputs
 
 #: The BACKGROUND value that means "no background class".
 NO_BACKGROUND = -1
@@ -86,25 +85,32 @@ class _SegmentBase(QgsProcessingAlgorithm):
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area of interest (extent)", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Area of interest (polygons; outside becomes nodata)", [QgsProcessing.TypeVectorPolygon],
+            self.MASK, "Area of interest (polygons; outside becomes nodata)", [VECTOR_POLYGON_SOURCE],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, "Processing resolution (map units per pixel; empty: native)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+            DOUBLE_NUMBER, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold", QgsProcessingParameterNumber.Double, PRESETS[0].threshold,
+            self.THRESHOLD, "Probability threshold", DOUBLE_NUMBER, PRESETS[0].threshold,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BACKGROUND, "Background class (line number from 0; -1: none)", QgsProcessingParameterNumber.Integer,
+            self.BACKGROUND, "Background class (line number from 0; -1: none)", INTEGER_NUMBER,
             PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BIAS_LAMBDA, "Global-bias lambda", QgsProcessingParameterNumber.Double, -0.3, minValue=-10.0,
+            self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, -0.3, minValue=-10.0,
             maxValue=10.0))
 
     def output_description(self, name: str) -> str:
         """The description of output parameter ``name``: the name Processing gives its layer by default."""
         definition = self.parameterDefinition(name)
         return definition.description() if definition is not None else name
+
+    def data_inputs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[DataInput]:
+        """What the run reads (the raster's files, the mask's layer): no output may be one of them."""
+        inputs = layer_inputs(self.parameterAsRasterLayer(parameters, self.INPUT, context))
+        if parameters.get(self.MASK):
+            inputs += layer_inputs(self.parameterAsVectorLayer(parameters, self.MASK, context))
+        return inputs
 
     def background_index(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[int]:
         """The BACKGROUND parameter: a class line (from 0), or None for -1 (no background class)."""
@@ -150,7 +156,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
-                             cancelled=feedback.isCanceled, write_style=write_class_style, log=feedback.pushWarning)
+                             cancelled=feedback.isCanceled, make_style=class_style_text, log=feedback.pushWarning)
         except JobCancelledError:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except BackendError as error:
@@ -266,58 +272,60 @@ class SegmentVectorAlgorithm(_SegmentBase):
         self.add_common_parameters()
         self.addParameter(QgsProcessingParameterBoolean(self.DROP_BACKGROUND, "Drop background polygons", True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, "Minimum polygon area (m²)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.MIN_AREA, "Minimum polygon area (m²)", DOUBLE_NUMBER, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, "Simplification tolerance (map units; 0: none)", QgsProcessingParameterNumber.Double,
+            self.SIMPLIFY, "Simplification tolerance (map units; 0: none)", DOUBLE_NUMBER,
             0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Class polygons",
-                                                            QgsProcessing.TypeVectorPolygon))
+                                                            VECTOR_POLYGON_SOURCE))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        raster = QgsProcessingUtils.generateTempFilename("segearth_segmentation.tif")
-        # Progress: segmentation 0-80 %, polygons 80-85 %, measuring 85-95 %, writing 95-100 %. (No
-        # QgsProcessingMultiStepFeedback: its queued progress events can outlive it.)
-        result = self.segment(parameters, context, feedback, raster, progress_scale=0.8)
-        polygons = self.polygonize(raster, context, feedback)
-        feedback.setProgress(85)
-        background = self.background_index(parameters, context)
-        drop = background if self.parameterAsBool(parameters, self.DROP_BACKGROUND, context) else None
-        kept = self.select(polygons, result.names, drop, self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                           context, feedback)
-        _raise_if_cancelled(feedback)
-        # From here on the output is written whole: a cancel no longer stops it half-way.
-        style = planned_vector_style(parameters.get(self.OUTPUT), context)
-        fields = QgsFields()
-        fields.append(QgsField("class_id", field_type("Int")))
-        fields.append(QgsField("class_name", field_type("String")))
-        fields.append(QgsField("area_m2", field_type("Double")))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon,
-                                          polygons.crs())
-        if sink is None:
-            raise QgsProcessingException("The output layer could not be created: check the output path.")
-        tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
-        request = QgsFeatureRequest().setFilterFids(list(kept))
-        for index, feature in enumerate(polygons.getFeatures(request)):
-            class_id, area = kept[feature.id()]
-            geometry = feature.geometry()
-            if tolerance > 0:
-                geometry = geometry.simplify(tolerance)
-            geometry.convertToMultiType()
-            out = QgsFeature(fields)
-            out.setGeometry(geometry)
-            out.setAttributes([class_id, result.names[class_id], area])
-            sink.addFeature(out, QgsFeatureSink.FastInsert)
-            feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
-        del sink  # flushed and closed before the style is written beside it
-        if style.path is not None:
-            try:
-                write_vector_style(style.path, fields, class_vector_renderer(result.names, result.colours))
-            except OSError as error:
-                feedback.reportError(f"The style {style.path.name} was not written ({error}); the polygons are "
-                                     "styled when Processing loads them.", fatalError=False)
-        elif style.reason:
-            feedback.reportError(style.reason, fatalError=False)
+        with RunOutputs(self, parameters, context) as outputs:
+            outputs.check(self.data_inputs(parameters, context), [self.OUTPUT])  # before the long work
+            raster = QgsProcessingUtils.generateTempFilename("segearth_segmentation.tif")
+            # Progress: segmentation 0-80 %, polygons 80-85 %, measuring 85-95 %, writing 95-100 %. (No
+            # QgsProcessingMultiStepFeedback: its queued progress events can outlive it.)
+            result = self.segment(parameters, context, feedback, raster, progress_scale=0.8)
+            polygons = self.polygonize(raster, context, feedback)
+            feedback.setProgress(85)
+            background = self.background_index(parameters, context)
+            drop = background if self.parameterAsBool(parameters, self.DROP_BACKGROUND, context) else None
+            kept = self.select(polygons, result.names, drop,
+                               self.parameterAsDouble(parameters, self.MIN_AREA, context), context, feedback)
+            style = planned_vector_style(outputs.target(self.OUTPUT))
+            fields = QgsFields()
+            fields.append(QgsField("class_id", field_type("Int")))
+            fields.append(QgsField("class_name", field_type("String")))
+            fields.append(QgsField("area_m2", field_type("Double")))
+            # Staged: a cancel or a failure from here on still leaves the destination as it was.
+            outputs.sink(self.OUTPUT, fields, WKB_MULTIPOLYGON, polygons.crs())
+            tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
+            request = QgsFeatureRequest().setFilterFids(list(kept))
+            for index, feature in enumerate(polygons.getFeatures(request)):
+                _raise_if_cancelled(feedback)
+                class_id, area = kept[feature.id()]
+                geometry = feature.geometry()
+                if tolerance > 0:
+                    geometry = geometry.simplify(tolerance)
+                geometry.convertToMultiType()
+                out = QgsFeature(fields)
+                out.setGeometry(geometry)
+                out.setAttributes([class_id, result.names[class_id], area])
+                outputs.add(self.OUTPUT, out)
+                feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
+            _raise_if_cancelled(feedback)
+            if style.path is not None:
+                try:
+                    text = vector_style_text(fields, class_vector_renderer(result.names, result.colours))
+                except OSError as error:
+                    feedback.reportError(f"The style {style.path.name} was not written ({error}); the polygons are "
+                                         "styled when Processing loads them.", fatalError=False)
+                else:
+                    outputs.write_file(style.path, text.encode("utf-8"))
+            elif style.reason:
+                feedback.reportError(style.reason, fatalError=False)
+            dest = outputs.commit()[self.OUTPUT]
         attach(ResultPostProcessor(result.names, result.colours, self.output_description(self.OUTPUT), background),
                context, dest)
         return {self.OUTPUT: dest}
@@ -357,7 +365,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             if class_id >= len(names) or class_id == drop:
                 continue
             area = measure.convertAreaMeasurement(measure.measureArea(feature.geometry()),
-                                                  QgsUnitTypes.AreaSquareMeters)
+                                                  SQUARE_METERS)
             if area >= minimum:
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)

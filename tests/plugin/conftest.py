@@ -31,6 +31,18 @@ def isolated_panel_settings(qgis_app):
     gc.collect()  # free Qt/GDAL wrappers while QGIS still runs (it exits after this fixture)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def gdal_exceptions_as_in_qgis(qgis_app):
+    """GDAL's Python exceptions as the users' QGIS has them: QGIS 3.38+ switches them on for the whole process
+    at its Python start-up, which the tests' QgsApplication does not run."""
+    from osgeo import gdal
+    from qgis.core import Qgis
+
+    if Qgis.QGIS_VERSION_INT >= 33800:
+        gdal.UseExceptions()
+    yield
+
+
 @pytest.fixture(scope="module")
 def backend_environment(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """For one test module: the dock and Processing auto-start a backend with the tiny weights.

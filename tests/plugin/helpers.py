@@ -1,15 +1,16 @@
-"""Plugin-test helpers: generated GeoTIFFs, the class list used across tests, waiting on Qt, the job engine on a
-GeoTIFF without QGIS, and a flaky proxy."""
+"""Plugin-test helpers: generated GeoTIFFs and GeoPackages, the class list used across tests, waiting on Qt, the
+job engine on a GeoTIFF without QGIS, a flaky proxy, and what a folder holds (digests, a nearly full disk)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal, ogr, osr
 
 from segearth_qgis.client.retry import RetryPolicy
 from segearth_qgis.core.grid import Grid
@@ -49,12 +50,110 @@ def write_geotiff(path: Path, bands: np.ndarray, epsg: int, geotransform: tuple,
     return path
 
 
+def write_geopackage(path: Path, layers: dict[str, list[tuple[int, str]]], epsg: int = 32633,
+                     square: tuple[float, float, float] = (500040.0, 5599960.0, 200.0)) -> Path:
+    """A GeoPackage with one polygon layer per entry of ``layers`` (name: ``[(code, label), ...]``).
+
+    Feature ``i`` of a layer is a square of side ``square[2]`` whose top-left corner is ``square[:2]`` moved
+    ``i`` sides to the right, with the fields ``code`` (integer) and ``label`` (text).
+    """
+    reference = osr.SpatialReference()
+    reference.ImportFromEPSG(epsg)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    x0, y0, side = square
+    for name, rows in layers.items():
+        layer = source.CreateLayer(name, reference, ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("label", ogr.OFTString))
+        for index, (code, label) in enumerate(rows):
+            left = x0 + index * side
+            feature = ogr.Feature(layer.GetLayerDefn())
+            feature["code"], feature["label"] = code, label
+            feature.SetGeometry(ogr.CreateGeometryFromWkt(
+                f"POLYGON(({left} {y0},{left + side} {y0},{left + side} {y0 - side},{left} {y0 - side},{left} {y0}))"))
+            layer.CreateFeature(feature)
+    source = None
+    return path
+
+
+def geopackage_contents(path: Path) -> dict[str, list[tuple]]:
+    """Every layer of a GeoPackage, read back with OGR: ``{name: [(fid, attribute values..., geometry WKT)]}``."""
+    source = ogr.Open(str(path))
+    assert source is not None, f"{path} is not a GeoPackage OGR can open"
+    contents: dict[str, list[tuple]] = {}
+    for index in range(source.GetLayerCount()):
+        layer = source.GetLayer(index)
+        definition = layer.GetLayerDefn()
+        rows = []
+        for feature in layer:
+            geometry = feature.GetGeometryRef()
+            rows.append((feature.GetFID(), *(feature.GetField(i) for i in range(definition.GetFieldCount())),
+                         geometry.ExportToWkt() if geometry is not None else None))
+        contents[layer.GetName()] = rows
+    source = None
+    return contents
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of every file in ``folder`` (hidden ones too; not recursive)."""
+    import hashlib
+
+    return {entry.name: hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else "folder"
+            for entry in sorted(folder.iterdir())}
+
+
+def fill_filesystem(folder: Path, leave: int) -> Path:
+    """Fill the file system holding ``folder`` until about ``leave`` bytes are free (a file ``filler`` in it)."""
+    filler = folder / "filler"
+    free = os.statvfs(folder)
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(free.f_bavail * free.f_frsize - leave, 0))
+    left = os.statvfs(folder)
+    assert left.f_bavail * left.f_frsize <= leave + left.f_frsize, "the file system did not fill up"
+    return filler
+
+
 def smooth_image(rows: int, cols: int, bands: int = 3, seed: int = 0) -> np.ndarray:
     """Blocky uint8 'land cover' (``bands x rows x cols``) so classes form regions, plus noise."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, size=(bands, rows // 32 + 1, cols // 32 + 1))
     image = np.kron(coarse, np.ones((32, 32)))[:, :rows, :cols]
     return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+
+
+def input_with_side_files(folder: Path) -> Path:
+    """``oem.tif`` with every side file GDAL and QGIS keep beside a raster, and a second raster ``oem.jpg``."""
+    scene = write_geotiff(folder / "oem.tif", smooth_image(60, 70, seed=3), 32633, UTM)
+    x0, px, _, y0, _, py = UTM
+    world = f"{px}\n0\n0\n{py}\n{x0 + px / 2}\n{y0 + py / 2}\n"
+    for name in ("oem.tfw", "oem.tifw", "oem.wld"):
+        (folder / name).write_text(world)
+    (folder / "oem.prj").write_text(gdal.Open(str(scene)).GetProjection())
+    (folder / "oem.qml").write_text("<qgis>the user's own style of oem.tif</qgis>")
+    dataset = gdal.Open(str(scene))
+    dataset.BuildOverviews("NEAREST", [2])  # oem.tif.ovr (opened read-only: external overviews)
+    dataset = None
+    gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "NO")
+    try:
+        dataset = gdal.Open(str(scene), gdal.GA_Update)
+        dataset.CreateMaskBand(gdal.GMF_PER_DATASET)  # oem.tif.msk
+        dataset = None
+    finally:
+        gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
+    dataset = gdal.Open(str(scene))
+    dataset.GetRasterBand(1).ComputeStatistics(False)  # oem.tif.aux.xml
+    dataset = None
+    gdal.GetDriverByName("JPEG").CreateCopy(str(folder / "oem.jpg"), gdal.Open(str(scene)))
+    (folder / "oem.jgw").write_text(world)
+    assert {"oem.tif.ovr", "oem.tif.msk", "oem.tif.aux.xml", "oem.jpg"} <= set(os.listdir(folder))
+    # QGIS itself adds the statistics of its default stretch to oem.tif.aux.xml (GDAL's PAM) the first time
+    # Processing opens the layer: opened so once here, so the digests show what our runs do, and only that.
+    from qgis.core import QgsProcessingContext, QgsProcessingUtils
+
+    context = QgsProcessingContext()
+    assert QgsProcessingUtils.mapLayerFromString(str(scene), context).isValid()
+    del context
+    return scene
 
 
 def read_band(path: Path, band: int = 1) -> np.ndarray:
@@ -213,7 +312,7 @@ def source_for(path: Path, nodata=None):
 
 
 def run_scene_job(client, scene_path: Path, output: Path, **options):
-    """:func:`~segearth_qgis.job.run_job` on a GeoTIFF with :data:`LINES` (block size 336 unless given)."""
+    """:func:`~segearth_qgis.job.engine.run_job` on a GeoTIFF with :data:`LINES` (block size 336 unless given)."""
     grid, crs, source = source_for(scene_path, options.pop("nodata", None))
     progress = options.pop("progress", lambda p: None)
     cancelled = options.pop("cancelled", lambda: False)
@@ -222,9 +321,10 @@ def run_scene_job(client, scene_path: Path, output: Path, **options):
     concurrency = options.pop("concurrency", 1)
     log = options.pop("log", lambda message: None)
     retry = options.pop("retry", FAST_RETRY)
+    make_style = options.pop("make_style", None)
     params = JobParams(LINES, outputs, block_size=options.pop("block_size", 336), **options)
     try:
-        return run_job(params, grid, crs, source, client, progress, cancelled, concurrency=concurrency, log=log,
-                       retry=retry)
+        return run_job(params, grid, crs, source, client, progress, cancelled, make_style, concurrency=concurrency,
+                       log=log, retry=retry)
     finally:
         source.close()

@@ -344,7 +344,7 @@ class Segmenter:
         store = _CellFeatures(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
-            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, 0, class_set.num_queries).float().cpu()
+            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, 0, class_set.num_queries).float().cpu().numpy()
         return out
 
 

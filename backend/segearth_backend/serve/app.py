@@ -195,8 +195,8 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
                engine: Optional[EngineState] = None) -> Starlette:
     """The ASGI app.
 
-    Inference runs on ``engine`` (for instance a :class:`~segearth_backend.ray_engine.RayEngine`), or else
-    on an :class:`~segearth_backend.worker.Engine` in this process whose ``factory()`` builds the segmenter;
+    Inference runs on ``engine`` (for instance a :class:`~segearth_backend.serve.ray_engine.RayEngine`), or else
+    on an :class:`~segearth_backend.serve.local_engine.Engine` in this process whose ``factory()`` builds the segmenter;
     either is loaded on a background thread at start-up.
     """
     if engine is None:

@@ -58,7 +58,7 @@ class RayEngine(EngineState):
         settings: the cluster and the replicas.
         warmup: each replica runs a tiny prediction after loading.
         max_queue: requests that may wait while every replica is busy.
-        recover_after: see :class:`~segearth_backend.worker.Engine`.
+        recover_after: see :class:`~segearth_backend.serve.local_engine.Engine`.
     """
 
     def __init__(self, config: EngineConfig, settings: RaySettings, warmup: bool = True, max_queue: int = 4,

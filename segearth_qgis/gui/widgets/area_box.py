@@ -10,13 +10,11 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsGeometry,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
     QgsUnitTypes,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 from qgis.gui import QgsDoubleSpinBox, QgsMapLayerComboBox, QgsMapToolExtent, QgsRubberBand
 from qgis.PyQt.QtCore import pyqtSignal
@@ -26,6 +24,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, 
 from ...errors import AoiError
 from ...job.aoi import AoiKind, AreaOfInterest, selected_polygons
 from ...job.layer_input import native_grid
+from ...qgis_compat import POLYGON_GEOMETRY, POLYGON_LAYERS
 
 METRES_PER_DEGREE = 111_320.0
 KINDS = (("Whole layer", AoiKind.LAYER), ("Current map view", AoiKind.MAP_VIEW),
@@ -57,7 +56,7 @@ class AreaBox(QGroupBox):
                                     "while it is chosen.")
         self.draw_button.toggled.connect(self._draw_toggled)
         self.polygon_combo = QgsMapLayerComboBox()
-        self.polygon_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.polygon_combo.setFilters(POLYGON_LAYERS)
         self.polygon_combo.setToolTip("The polygon layer whose selected features limit the area")
         self.resolution_spin = QgsDoubleSpinBox()
         self.resolution_spin.setDecimals(4)
@@ -185,11 +184,11 @@ class AreaBox(QGroupBox):
         """Keep the drawn rectangle on the map while it is the AOI (in the canvas's CRS)."""
         canvas = self.iface.mapCanvas()
         if self.band is None:
-            self.band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
+            self.band = QgsRubberBand(canvas, POLYGON_GEOMETRY)
             self.band.setStrokeColor(QColor(230, 60, 30))
             self.band.setFillColor(QColor(230, 60, 30, 30))
             self.band.setWidth(2)
-        self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
+        self.band.reset(POLYGON_GEOMETRY)
         if self.kind() != AoiKind.RECTANGLE or self.drawn is None or self.drawn.rectangle is None:
             return
         geometry = QgsGeometry.fromRect(self.drawn.rectangle)
@@ -234,6 +233,6 @@ class AreaBox(QGroupBox):
         """Give the map back: drawing tool off, rectangle removed (plugin unload)."""
         self.stop_drawing()
         if self.band is not None:
-            self.band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
+            self.band.reset(POLYGON_GEOMETRY)
             self.iface.mapCanvas().scene().removeItem(self.band)
             self.band = None

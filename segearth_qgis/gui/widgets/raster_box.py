@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from qgis.core import QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.core import QgsRasterLayer
 from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QGroupBox, QWidget
 
 from ...job.layer_input import default_bands
+from ...qgis_compat import RASTER_LAYERS
 
 
 class RasterBox(QGroupBox):
@@ -20,7 +21,7 @@ class RasterBox(QGroupBox):
     def __init__(self, parent: Optional[QWidget] = None) -> None:
         super().__init__("Raster", parent)
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.layer_combo.setFilters(RASTER_LAYERS)
         self.layer_combo.setToolTip("The raster to segment: any layer QGIS can draw (files, WMS/XYZ, virtual "
                                     "rasters). 8-bit bands are used as they are; 16-bit and float bands are "
                                     "stretched like the layer's renderer shows them.")

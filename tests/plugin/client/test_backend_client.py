@@ -130,7 +130,7 @@ def test_backend_exits_when_its_parent_dies(tiny_backend_args, tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from segearth_qgis.backend_client import start_local_backend
+        from segearth_qgis.client.backend_client import start_local_backend
         backend = start_local_backend({sys.executable!r}, {args!r}, timeout=120)
         print(backend.process.pid, flush=True)
         os._exit(0)  # like a crash: no cleanup at all

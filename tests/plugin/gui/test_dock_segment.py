@@ -26,7 +26,16 @@ from segearth_qgis import settings
 from segearth_qgis.core.classes import class_colours
 from segearth_qgis.gui.dock import SegEarthDock
 from tests.plugin.helpers import CLASS_NAMES as CLASS_LIST
-from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, wait_until, write_geotiff
+from tests.plugin.helpers import (
+    CLASSES,
+    UTM,
+    folder_digests,
+    input_with_side_files,
+    read_band,
+    smooth_image,
+    wait_until,
+    write_geotiff,
+)
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +330,23 @@ def test_output_equal_to_the_layer_file_is_refused(dock, tmp_path, messages):
         dock.confirm = lambda question: False
     assert path.read_bytes() == before
     assert any("would overwrite the input" in m for m in messages.get_messages(Qgis.Warning))
+
+
+def test_writing_beside_the_input_twice_leaves_its_side_files_alone(dock, tmp_path):
+    """Found by the second safety probe: the second run to ``oem.tiff`` removed ``oem.tfw`` (oem.tif's)."""
+    layer = load(input_with_side_files(tmp_path), "oem")
+    before = folder_digests(tmp_path)
+    output = tmp_path / "oem.tiff"
+    dock.confirm = lambda question: True  # the second run replaces the first one's result
+    try:
+        for _ in range(2):
+            task = run(dock, layer, output)
+            assert task is not None and task.result is not None, task and task.error
+            after = folder_digests(tmp_path)
+            assert {name: after.get(name) for name in before} == before
+            assert set(after) - set(before) == {"oem.tiff", "oem.tiff.aux.xml"}
+    finally:
+        dock.confirm = lambda question: False
 
 
 @pytest.mark.parametrize("case, fragment", [

@@ -141,6 +141,23 @@ def test_a_full_disk_is_an_output_error_and_leaves_nothing(local_backend, scene,
     assert sorted(p.name for p in folder.iterdir()) == ["keep.tif"] and keep.read_bytes() == b"x" * 1000
 
 
+def test_a_nearly_full_disk_never_gets_an_empty_style(local_backend, tmp_path, small_filesystem):
+    """Found by the second safety probe: with 8 KB free the job committed a 0-byte .qml and said nothing."""
+    from segearth_qgis.map.styling import class_style_text
+    from tests.plugin.helpers import fill_filesystem, folder_digests
+
+    scene = write_geotiff(tmp_path / "small.tif", smooth_image(60, 70, seed=8), 32633, UTM)
+    folder = small_filesystem(256)
+    (folder / "labels.qml").write_text("<qgis>an earlier result's style</qgis>")
+    (folder / "labels.tif").write_bytes(b"an earlier result")
+    fill_filesystem(folder, 8 * 1024)  # the class GeoTIFF and its .aux.xml fit, the style does not
+    before = folder_digests(folder)
+    with pytest.raises(OutputError, match=f"The disk holding {folder} is full") as caught:
+        run(local_backend, scene, folder / "labels.tif", overwrite=True, make_style=class_style_text)
+    assert "Nothing was written" in str(caught.value)
+    assert folder_digests(folder) == before
+
+
 def test_a_default_name_is_free_for_the_probabilities_too(tmp_path):
     from segearth_qgis.job.request import default_output_path
 

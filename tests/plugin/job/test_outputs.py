@@ -1,4 +1,4 @@
-"""Output planning and the all-or-nothing move into place (segearth_qgis.outputs, no QGIS needed)."""
+"""Output planning and the all-or-nothing move into place (segearth_qgis.job.outputs, no QGIS needed)."""
 
 from __future__ import annotations
 
@@ -244,3 +244,159 @@ def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="Nothing was written"):
         files.commit()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ side files that belong to someone else
+
+def test_side_files_another_file_of_the_stem_may_claim_are_never_stale(tmp_path):
+    """Found by the second safety probe: writing scene.tiff a second time removed scene.tif's world file."""
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"imagery")
+    theirs = ["scene.tfw", "scene.tifw", "scene.wld", "scene.prj", "scene.qml", "scene.tif.aux.xml", "scene.tif.ovr",
+              "scene.tif.msk", "scene.jpg", "scene.jgw", "scene.jpg.aux.xml"]
+    ours = ["scene.tiff.aux.xml", "scene.tiff.ovr", "scene.tiff.msk", "scene.tiff.xml"]
+    for name in theirs + ours:
+        (tmp_path / name).write_text(name)
+    output = tmp_path / "scene.tiff"
+    output.write_bytes(b"an earlier result")
+    plan = plan_outputs(str(output), inputs=[str(scene), str(tmp_path / "scene.tif.aux.xml")], overwrite=True)
+    assert sorted(p.name for p in plan.stale) == sorted(ours)
+    assert plan.style is None  # scene.qml is scene.tif's
+    # Without the input in the list, its files still have an owner (scene.tif, scene.jpg): still not stale.
+    assert sorted(p.name for p in plan_outputs(str(output), overwrite=True).stale) == sorted(ours)
+
+
+def test_a_world_file_is_an_outputs_only_while_nothing_else_has_its_stem(tmp_path):
+    output = tmp_path / "out.tiff"
+    output.write_bytes(b"an earlier result")
+    for name in ("out.tfw", "out.tiffw", "out.wld", "out.tifw"):
+        (tmp_path / name).write_text("world")
+    # out.tifw is read for out.tif, never for out.tiff.
+    assert sorted(p.name for p in plan_outputs(str(output), overwrite=True).stale) == ["out.tfw", "out.tiffw",
+                                                                                         "out.wld"]
+    (tmp_path / "out.png").write_bytes(b"another raster of this stem")
+    assert plan_outputs(str(output), overwrite=True).stale == ()
+
+
+def test_a_commit_never_replaces_or_removes_an_input(tmp_path):
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"imagery")
+    world = tmp_path / "scene.tfw"
+    world.write_text("world")
+    link = tmp_path / "link.tif"
+    link.symlink_to(scene)
+    files = StagedFiles(overwrite=True, protected=[scene, world])
+    stage(files, link, b"labels")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        files.commit()
+    files = StagedFiles(overwrite=True, protected=[scene, world])
+    stage(files, tmp_path / "scene.tiff", b"labels")
+    files.replace_stale(world)
+    with pytest.raises(OutputError, match="never removed"):
+        files.commit()
+    assert scene.read_bytes() == b"imagery" and world.read_text() == "world"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.tif", "scene.tfw", "scene.tif"]
+
+
+# ------------------------------------------------------------------ every file whole on the disk, or none
+
+def test_an_empty_staged_file_is_never_committed(tmp_path):
+    """A file whose data never reached the disk (a full disk swallowed by the writer) is not a result."""
+    (tmp_path / "out.qml").write_text("<qgis>the earlier result's style</qgis>")
+    files = StagedFiles(overwrite=True)
+    stage(files, tmp_path / "out.tif", b"labels")
+    files.stage(tmp_path / "out.qml", ".qml")  # left empty
+    with pytest.raises(OutputError, match=f"The disk holding {tmp_path} is full or failing: .*out.qml.* came out "
+                                          "empty"):
+        files.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.qml"]
+    assert (tmp_path / "out.qml").read_text() == "<qgis>the earlier result's style</qgis>"
+
+
+def test_data_that_does_not_fit_is_an_error_and_leaves_nothing(small_filesystem):
+    from segearth_qgis.job.outputs import write_whole
+    from tests.plugin.helpers import fill_filesystem, folder_digests
+
+    folder = small_filesystem(128)
+    (folder / "style.qml").write_text("<qgis>kept</qgis>")
+    fill_filesystem(folder, 8 * 1024)
+    before = folder_digests(folder)
+    files = StagedFiles(overwrite=True)
+    with pytest.raises(OutputError, match=f"The disk holding {folder} is full"):
+        files.write(folder / "report.html", b"<p>report</p>" * 2000, ".html")
+    files.abort()
+    with pytest.raises(OutputError, match=f"The disk holding {folder} is full"):
+        write_whole(folder / "style.qml", b"<qgis/>" * 4000)
+    assert folder_digests(folder) == before
+
+
+# ------------------------------------------------------------------ what a killed job leaves
+
+WRITER = """
+import sys
+from pathlib import Path
+from segearth_qgis.job.outputs import StagedFiles, aux_path
+
+files = StagedFiles()
+target = Path(sys.argv[1])
+if sys.argv[2] == "folder":
+    temporary = files.stage_folder(target)
+    (temporary / target.name).write_bytes(b"half a GeoPackage")
+else:
+    temporary = files.stage(target)
+    temporary.write_bytes(b"half a GeoTIFF")
+    aux_path(temporary).write_text("<PAMDataset/>")
+print(temporary, flush=True)
+sys.stdin.read()  # writing, until killed (or told to end)
+"""
+
+
+def start_writer(target: Path, kind: str = "file"):
+    """A real process staging ``target`` with the job's own code; returns it and its temporary path."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target), kind], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_killed_writers_temporary_goes_at_the_next_run_a_live_writers_never(tmp_path, kind):
+    """Found by the second safety probe: a killed qgis_process left out.tif's temporary for 6 hours."""
+    import signal
+
+    target = tmp_path / "out.tif"
+    dead, dead_file = start_writer(target, kind)
+    live, live_file = start_writer(target, kind)
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait(30)
+        users = [tmp_path / ".out.tif.notes.part", tmp_path / ".out.tif.1a2b3c4d.partial", tmp_path / "out.tif.part"]
+        for path in users:
+            path.write_text("the user's")
+        assert dead_file.exists() and live_file.exists()
+        plan = plan_outputs(str(target))
+        assert not dead_file.exists() and not aux_path(dead_file).exists()
+        assert any(dead_file.name in warning and "removed" in warning for warning in plan.warnings)
+        assert live_file.exists() and all(path.read_text() == "the user's" for path in users)
+        if kind == "file":
+            assert aux_path(live_file).exists()  # the running job's side file goes with its temporary
+    finally:
+        live.stdin.close()
+        live.wait(30)
+    plan_outputs(str(target))  # its writer has ended now
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(path.name for path in users)
+
+
+def test_a_write_error_on_a_full_disk_is_a_full_disk_whatever_gdal_calls_it(small_filesystem, tmp_path):
+    """GDAL 3.10 reports a full disk as "TIFFAppendToStrip: Write error" (no errno): the free space decides."""
+    from segearth_qgis.job.outputs import output_error
+
+    folder = small_filesystem(64)
+    with pytest.raises(OSError):
+        (folder / "filler").write_bytes(b"x" * 128 * 1024)
+    gdal_says = OSError("WriteEncodedTile/Strip() failed.; TIFFAppendToStrip: Write error at scanline 0")
+    assert "is full" in str(output_error(folder, gdal_says))
+    assert "is full" not in str(output_error(tmp_path, gdal_says))  # plenty of room: GDAL's own reason
+    assert "Write error" in str(output_error(tmp_path, gdal_says))

@@ -16,8 +16,8 @@ from qgis.core import (
     QgsProject,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
+from segearth_qgis.qt_compat import field_type
 from tests.plugin.helpers import UTM, write_geotiff
 from tests.plugin.processing.accuracy_helpers import (
     KAPPA,
@@ -104,7 +104,7 @@ def test_polygons_in_another_crs_with_text_classes(provider, tmp_path):
     to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
                                       QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
     layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "reference", "memory")
-    layer.dataProvider().addAttributes([QgsField("landcover", QVariant.String)])
+    layer.dataProvider().addAttributes([QgsField("landcover", field_type("String"))])
     layer.updateFields()
     x0, y0 = UTM[0], UTM[3]
 

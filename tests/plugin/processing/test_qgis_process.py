@@ -117,3 +117,46 @@ def test_qgis_process_without_weights_names_the_files_once_within_seconds(tmp_pa
     target = "put it:   " + str(tmp_path / "home" / ".cache" / "segearth-ov" / "simfeatup")
     assert everything.count(target) == 1  # the list of files appears once, not three times
     assert "Traceback" not in everything and not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_a_killed_qgis_process_leaves_a_temporary_that_the_next_run_removes(tmp_path, parity_dir):
+    """Found by the second safety probe: a killed qgis_process left .out.tif.*.part.tif for 6 hours."""
+    import signal
+
+    raster = write_geotiff(tmp_path / "in.tif", smooth_image(700, 700), 32633,
+                           (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen",
+        "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "PYTHONPATH": tree_pythonpath(),
+        "SEGEARTH_BACKEND_PYTHONPATH": tree_pythonpath(),
+        "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"), "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
+        "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"), "SEGEARTH_DEVICE": "cpu",
+        "SEGEARTH_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True, timeout=120)
+    output = tmp_path / "out.tif"
+    command = [QGIS_PROCESS, "run", "segearth:segment", "--", f"INPUT={raster}", "CLASSES=road\nwater\ntree",
+               f"OUTPUT={output}"]
+
+    def temporaries():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tif.") and ".part" in p.name)
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: temporaries() or first.poll() is not None, timeout=240, interval=0.02,
+                 message="the job never staged its output")
+        assert first.poll() is None, "the job ended before it could be killed"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    left = temporaries()
+    assert left and not output.exists()
+    marker = f"SEGEARTH_CACHE_DIR={tmp_path / 'cache'}"
+    wait_for(lambda: not processes_with(marker, lambda command: b"segearth_backend" in command), timeout=90,
+             interval=0.5, message="a backend process outlived the killed qgis_process")
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert temporaries() == [] and output.is_file()
+    assert f"An interrupted run's temporary file {left[0]} was removed" in again.stdout + again.stderr

@@ -25,11 +25,12 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt, QVariant
+from qgis.PyQt.QtCore import Qt
 
 from segearth_qgis.core.classes import PRESETS
 from segearth_qgis.map.styling import RESULT_OPACITY
 from segearth_qgis.processing import post_processing
+from segearth_qgis.qt_compat import field_type
 from tests.plugin.helpers import CLASS_NAMES as NAMES
 from tests.plugin.helpers import CLASSES, UTM, read_band, write_geotiff
 
@@ -59,12 +60,23 @@ def run_algorithm(algorithm, parameters, feedback=None):
 
 
 @pytest.fixture
-def loaded_layers():
-    """Layers Processing loads into the current project, removed afterwards."""
+def loaded_layers(qgis_iface, monkeypatch):
+    """Layers Processing loads into the current project, removed afterwards.
+
+    Processing adds them through the main window's layer tree view (QGIS 3.44 refuses anything but a real one):
+    the test interface gets a real view of the project's layer tree.
+    """
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
+
     project = QgsProject.instance()
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(project.layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
     before = set(project.mapLayers())
     yield lambda: [layer for key, layer in project.mapLayers().items() if key not in before]
     project.removeMapLayers([key for key in project.mapLayers() if key not in before])
+    view.deleteLater()
 
 
 def test_run_and_load_results_shows_the_classes_over_the_image(provider, raster, loaded_layers):
@@ -233,7 +245,7 @@ def test_cancel_while_making_polygons_is_an_error_and_leaves_no_output(provider,
 
 def _zones():
     fields = QgsFields()
-    fields.append(QgsField("district", QVariant.String))
+    fields.append(QgsField("district", field_type("String")))
     layer = QgsVectorLayer("Polygon?crs=EPSG:32633", "zones", "memory")
     layer.dataProvider().addAttributes(list(fields))
     layer.updateFields()
@@ -258,7 +270,7 @@ def test_class_stats_zone_is_the_chosen_attribute(provider, tmp_path):
     by_name = processing.run("segearth:class_stats", {"INPUT": str(path), "ZONES": zones, "ZONE_FIELD": "district",
                                                       "OUTPUT": "memory:"})["OUTPUT"]
     rows = {(f["zone"], f["class_id"]): int(f["pixels"]) for f in by_name.getFeatures()}
-    assert by_name.fields().field("zone").type() == QVariant.String
+    assert by_name.fields().field("zone").type() == field_type("String")
     assert rows == {("west", 0): 160 * 150, ("west", 2): 100 * 150, ("east", 1): 160 * 150, ("east", 2): 100 * 150}
     by_id = processing.run("segearth:class_stats", {"INPUT": str(path), "ZONES": zones, "OUTPUT": "memory:"})["OUTPUT"]
     assert {f["zone"] for f in by_id.getFeatures()} == {1, 2}
