@@ -24,7 +24,7 @@ def log_warning(message: str) -> None:
 
 
 class SegmentTask(QgsTask):
-    """Runs :func:`~segearth_qgis.job.execute`; ``on_done(task)`` is called on the GUI thread.
+    """Runs :func:`~segearth_qgis.job.engine.execute`; ``on_done(task)`` is called on the GUI thread.
 
     Exactly one outcome is set when it ends: ``result`` (success), ``error``
     (a message for the user) or ``was_cancelled``. The task reports success to

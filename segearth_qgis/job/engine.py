@@ -2,7 +2,7 @@
 
 One implementation serves the dock panel (inside a QgsTask) and the
 Processing algorithms. Up to ``concurrency`` blocks are in flight at once
-(:mod:`.inflight`); a block that fails in passing is sent again (:mod:`.retry`).
+(:mod:`.inflight`); a block that fails in passing is sent again (:mod:`~segearth_qgis.client.retry`).
 Progress goes to a callback; cancellation is polled between blocks and,
 while blocks are computed, by the backend client, which drops the requests
 (the backend then stops their work). Outputs are written under temporary names and moved into place
@@ -38,7 +38,7 @@ StyleWriter = Callable[[Path, Path, list[str], list[tuple[int, int, int, int]]],
 
 @dataclass(frozen=True)
 class JobParams:
-    """What to segment and where to write it, checked (built by :func:`~segearth_qgis.job_request.plan_job`).
+    """What to segment and where to write it, checked (built by :func:`~segearth_qgis.job.request.plan_job`).
 
     Attributes:
         classes: class lines, synonyms separated by commas.
@@ -224,9 +224,9 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
 def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None,
             log: Callable[[str], None] = lambda message: None) -> JobResult:
-    """:func:`run_job` on a :class:`~segearth_qgis.job_setup.PreparedJob`, opening and closing its source here.
+    """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.PreparedJob`, opening and closing its source here.
 
-    As many blocks are kept in flight as :func:`~segearth_qgis.inflight.choose_concurrency` says
+    As many blocks are kept in flight as :func:`~segearth_qgis.job.inflight.choose_concurrency` says
     (``$SEGEARTH_CONCURRENCY``, else the backend's replicas).
     """
     concurrency = choose_concurrency(client)

@@ -1,4 +1,4 @@
-"""From a QGIS raster layer to a :class:`~segearth_qgis.raster_io.PixelSource` (QGIS + GDAL)."""
+"""From a QGIS raster layer to a :class:`~segearth_qgis.job.raster_io.PixelSource` (QGIS + GDAL)."""
 
 from __future__ import annotations
 

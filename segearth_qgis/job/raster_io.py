@@ -136,7 +136,7 @@ class GeoTiffWriter:
     """A tiled, compressed GeoTIFF written block by block at ``path`` (a staged temporary file).
 
     Every GDAL failure (a full disk, a vanished folder) raises
-    :class:`~segearth_qgis.gdal_errors.GdalError`; :meth:`close` flushes and
+    :class:`~segearth_qgis.job.gdal_errors.GdalError`; :meth:`close` flushes and
     closes the file, so that errors surface before the file is moved into place.
     """
 

@@ -213,7 +213,7 @@ def source_for(path: Path, nodata=None):
 
 
 def run_scene_job(client, scene_path: Path, output: Path, **options):
-    """:func:`~segearth_qgis.job.run_job` on a GeoTIFF with :data:`LINES` (block size 336 unless given)."""
+    """:func:`~segearth_qgis.job.engine.run_job` on a GeoTIFF with :data:`LINES` (block size 336 unless given)."""
     grid, crs, source = source_for(scene_path, options.pop("nodata", None))
     progress = options.pop("progress", lambda p: None)
     cancelled = options.pop("cancelled", lambda: False)

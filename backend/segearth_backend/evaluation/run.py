@@ -29,7 +29,7 @@ Predictor = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
 
 def benchmark_predictor(segmenter: Any, preset: BenchmarkPreset) -> Predictor:
-    """The authors' test pipeline around ``segmenter`` (a :class:`~segearth_backend.segmenter.Segmenter`)."""
+    """The authors' test pipeline around ``segmenter`` (a :class:`~segearth_backend.pipeline.segmenter.Segmenter`)."""
     import torch
     import torch.nn.functional as F
 

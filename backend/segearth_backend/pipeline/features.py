@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..device import autocast
 from ..errors import PredictionCancelledError
 from ..model.image_tower import image_features
-from ..upsampler import kernel_store as upsampling
+from ..upsampler import kernel_store
 from ..upsampler.jbu import JBUOne
 from ..windows import Window
 from . import feature_cache
@@ -340,7 +340,7 @@ class WindowSource:
         if tower.upsampler is not None:
             self.final_weight, self.final_bias = tower.upsampler.final_affine()
 
-    def _kernel_store(self, fingerprint: str) -> upsampling.KernelStore:
+    def _kernel_store(self, fingerprint: str) -> kernel_store.KernelStore:
         """The image's kernel store: from the cache, or a new one (kept in the cache when it fits)."""
         assert self.tower.upsampler is not None
         key = feature_cache.image_key(fingerprint, self.image, self.valid) if self.cache.enabled else ""
@@ -350,9 +350,9 @@ class WindowSource:
             return store
         missing = sum(w.padded_height * w.padded_width for i, w in enumerate(self.windows) if i not in self._cached)
         window_bytes = missing * 4 + len(self.windows) * 512 * 1024
-        kernel_bytes = upsampling.estimate_bytes(self.windows, self.tower.device)
+        kernel_bytes = kernel_store.estimate_bytes(self.windows, self.tower.device)
         keep = key != "" and self.cache.fits(kernel_bytes + window_bytes)
-        store = upsampling.kernel_store(self.tower.upsampler, self._guidance, self.windows, self.tower.device,
+        store = kernel_store.kernel_store(self.tower.upsampler, self._guidance, self.windows, self.tower.device,
                                         self.tower.dtype, keep)
         if keep:
             self.cache.reserve(kernel_bytes + window_bytes)
@@ -427,7 +427,7 @@ class WindowSource:
 
     def _channels_last(self, sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         """``c_i x h x w`` sources side by side, channels last, each padded as the kernels want; their widths."""
-        widths = [upsampling.padded_channels(s.shape[0], self.tower.device) for s in sources]
+        widths = [kernel_store.padded_channels(s.shape[0], self.tower.device) for s in sources]
         rows, cols = sources[0].shape[1:]
         out = torch.zeros(rows, cols, sum(widths), device=sources[0].device)
         start = 0

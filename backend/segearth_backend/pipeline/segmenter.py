@@ -3,7 +3,7 @@
 The work is split in two: :mod:`.features` computes each window's features
 (image tower, SimFeatUp), which do not depend on the classes, and
 :mod:`.decision` turns logits into labels a chunk of queries at a time. The
-segmenter walks the image cell by cell (:func:`~.windows.cell_grid`), so it
+segmenter walks the image cell by cell (:func:`~segearth_backend.windows.cell_grid`), so it
 holds the logits of about two window rows (at most as many channels as a
 window has exact coordinates, whatever the number of queries) and of one
 cell and one chunk of queries: memory does not grow with the number of classes.
@@ -384,7 +384,7 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     ``SEGEARTH_*`` environment variables, else the defaults (the
     ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
     checkpoint; ``auto`` device). ``model`` may be a preset name
-    (:mod:`.presets`); :mod:`.resolution` decides weights and upsampler.
+    (:mod:`..model.presets`); :mod:`..model.resolve` decides weights and upsampler.
     Missing weights that cannot be downloaded now fail at once, all named.
 
     Raises:

@@ -11,8 +11,8 @@ Endpoints (protocol version 1; see the README):
 - ``POST /classes/embed``: JSON ``{"classes": [...]}``: pre-computes embeddings.
 - ``GET /models``: the model presets and which are installed here (token: it names local paths).
 
-Inference runs on an engine behind a bounded queue (:mod:`.engine_state`): one
-worker thread in this process (:mod:`.worker`), or the replicas of a Ray Serve
+Inference runs on an engine behind a bounded queue (:mod:`.engine_base`): one
+worker thread in this process (:mod:`.local_engine`), or the replicas of a Ray Serve
 application (:mod:`.ray_engine`, ``serve --ray``); the routes, guards and
 answers are the same for both. :mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
 oversized bodies before any work is done.
@@ -195,8 +195,8 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
                engine: Optional[EngineState] = None) -> Starlette:
     """The ASGI app.
 
-    Inference runs on ``engine`` (for instance a :class:`~segearth_backend.ray_engine.RayEngine`), or else
-    on an :class:`~segearth_backend.worker.Engine` in this process whose ``factory()`` builds the segmenter;
+    Inference runs on ``engine`` (for instance a :class:`~segearth_backend.serve.ray_engine.RayEngine`), or else
+    on an :class:`~segearth_backend.serve.local_engine.Engine` in this process whose ``factory()`` builds the segmenter;
     either is loaded on a background thread at start-up.
     """
     if engine is None:

@@ -1,9 +1,9 @@
 """What every inference engine behind the service shares: loading state, admission, the measured speed.
 
-The HTTP layer (:mod:`.service`) talks to an engine through this interface
+The HTTP layer (:mod:`.app`) talks to an engine through this interface
 only, so the same routes, guards and answers serve the single-process engine
-(:class:`~segearth_backend.worker.Engine`) and the Ray Serve one
-(:class:`~segearth_backend.ray_engine.RayEngine`).
+(:class:`~segearth_backend.serve.local_engine.Engine`) and the Ray Serve one
+(:class:`~segearth_backend.serve.ray_engine.RayEngine`).
 
 Requests are admitted (:meth:`EngineState.admit`) before their body is read;
 ``slots`` run at once (1 in one process, one per replica on Ray) and at most

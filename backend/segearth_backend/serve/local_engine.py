@@ -1,6 +1,6 @@
 """The segmenter in this process: loading, one inference thread, out-of-memory recovery.
 
-Requests are admitted (:meth:`~.engine_state.EngineState.admit`) before their body is read; at
+Requests are admitted (:meth:`~.engine_base.EngineState.admit`) before their body is read; at
 most ``max_queue`` wait while one runs, the rest get 503 with
 ``Retry-After``. Work runs on a single thread, so concurrent clients cannot
 exhaust device memory. A CUDA out-of-memory error halves the window batch

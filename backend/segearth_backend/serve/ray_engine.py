@@ -1,6 +1,6 @@
 """``serve --ray``: the service's engine as a Ray Serve application, one segmenter per replica.
 
-The HTTP front stays this process's Starlette app (:mod:`.service`: the same
+The HTTP front stays this process's Starlette app (:mod:`.app`: the same
 routes, guards, bundle, progress and admission as a single-process backend,
 the same ready file); every ``/segment`` and ``/classes/embed`` goes through
 a Serve deployment handle to one of the replicas (:mod:`.ray_replica`), which
@@ -58,7 +58,7 @@ class RayEngine(EngineState):
         settings: the cluster and the replicas.
         warmup: each replica runs a tiny prediction after loading.
         max_queue: requests that may wait while every replica is busy.
-        recover_after: see :class:`~segearth_backend.worker.Engine`.
+        recover_after: see :class:`~segearth_backend.serve.local_engine.Engine`.
     """
 
     def __init__(self, config: EngineConfig, settings: RaySettings, warmup: bool = True, max_queue: int = 4,

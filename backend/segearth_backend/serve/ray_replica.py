@@ -1,4 +1,4 @@
-"""One Ray Serve replica: a :class:`~segearth_backend.worker.Engine` holding one segmenter.
+"""One Ray Serve replica: a :class:`~segearth_backend.serve.local_engine.Engine` holding one segmenter.
 
 The class is plain Python (no Ray import here); :mod:`.ray_engine` turns it
 into a Serve deployment. Each replica loads and warms up its own segmenter,

@@ -1,4 +1,4 @@
-"""Output planning and the all-or-nothing move into place (segearth_qgis.outputs, no QGIS needed)."""
+"""Output planning and the all-or-nothing move into place (segearth_qgis.job.outputs, no QGIS needed)."""
 
 from __future__ import annotations
 
