@@ -8,6 +8,8 @@ as bad input.
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class SegEarthError(Exception):
     """Base class of every deliberate backend error."""
@@ -103,3 +105,15 @@ class DatasetError(SegEarthError, ValueError):
     """A benchmark dataset is unknown, missing, or not laid out as its config expects."""
 
     code = "bad_dataset"
+
+
+class ApiError(Exception):
+    """An error the service answers as ``{"error": code, "message": ...}`` with an HTTP status (and headers).
+
+    Raised by the HTTP layer and by the engines behind it (busy, loading, out of memory, a lost replica).
+    """
+
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}

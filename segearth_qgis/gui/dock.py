@@ -1,4 +1,4 @@
-"""The SegEarth-OV dock panel: lays out the small widgets of ``ui/`` and turns them into a job.
+"""The SegEarth-OV dock panel: lays out the small widgets of ``widgets/`` and turns them into a job.
 
 The parts bind their own settings; the dock builds one :class:`JobInputs`
 from them, hands it to :func:`plan_job` (every check lives there) and the
@@ -32,8 +32,8 @@ from ..core.speed import device_key, estimate_seconds, format_duration, records_
 from ..errors import BackendError, LayerError, OutputError
 from ..job.aoi import AoiKind
 from ..job.outputs import normalise_output
-from ..job.request import JobInputs, PlannedJob, plan_job, probabilities_beside
-from ..job.source_plan import PreparedJob, plan_grid, prepare
+from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside
+from ..job.source_plan import SourcePlan, plan_grid, plan_source
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
 from .runner import JobRunner, shares_text
 from .setup_dialog import SetupDialog
@@ -181,13 +181,13 @@ class SegEarthDock(QDockWidget):
             overwrite=overwrite, block_size=settings.BLOCK_SIZE.load(),
             other_inputs=(mask,) if mask else ())
 
-    def plan(self) -> PreparedJob:
+    def plan(self) -> SourcePlan:
         """Validate the layer, bands, area and resolution (no outputs); raises ValueError with a message."""
         layer = self.current_layer()
         if layer is None:
             raise LayerError("Choose a raster layer to segment.")
         resolution = self.area_box.resolution_in_map_units(layer)
-        return prepare(layer, self.raster_box.bands(), self.area_box.aoi(), resolution)
+        return plan_source(layer, self.raster_box.bands(), self.area_box.aoi(), resolution)
 
     def update_estimate(self) -> None:
         """Pixels, blocks and time for the current choice (follows the map, the selection, the resolution)."""
@@ -229,7 +229,7 @@ class SegEarthDock(QDockWidget):
         self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
         self._asking = True  # while a question is open, an update must not start a job under it
-        ready: Optional[tuple[PlannedJob, JobInputs]] = None
+        ready: Optional[tuple[JobPlan, JobInputs]] = None
         try:
             output = self.options_box.output_widget.filePath().strip()
             overwrite = False
@@ -243,7 +243,7 @@ class SegEarthDock(QDockWidget):
                                              "Overwrite?")
             inputs = self.job_inputs(overwrite)
             planned = plan_job(inputs)
-            megapixels = planned.job.grid.width * planned.job.grid.height / 1e6
+            megapixels = planned.source.grid.width * planned.source.grid.height / 1e6
             if megapixels <= settings.LARGE_JOB_MEGAPIXELS.load() or self.confirm(
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
                 ready = planned, inputs
@@ -256,7 +256,7 @@ class SegEarthDock(QDockWidget):
             return None
         return self._start(*ready)  # an update that waited runs after this job
 
-    def _start(self, planned: PlannedJob, inputs: JobInputs, live: bool = False) -> SegmentTask:
+    def _start(self, planned: JobPlan, inputs: JobInputs, live: bool = False) -> SegmentTask:
         self.live_timer.stop()
         self.run_box.set_running(True)
         self.backend_box.set_job_running(True)

@@ -15,7 +15,7 @@ from ..core.classes import class_name
 from ..core.speed import SpeedRecord, class_shares, device_key, format_duration, records_from_json, records_to_json
 from ..job.aoi import AoiKind
 from ..job.engine import JobResult
-from ..job.request import PlannedJob
+from ..job.request import JobPlan
 from ..map.styling import add_result_layer
 from .task import LOG_TAG, SegmentTask
 
@@ -98,14 +98,14 @@ class JobRunner(QObject):
     def running(self) -> bool:
         return self.task is not None
 
-    def start(self, planned: PlannedJob, aoi: AoiKind, preset: Optional[str] = None,
+    def start(self, planned: JobPlan, aoi: AoiKind, preset: Optional[str] = None,
               quiet: bool = False) -> SegmentTask:
         """Run ``planned`` (one job at a time: raises RuntimeError while one runs). ``quiet`` (updates while
         typing): a successful outcome goes to the log panel and the progress line, not the message bar;
         warnings and failures are reported as always."""
         if self.task is not None:
             raise RuntimeError("a segmentation is already running")
-        job = planned.job
+        job = planned.source
         self.quiet, self.result_layer_ids = quiet, []
         self.context = {"layer": job.layer_name, "classes": planned.params.classes, "aoi": aoi, "preset": preset,
                         "threshold": planned.params.threshold, "background": planned.params.background_index,

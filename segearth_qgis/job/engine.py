@@ -224,13 +224,13 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
 def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None,
             log: Callable[[str], None] = lambda message: None) -> JobResult:
-    """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.PreparedJob`, opening and closing its source here.
+    """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.SourcePlan`, opening and closing its source here.
 
     As many blocks are kept in flight as :func:`~segearth_qgis.job.inflight.choose_concurrency` says
     (``$SEGEARTH_CONCURRENCY``, else the backend's replicas).
     """
     concurrency = choose_concurrency(client)
-    source = job.source()
+    source = job.open()
     try:
         return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, write_style,
                        concurrency, log)

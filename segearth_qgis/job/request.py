@@ -22,7 +22,7 @@ from .aoi import AreaOfInterest
 from .engine import JobParams
 from .layer_input import layer_files
 from .outputs import OutputPlan, normalise_output, plan_outputs, raster_side_files
-from .source_plan import PreparedJob, prepare
+from .source_plan import SourcePlan, plan_source
 
 #: The global-bias weight: the paper's value; 0 turns the bias subtraction off.
 DEFAULT_BIAS_LAMBDA = -0.3
@@ -69,10 +69,10 @@ class JobInputs:
 
 
 @dataclass(frozen=True)
-class PlannedJob:
-    """A job ready to run: where to read (``job``) and what to do and write (``params``)."""
+class JobPlan:
+    """A checked job, ready to run: where to read (``source``) and what to do and write (``params``)."""
 
-    job: PreparedJob
+    source: SourcePlan
     params: JobParams
 
     @property
@@ -124,7 +124,7 @@ def _check_numbers(inputs: JobInputs, classes: int) -> None:
         raise InputError(f"The block size must be positive, got {inputs.block_size}.")
 
 
-def plan_job(inputs: JobInputs) -> PlannedJob:
+def plan_job(inputs: JobInputs) -> JobPlan:
     """Check everything and build the job; cheap except for a 16-bit layer's stretch statistics.
 
     Raises:
@@ -136,8 +136,8 @@ def plan_job(inputs: JobInputs) -> PlannedJob:
     lines = class_lines(inputs.classes)
     check_class_lines(lines)
     _check_numbers(inputs, len(lines))
-    job = prepare(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
-    output = inputs.output.strip() or default_output_path(inputs.output_folder, job.layer_name,
+    source = plan_source(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
+    output = inputs.output.strip() or default_output_path(inputs.output_folder, source.layer_name,
                                                           inputs.probabilities is True)
     probabilities: Optional[str] = None
     if isinstance(inputs.probabilities, str) and inputs.probabilities.strip():
@@ -148,4 +148,4 @@ def plan_job(inputs: JobInputs) -> PlannedJob:
                            inputs.overwrite)
     params = JobParams(tuple(lines), outputs, inputs.threshold, inputs.background_index, inputs.bias_lambda,
                        inputs.block_size)
-    return PlannedJob(job, params)
+    return JobPlan(source, params)

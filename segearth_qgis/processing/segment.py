@@ -145,7 +145,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
             block_size=settings.load("block_size"), other_inputs=other_inputs)
         try:
             planned = plan_job(inputs)
-            job = planned.job
+            job = planned.source
             feedback.pushInfo(f"Segmenting {job.grid.width} x {job.grid.height} px of '{layer.name()}' "
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)

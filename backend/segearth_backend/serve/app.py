@@ -47,11 +47,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..config import EngineConfig
-from ..errors import ConfigError, InputError, PredictionCancelledError
+from ..errors import ApiError, ConfigError, InputError, PredictionCancelledError
 from ..pipeline.classes import parse_classes
-from .engine_base import EngineState
+from .engine_base import EngineBase
 from .guards import (
-    ApiError,
     RequestGuard,
     check_content_type,
     check_token,
@@ -63,12 +62,12 @@ from .guards import (
     wait_for_disconnect,
 )
 from .inference import SegmentAnswer, SegmentRequest
-from .local_engine import Engine
+from .local_engine import LocalEngine
 from .progress import REQUEST_ID, Job, JobBoard
 from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, read_bundle, write_bundle
 from .ray_settings import RaySettings
 
-__all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "Engine", "ENV_TOKEN"]
+__all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "LocalEngine", "ENV_TOKEN"]
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +190,18 @@ class FaultBarrier:
 
 
 def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None,
-               on_ready: Optional[Callable[[EngineState], None]] = None,
-               engine: Optional[EngineState] = None) -> Starlette:
+               on_ready: Optional[Callable[[EngineBase], None]] = None,
+               engine: Optional[EngineBase] = None) -> Starlette:
     """The ASGI app.
 
     Inference runs on ``engine`` (for instance a :class:`~segearth_backend.serve.ray_engine.RayEngine`), or else
-    on an :class:`~segearth_backend.serve.local_engine.Engine` in this process whose ``factory()`` builds the segmenter;
-    either is loaded on a background thread at start-up.
+    on a :class:`~segearth_backend.serve.local_engine.LocalEngine` in this process whose ``factory()`` builds the
+    segmenter; either is loaded on a background thread at start-up.
     """
     if engine is None:
         if factory is None:
             raise ValueError("create_app needs a segmenter factory or an engine")
-        engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
+        engine = LocalEngine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
     board = JobBoard()
 
     async def health(request: Request) -> JSONResponse:
@@ -337,7 +336,7 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
     return app
 
 
-async def _run_watched(request: Request, engine: EngineState, work: SegmentRequest, job: Job,
+async def _run_watched(request: Request, engine: EngineBase, work: SegmentRequest, job: Job,
                        board: JobBoard) -> SegmentAnswer:
     """Run ``work`` on the engine; if the client disconnects meanwhile, cancel it between window batches."""
     async def watch() -> None:
@@ -444,7 +443,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     url = f"http://{'[' + settings.host + ']' if family == socket.AF_INET6 else settings.host}:{port}"
     log.info("listening on %s; loading the model", url)
 
-    engine: Optional[EngineState] = None
+    engine: Optional[EngineBase] = None
     if settings.ray is not None:  # Ray is imported only here, when asked for
         from .ray_engine import RayEngine
 
@@ -460,7 +459,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
 
     server: Optional[uvicorn.Server] = None
 
-    def on_ready(engine: EngineState) -> None:
+    def on_ready(engine: EngineBase) -> None:
         if engine.status == "ready":
             if settings.ready_file is not None:
                 write_ready_file(settings.ready_file, {"url": url, "pid": os.getpid(),
