@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from qgis.core import QgsSettings
 
 from .core.classes import PRESETS
+from .core.request_rules import DEFAULT_BIAS_LAMBDA
 
 if TYPE_CHECKING:
     from .client.backend_client import BackendSettings
@@ -54,7 +55,7 @@ CLASSES = Setting("classes", "\n".join(_DEFAULT_PRESET.classes), "the class list
 THRESHOLD = Setting("threshold", float(_DEFAULT_PRESET.threshold), "probability threshold")
 #: The background class's line (0-based); -1: no background class.
 BACKGROUND_INDEX = Setting("background_index", int(_DEFAULT_PRESET.background_index), "background class line")
-BIAS_LAMBDA = Setting("bias_lambda", -0.3, "global-bias lambda")
+BIAS_LAMBDA = Setting("bias_lambda", DEFAULT_BIAS_LAMBDA, "global-bias lambda")
 PROBABILITIES = Setting("probabilities", False, "also write class probabilities")
 BLOCK_SIZE = Setting("block_size", 1024, "pixels per block side")
 LIVE_UPDATE = Setting("live_update", False, "re-segment the last area when the classes or options change")

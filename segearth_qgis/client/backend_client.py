@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..core.request_rules import DEFAULT_BIAS_LAMBDA
 from ..errors import BackendError, BackendStartError
 from . import protocol
 from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW
@@ -295,7 +296,7 @@ class BackendClient:
         return self._json(body, "/progress")
 
     def segment(self, image: np.ndarray, classes: Sequence[str], prob_threshold: float = 0.0,
-                background_index: int = 0, bias_lambda: float = -0.3, valid: Optional[np.ndarray] = None,
+                background_index: int = 0, bias_lambda: float = DEFAULT_BIAS_LAMBDA, valid: Optional[np.ndarray] = None,
                 probabilities: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                 cancelled: Optional[Callable[[], bool]] = None) -> SegmentResult:
         """Segment one block: ``image`` H x W x 3 uint8 RGB, optional ``valid`` H x W bool.

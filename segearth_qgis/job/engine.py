@@ -21,14 +21,15 @@ import numpy as np
 
 from ..client.backend_client import BackendError
 from ..client.retry import DEFAULT_RETRY, RetryPolicy, with_retries
-from ..core.blocks import Block, plan_grid_blocks
+from ..core.blocks import CROP, STRIDE, Block, plan_grid_blocks, window_geometry
 from ..core.classes import class_colours, class_name
 from ..core.grid import Grid
+from ..core.request_rules import DEFAULT_BIAS_LAMBDA, NODATA_LABEL
 from ..errors import JobCancelledError, OutputError
 from .gdal_errors import GdalError
 from .inflight import BlockProgress, BlocksInFlight, choose_concurrency
 from .outputs import OutputPlan, StagedFiles, aux_path, output_error
-from .raster_io import NODATA_LABEL, LabelWriter, PixelSource, ProbabilityWriter
+from .raster_io import LabelWriter, PixelSource, ProbabilityWriter
 
 __all__ = ["JobCancelledError", "JobParams", "JobResult", "run_job", "execute"]
 
@@ -54,7 +55,7 @@ class JobParams:
     outputs: OutputPlan
     threshold: float = 0.0
     background_index: Optional[int] = 0
-    bias_lambda: float = -0.3
+    bias_lambda: float = DEFAULT_BIAS_LAMBDA
     block_size: int = 1024
 
 
@@ -70,7 +71,7 @@ class JobResult:
     seconds: float
     pixels: int
     blocks: int
-    #: Pixel count per label value (255: nodata).
+    #: Pixel count per label value (NODATA_LABEL: nodata).
     class_pixels: dict[int, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     #: Blocks that were in flight at once at most.
@@ -87,7 +88,8 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False,
             write_style: Optional[StyleWriter] = None, concurrency: int = 1,
-            log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY) -> JobResult:
+            log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY,
+            window: tuple[int, int] = (CROP, STRIDE)) -> JobResult:
     """Segment ``grid`` block by block through ``client`` (a BackendClient) and write the outputs.
 
     Up to ``concurrency`` blocks are computed at once (a backend with several replicas); they are
@@ -95,7 +97,8 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     ``progress`` gets 0-100 (fractions of blocks when the backend reports window progress);
     ``cancelled`` is polled between blocks and by the client during every block in flight. A request
     that fails in passing (lost connection, timeout, 503) is sent again as ``retry`` says; ``log``
-    gets a line for every retry.
+    gets a line for every retry. Blocks are planned for the backend's sliding window ``window``
+    (``(size, stride)``, see :func:`~segearth_qgis.core.blocks.window_geometry`).
 
     Raises:
         JobCancelledError: ``cancelled()`` became true (nothing written).
@@ -111,7 +114,7 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
     staged = StagedFiles(plan.overwrite)
     writers: list[Any] = []
     counts = np.zeros(256, np.int64)
-    blocks = plan_grid_blocks(grid, params.block_size)  # on the raster's anchor grid, with the context around
+    blocks = plan_grid_blocks(grid, params.block_size, *window)  # on the raster's anchor grid, with the context
     failed_writing = _writing(plan.labels.parent)
     shown = BlockProgress(len(blocks), progress)
     retried: list[str] = []
@@ -227,12 +230,25 @@ def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float]
     """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.SourcePlan`, opening and closing its source here.
 
     As many blocks are kept in flight as :func:`~segearth_qgis.job.inflight.choose_concurrency` says
-    (``$SEGEARTH_CONCURRENCY``, else the backend's replicas).
+    (``$SEGEARTH_CONCURRENCY``, else the backend's replicas); the blocks are planned for the sliding window
+    the backend's ``/health`` names.
+
+    Raises:
+        BackendError: the backend's ``/health`` names a window that makes no sense (``bad_answer``).
     """
-    concurrency = choose_concurrency(client)
+    try:
+        health = client.health()
+    except BackendError:
+        health = {}  # the job's first request reports the problem
+    try:
+        window = window_geometry(health)
+    except ValueError as error:
+        raise BackendError(f"The backend's /health is malformed: {error}: is it a SegEarth-OV backend?",
+                           "bad_answer") from None
+    concurrency = choose_concurrency(client, health=health)
     source = job.open()
     try:
         return run_job(params, job.grid, job.crs_wkt, source, client, progress, cancelled, write_style,
-                       concurrency, log)
+                       concurrency, log, window=window)
     finally:
         source.close()

@@ -17,16 +17,13 @@ from qgis.core import QgsRasterLayer
 
 from ..core.classes import check_class_lines, class_lines
 from ..core.grid import Rect
+from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
 from ..errors import ClassesError, InputError, LayerError
 from .aoi import AreaOfInterest
 from .engine import JobParams
 from .layer_input import layer_files
 from .outputs import OutputPlan, normalise_output, plan_outputs, raster_side_files
 from .source_plan import SourcePlan, plan_source
-
-#: The global-bias weight: the paper's value; 0 turns the bias subtraction off.
-DEFAULT_BIAS_LAMBDA = -0.3
-BIAS_LAMBDA_RANGE = (-10.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,8 @@ def _check_numbers(inputs: JobInputs, classes: int) -> None:
         raise InputError(f"The probability threshold must be between 0 and 1, got {inputs.threshold}.")
     low, high = BIAS_LAMBDA_RANGE
     if not (math.isfinite(inputs.bias_lambda) and low <= inputs.bias_lambda <= high):
-        raise InputError(f"The global-bias lambda must be between {low:g} and {high:g} (the paper uses -0.3), got "
+        raise InputError(f"The global-bias lambda must be between {low:g} and {high:g} (the paper uses "
+                         f"{DEFAULT_BIAS_LAMBDA:g}), got "
                          f"{inputs.bias_lambda}.")
     index = inputs.background_index
     if index is not None and not 0 <= index < classes:

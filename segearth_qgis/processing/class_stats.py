@@ -30,9 +30,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..core.request_rules import NODATA_LABEL
 from ..qt_compat import field_type
-
-NODATA = 255
 
 
 def class_names(layer: QgsRasterLayer) -> dict[int, str]:
@@ -136,7 +135,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             for feature in zones.getFeatures():
                 counts = {int(c[6:]): int(feature[c] or 0) for c in columns}
                 zone = feature[zone_field] if zone_field else int(feature.id())
-                rows.append((zone, {k: v for k, v in counts.items() if k != NODATA and v}))
+                rows.append((zone, {k: v for k, v in counts.items() if k != NODATA_LABEL and v}))
         else:
             report = processing.run("native:rasterlayeruniquevaluesreport", {
                 "INPUT": layer, "BAND": 1, "OUTPUT_TABLE": "TEMPORARY_OUTPUT"},
@@ -144,7 +143,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             table = QgsProcessingUtils.mapLayerFromString(report, context)
             counts = {int(f["value"]): int(f["count"]) for f in table.getFeatures()
                       if f["value"] is not None and not math.isnan(float(f["value"]))}
-            rows.append((None, {k: v for k, v in counts.items() if k != NODATA}))
+            rows.append((None, {k: v for k, v in counts.items() if k != NODATA_LABEL}))
 
         for zone, counts in rows:
             total = sum(counts.values())

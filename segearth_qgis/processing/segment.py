@@ -34,8 +34,9 @@ from qgis.PyQt.QtCore import Qt
 
 from .. import settings
 from ..client.backend_manager import shared_manager
-from ..core.classes import MAX_CLASSES, PRESETS
+from ..core.classes import PRESETS
 from ..core.report import shares_message, shares_warning
+from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.aoi import AoiKind, AreaOfInterest
 from ..job.engine import JobResult, execute
@@ -57,11 +58,12 @@ HELP_COMMON = (
     "Classes: one per line; synonyms on a line are separated by commas (tree, forest). The default is the "
     f"{PRESETS[0].name} class list, with its threshold {PRESETS[0].threshold:g}.\n\n"
     "Bands: one (repeated) or three (R, G, B); default: the layer's renderer bands. Extent and mask limit the "
-    "area (pixels outside the mask polygons become nodata, 255). Resolution: map units per pixel (default: "
+    f"area (pixels outside the mask polygons become nodata, {NODATA_LABEL}). Resolution: map units per pixel (default: "
     "native).\n\n"
     "Pixels whose top probability is below the probability threshold get the background class (a line number "
     "counted from 0; -1: no background class, then every pixel keeps its best class and the threshold is not "
-    "used). Global-bias lambda weighs the global-bias subtraction (-0.3 in the paper, 0 disables it).\n\n"
+    f"used). Global-bias lambda weighs the global-bias subtraction ({DEFAULT_BIAS_LAMBDA:g} in the paper, 0 disables "
+    "it).\n\n"
     "The log lists the share of each class; a result that is all one class comes with a warning saying what "
     "to change."
 )
@@ -98,8 +100,8 @@ class _SegmentBase(QgsProcessingAlgorithm):
             self.BACKGROUND, "Background class (line number from 0; -1: none)", QgsProcessingParameterNumber.Integer,
             PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BIAS_LAMBDA, "Global-bias lambda", QgsProcessingParameterNumber.Double, -0.3, minValue=-10.0,
-            maxValue=10.0))
+            self.BIAS_LAMBDA, "Global-bias lambda", QgsProcessingParameterNumber.Double, DEFAULT_BIAS_LAMBDA,
+            minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
 
     def output_description(self, name: str) -> str:
         """The description of output parameter ``name``: the name Processing gives its layer by default."""

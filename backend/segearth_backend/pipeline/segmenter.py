@@ -36,6 +36,7 @@ from ..model.resolve import choose_upsampler, require_preset_file, resolve_model
 from ..model.simfeatup_weights import SIMFEATUP_SHA256, resolve_upsampler_weights
 from ..model.text_embedder import TextEmbedder
 from ..model.weights_check import fail_fast_if_unobtainable
+from ..request_rules import DEFAULT_BIAS_LAMBDA, WINDOW_SIZE, WINDOW_STRIDE
 from ..upsampler.jbu import JBUOne, load_upsampler
 from ..windows import Cell, cell_grid, window_grid
 from .classes import NODATA_LABEL, ClassSet, parse_classes
@@ -65,8 +66,9 @@ __all__ = ["Segmenter", "Prediction", "load_segmenter", "decide", "normalise", "
 
 log = logging.getLogger(__name__)
 
-CROP = 224
-STRIDE = 112
+#: The sliding window (published in /health; the plugin plans its blocks with it).
+CROP = WINDOW_SIZE
+STRIDE = WINDOW_STRIDE
 #: With SimFeatUp, windows are padded to at least this size: the first x2
 #: step must be larger than the kernel radius for its reflect padding.
 MIN_WINDOW_WITH_UPSAMPLER = 48
@@ -245,7 +247,8 @@ class Segmenter:
     # ----------------------------------------------------------- prediction
     @torch.inference_mode()
     def predict(self, image: np.ndarray, classes: Union[str, Sequence[str]], prob_threshold: float = 0.0,
-                background_index: int = 0, bias_lambda: float = -0.3, valid: Optional[np.ndarray] = None, *,
+                background_index: int = 0, bias_lambda: float = DEFAULT_BIAS_LAMBDA,
+                valid: Optional[np.ndarray] = None, *,
                 probabilities: bool = True, should_stop: Optional[Callable[[], bool]] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment ``image`` into ``classes``.
@@ -260,9 +263,10 @@ class Segmenter:
             classes: class lines (synonyms comma-separated), or one string of lines.
             prob_threshold: pixels whose top probability is below it get ``background_index``.
             background_index: class index used below the threshold.
-            bias_lambda: weight of the global-bias subtraction (-0.3 in the paper; 0 disables it).
+            bias_lambda: weight of the global-bias subtraction (``DEFAULT_BIAS_LAMBDA`` in the paper; 0 disables
+                it).
             valid: optional ``H x W`` bool mask; False pixels are zeroed in
-                normalised space and get label 255 and probability 0.
+                normalised space and get label ``NODATA_LABEL`` (255) and probability 0.
             probabilities: also return the ``K x H x W`` probabilities (else
                 they are never built: labels need ``H x W`` only).
             should_stop: asked before every window; True stops with
@@ -313,7 +317,7 @@ class Segmenter:
         return Prediction(labels_out, probs_out, class_set, timings)
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = -0.3,
+    def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = DEFAULT_BIAS_LAMBDA,
                valid: Optional[np.ndarray] = None) -> np.ndarray:
         """Window-averaged logits of ``image`` before the decision (for evaluation).
 

@@ -2,8 +2,8 @@
 
 Endpoints (protocol version 1; see the README):
 
-- ``GET /health``: versions, status, device, precision and what the CPU supports, the feature
-  cache (hits, misses, memory); with the token (or when the server has none) also the loaded
+- ``GET /health``: versions, status, the sliding window, device, precision and what the CPU supports, the
+  feature cache (hits, misses, memory); with the token (or when the server has none) also the loaded
   weights and the load error.
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
@@ -49,6 +49,7 @@ from .. import __version__
 from ..config import EngineConfig
 from ..errors import ApiError, ConfigError, InputError, PredictionCancelledError
 from ..pipeline.classes import parse_classes
+from ..request_rules import WINDOW_SIZE, WINDOW_STRIDE
 from .engine_base import EngineBase
 from .guards import (
     RequestGuard,
@@ -77,6 +78,8 @@ DEFAULT_MAX_QUEUE = 4
 SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities",
                   "protocol", "request_id"}
 #: /health fields that name local files; shown only to clients with the token.
+#: The sliding window every engine uses, published in /health (the plugin plans its blocks with it).
+WINDOW = {"size": WINDOW_SIZE, "stride": WINDOW_STRIDE}
 PRIVATE_HEALTH_FIELDS = ("clip_weights", "upsampler_weights", "upsampler_reason", "error")
 
 
@@ -208,7 +211,7 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
         status = "busy" if engine.status == "ready" and engine.admitted else engine.status
         body: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "version": __version__, "status": status,
                                 "queued": engine.admitted, "max_queue": engine.max_queue,
-                                "auth": settings.token is not None}
+                                "auth": settings.token is not None, "window": dict(WINDOW)}
         if engine.error:
             body["error"] = engine.error
         body.update(engine.info)
