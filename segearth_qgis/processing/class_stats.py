@@ -8,12 +8,10 @@ from typing import Any, Optional
 
 from osgeo import gdal
 from qgis.core import (
-    QgsDistanceArea,
     QgsFeature,
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsPointXY,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -25,13 +23,12 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
-    QgsRectangle,
-    QgsUnitTypes,
     QgsWkbTypes,
 )
 
 from ..core.request_rules import NODATA_LABEL
 from ..qt_compat import field_type
+from .area import pixel_area_m2
 
 
 def class_names(layer: QgsRasterLayer) -> dict[int, str]:
@@ -54,24 +51,6 @@ def class_names(layer: QgsRasterLayer) -> dict[int, str]:
     return names
 
 
-def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float:
-    """Area of one pixel in m² (ellipsoidal, at the raster's centre, for geographic CRSs)."""
-    extent = layer.extent()
-    width, height = extent.width() / layer.width(), extent.height() / layer.height()
-    crs = layer.crs()
-    if not crs.isGeographic():
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
-        return width * height * factor * factor
-    measure = QgsDistanceArea()
-    measure.setSourceCrs(crs, context.transformContext())
-    measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
-    center = extent.center()
-    cell = QgsRectangle(center.x(), center.y(), center.x() + width, center.y() + height)
-    ring = [QgsPointXY(cell.xMinimum(), cell.yMinimum()), QgsPointXY(cell.xMaximum(), cell.yMinimum()),
-            QgsPointXY(cell.xMaximum(), cell.yMaximum()), QgsPointXY(cell.xMinimum(), cell.yMaximum())]
-    return measure.convertAreaMeasurement(measure.measurePolygon(ring), QgsUnitTypes.AreaSquareMeters)
-
-
 class ClassStatsAlgorithm(QgsProcessingAlgorithm):
     INPUT, ZONES, ZONE_FIELD, OUTPUT = "INPUT", "ZONES", "ZONE_FIELD", "OUTPUT"
 
@@ -88,8 +67,9 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
                 "zones, per polygon (native:zonalhistogram).\n\n"
                 "Zone attribute: the zones' field whose value goes into the zone column (default: the feature "
                 "id). Without zones the zone column is empty.\n\n"
-                "Nodata (255) is not counted; shares are of the counted pixels. Area is pixels times the pixel "
-                "area (ellipsoidal at the raster's centre for geographic CRSs).")
+                f"Nodata ({NODATA_LABEL}) is not counted; shares are of the counted pixels. Area is pixels times "
+                "the pixel area at the raster's centre: ellipsoidal on the project's ellipsoid when it has one "
+                "(and for geographic CRSs), else planar, as segment_vector measures its polygons.")
 
     def createInstance(self) -> ClassStatsAlgorithm:  # noqa: N802
         return ClassStatsAlgorithm()
@@ -112,7 +92,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
         if layer.bandCount() != 1:
             raise QgsProcessingException(f"INPUT has {layer.bandCount()} bands; a class raster has one.")
         names = class_names(layer)
-        area = pixel_area_m2(layer, context)
+        area = pixel_area_m2(layer.crs(), layer.extent(), layer.width(), layer.height(), context)
         zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) else ""
         fields = QgsFields()
         fields.append(self.zone_output_field(parameters, context, zone_field))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsDistanceArea,
     QgsFeature,
     QgsFeatureRequest,
     QgsFeatureSink,
@@ -26,7 +25,6 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
-    QgsUnitTypes,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -44,6 +42,7 @@ from ..job.request import JobInputs, plan_job
 from ..map.styling import class_vector_renderer, write_class_style
 from ..map.vector_style import planned_vector_style, write_vector_style
 from ..qt_compat import field_type
+from .area import area_m2, area_measure
 from .post_processing import ResultPostProcessor, attach
 
 #: The BACKGROUND value that means "no background class".
@@ -254,7 +253,8 @@ class SegmentVectorAlgorithm(_SegmentBase):
     def shortHelpString(self) -> str:  # noqa: N802
         return HELP_COMMON + (
             "\n\nSegments like Segment raster, then turns regions of one class into polygons (gdal:polygonize) "
-            "with class_id, class_name and area_m2 (ellipsoidal area for geographic CRSs).\n\n"
+            "with class_id, class_name and area_m2 (ellipsoidal on the project's ellipsoid when it has one, and for "
+            "geographic CRSs; else planar, as class_stats measures).\n\n"
             "Drop background polygons (on by default) leaves out the background class's polygons (none are "
             "dropped when the background is -1). Polygons smaller than the minimum area (m²) are dropped; the "
             "simplification tolerance (map units) simplifies the outlines.\n\n"
@@ -347,10 +347,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
 
         Leaves out nodata, the class ``drop`` (None: none) and polygons under ``minimum`` m².
         """
-        measure = QgsDistanceArea()
-        measure.setSourceCrs(polygons.crs(), context.transformContext())
-        ellipsoid = context.ellipsoid() if context.ellipsoid() not in ("", "NONE") else ""
-        measure.setEllipsoid(ellipsoid or polygons.crs().ellipsoidAcronym() or "EPSG:7030")
+        measure = area_measure(polygons.crs(), context)
         total = max(polygons.featureCount(), 1)
         kept: dict[int, tuple[int, float]] = {}
         for index, feature in enumerate(polygons.getFeatures()):
@@ -358,8 +355,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             class_id = int(feature["class_id"])
             if class_id >= len(names) or class_id == drop:
                 continue
-            area = measure.convertAreaMeasurement(measure.measureArea(feature.geometry()),
-                                                  QgsUnitTypes.AreaSquareMeters)
+            area = area_m2(measure, feature.geometry())
             if area >= minimum:
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)
