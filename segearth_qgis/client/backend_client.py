@@ -38,6 +38,7 @@ from ..core.request_rules import DEFAULT_BIAS_LAMBDA
 from ..errors import BackendError, BackendStartError
 from . import protocol
 from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW
+from .retry import RetryPolicy, with_retries
 
 __all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartError", "LocalBackend",
            "SegmentResult", "start_local_backend"]
@@ -92,6 +93,17 @@ class SegmentResult:
 SMALL_ANSWER_BYTES = 4 * 2**20
 #: Seconds between two progress / cancel checks while a block is in flight.
 POLL_SECONDS = 0.3
+#: A busy backend (503 "busy" with Retry-After) is asked again after the time it names, as long as the
+#: request's deadline allows.
+BUSY_RETRY = RetryPolicy(retries=10**6, first_delay=0.0, factor=1.0, max_delay=float("inf"))
+
+
+def _is_busy(error: BackendError) -> bool:
+    return error.status == 503 and error.code == "busy" and error.retry_after is not None
+
+
+def _never() -> bool:
+    return False
 
 
 def is_loopback_host(host: str) -> bool:
@@ -239,9 +251,11 @@ class BackendClient:
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
                  timeout: Optional[float] = None, max_answer: int = SMALL_ANSWER_BYTES,
                  call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None) -> tuple[bytes, str]:
-        """One request; errors become BackendError. A 503 "busy" answer is retried after Retry-After."""
+        """One request; errors become BackendError. A 503 "busy" answer is sent again after its Retry-After
+        while that ends before the request's deadline (the plugin's one retry loop, :mod:`.retry`)."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
+
+        def once() -> tuple[bytes, str]:
             remaining = max(1.0, deadline - time.monotonic())
             status, headers, data = self._exchange(method, path, body, content_type, remaining, max_answer, call)
             if status < 400:
@@ -252,22 +266,10 @@ class BackendClient:
             except (ValueError, KeyError, TypeError, RecursionError):
                 message, code = data.decode("utf-8", "replace")[:300] or f"HTTP {status}", "http_error"
             retry = headers.get("retry-after", "")
-            if status == 503 and code == "busy" and retry.isdigit() and time.monotonic() + int(retry) < deadline:
-                if self._wait(int(retry), cancelled):
-                    raise BackendError("The request was cancelled.", "cancelled")
-                continue
             raise BackendError(f"The backend refused the request ({status}): {message}", code, status,
                                float(retry) if retry.isdigit() else None)
 
-    @staticmethod
-    def _wait(seconds: float, cancelled: Optional[Callable[[], bool]]) -> bool:
-        """Sleep ``seconds`` in short steps; True when ``cancelled()`` became true meanwhile."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if cancelled is not None and cancelled():
-                return True
-            time.sleep(min(POLL_SECONDS, max(0.0, end - time.monotonic())))
-        return False
+        return with_retries(once, path, BUSY_RETRY, cancelled or _never, lambda message: None, _is_busy, deadline)
 
     def _json(self, data: bytes, what: str) -> dict[str, Any]:
         try:
