@@ -15,11 +15,11 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from ..client.backend_client import BackendError
+from ..client.backend_client import BackendError, SegmentResult
 from ..client.retry import DEFAULT_RETRY, RetryPolicy, with_retries
 from ..core.blocks import CROP, STRIDE, Block, plan_grid_blocks, window_geometry
 from ..core.classes import class_colours, class_name
@@ -28,13 +28,35 @@ from ..core.request_rules import DEFAULT_BIAS_LAMBDA, NODATA_LABEL
 from ..errors import JobCancelledError, OutputError
 from .gdal_errors import GdalError
 from .inflight import BlockProgress, BlocksInFlight, choose_concurrency
-from .outputs import OutputPlan, StagedFiles, aux_path, output_error
+from .outputs import OutputPlan, StagedFiles, aux_path, output_error, prepare_targets
 from .raster_io import LabelWriter, PixelSource, ProbabilityWriter
 
 __all__ = ["JobCancelledError", "JobParams", "JobResult", "run_job", "execute"]
 
 #: ``write_style(geotiff, qml, names, colours)``: writes the QML style of the class GeoTIFF (QGIS side).
 StyleWriter = Callable[[Path, Path, list[str], list[tuple[int, int, int, int]]], None]
+
+
+class SegmentClient(Protocol):
+    """What the job needs of a backend client (:class:`~segearth_qgis.client.backend_client.BackendClient`)."""
+
+    def health(self, timeout: float = ...) -> dict[str, Any]: ...
+
+    def embed_classes(self, classes: Sequence[str]) -> dict[str, Any]: ...
+
+    def segment(self, image: np.ndarray, classes: Sequence[str], prob_threshold: float = ...,
+                background_index: int = ..., bias_lambda: float = ..., valid: Optional[np.ndarray] = ...,
+                probabilities: bool = ..., progress: Optional[Callable[[int, int], None]] = ...,
+                cancelled: Optional[Callable[[], bool]] = ...) -> SegmentResult: ...
+
+
+class ReadPlan(Protocol):
+    """Where a job reads (:class:`~segearth_qgis.job.source_plan.SourcePlan`): the grid and its pixel source."""
+
+    grid: Grid
+    crs_wkt: str
+
+    def open(self) -> PixelSource: ...
 
 
 @dataclass(frozen=True)
@@ -84,55 +106,61 @@ def _writing(folder: Path) -> Callable[[GdalError], OutputError]:
     return lambda error: output_error(folder, OSError(error.reason))
 
 
-def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, client: Any,
-            progress: Callable[[float], None] = lambda p: None,
-            cancelled: Callable[[], bool] = lambda: False,
-            write_style: Optional[StyleWriter] = None, concurrency: int = 1,
-            log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY,
-            window: tuple[int, int] = (CROP, STRIDE)) -> JobResult:
-    """Segment ``grid`` block by block through ``client`` (a BackendClient) and write the outputs.
+class _BlockRun:
+    """One run of :func:`run_job`: the writers, the blocks in flight, the counts (see there)."""
 
-    Up to ``concurrency`` blocks are computed at once (a backend with several replicas); they are
-    read and written here, in place, as they finish, so the result does not depend on their order.
-    ``progress`` gets 0-100 (fractions of blocks when the backend reports window progress);
-    ``cancelled`` is polled between blocks and by the client during every block in flight. A request
-    that fails in passing (lost connection, timeout, 503) is sent again as ``retry`` says; ``log``
-    gets a line for every retry. Blocks are planned for the backend's sliding window ``window``
-    (``(size, stride)``, see :func:`~segearth_qgis.core.blocks.window_geometry`).
+    def __init__(self, params: JobParams, grid: Grid, crs_wkt: str, client: SegmentClient,
+                 progress: Callable[[float], None], retry: RetryPolicy, log: Callable[[str], None],
+                 window: tuple[int, int]) -> None:
+        self.params, self.grid, self.crs_wkt, self.client, self.retry, self.log = params, grid, crs_wkt, client, \
+            retry, log
+        self.names = [class_name(line) for line in params.classes]
+        self.colours = class_colours(list(params.classes), params.background_index)
+        # Without a background class nothing can fall below the threshold: every pixel keeps its best class.
+        self.background = params.background_index if params.background_index is not None else 0
+        self.threshold = params.threshold if params.background_index is not None else 0.0
+        self.staged = StagedFiles(params.outputs.overwrite)
+        self.writers: list[Any] = []
+        self.labels_out: Optional[LabelWriter] = None
+        self.probs_out: Optional[ProbabilityWriter] = None
+        self.counts = np.zeros(256, np.int64)
+        self.blocks = plan_grid_blocks(grid, params.block_size, *window)  # on the anchor grid, with the context
+        self.failed_writing = _writing(params.outputs.labels.parent)
+        self.shown = BlockProgress(len(self.blocks), progress)
+        self.retried: list[str] = []
+        self.warnings: list[str] = []
 
-    Raises:
-        JobCancelledError: ``cancelled()`` became true (nothing written).
-        BackendError, OutputError, LayerError: the failure (nothing written).
-    """
-    start = time.monotonic()
-    plan = params.outputs
-    names = [class_name(line) for line in params.classes]
-    colours = class_colours(list(params.classes), params.background_index)
-    # Without a background class nothing can fall below the threshold: every pixel keeps its best class.
-    background = params.background_index if params.background_index is not None else 0
-    threshold = params.threshold if params.background_index is not None else 0.0
-    staged = StagedFiles(plan.overwrite)
-    writers: list[Any] = []
-    counts = np.zeros(256, np.int64)
-    blocks = plan_grid_blocks(grid, params.block_size, *window)  # on the raster's anchor grid, with the context
-    failed_writing = _writing(plan.labels.parent)
-    shown = BlockProgress(len(blocks), progress)
-    retried: list[str] = []
+    def log_retry(self, message: str) -> None:
+        self.retried.append(message)
+        self.log(message)
 
-    def log_retry(message: str) -> None:
-        retried.append(message)
-        log(message)
+    def open_writers(self) -> None:
+        """The run's disk work before writing (:func:`~.outputs.prepare_targets`), then the staged GeoTIFFs."""
+        plan = self.params.outputs
+        self.warnings += prepare_targets(plan)
+        try:
+            self.labels_out = LabelWriter(self.staged.stage(plan.labels), self.grid, self.crs_wkt, self.names,
+                                          self.colours)
+            self.writers.append(self.labels_out)
+            if plan.probabilities is not None:
+                self.probs_out = ProbabilityWriter(self.staged.stage(plan.probabilities), self.grid, self.crs_wkt,
+                                                   self.names)
+                self.writers.append(self.probs_out)
+        except GdalError as error:
+            raise self.failed_writing(error) from None
 
-    def segment(number: int, rgb: np.ndarray, valid: np.ndarray, stopping: Callable[[], bool]) -> Any:
+    def segment(self, number: int, rgb: np.ndarray, valid: np.ndarray, stopping: Callable[[], bool]) -> Any:
         """Block ``number`` through the backend (on a worker thread), sent again after passing failures."""
-        return with_retries(lambda: client.segment(
-            rgb, params.classes, prob_threshold=threshold, background_index=background,
-            bias_lambda=params.bias_lambda, valid=valid, probabilities=probs_out is not None,
-            progress=shown.within(number), cancelled=stopping), f"Block {number + 1} of {len(blocks)}", retry,
-            stopping, log_retry)
+        params = self.params
+        return with_retries(lambda: self.client.segment(
+            rgb, params.classes, prob_threshold=self.threshold, background_index=self.background,
+            bias_lambda=params.bias_lambda, valid=valid, probabilities=self.probs_out is not None,
+            progress=self.shown.within(number), cancelled=stopping), f"Block {number + 1} of {len(self.blocks)}",
+            self.retry, stopping, self.log_retry)
 
-    def write(number: int, block: Block, valid: np.ndarray, answer: Any) -> None:
+    def write(self, number: int, block: Block, valid: np.ndarray, answer: Any) -> None:
         """The core of a block's answer (None: nothing valid, the backend was not asked) into the outputs."""
+        assert self.labels_out is not None  # opened before any block is written
         core_rows, core_cols = block.core_in_block()
         if answer is not None:
             labels = answer.labels[core_rows, core_cols]
@@ -140,60 +168,55 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
             labels = np.full((block.rows.core_stop - block.rows.core_start,
                               block.cols.core_stop - block.cols.core_start), NODATA_LABEL, np.uint8)
         try:
-            labels_out.write(labels, block.rows.core_start, block.cols.core_start)
-            if probs_out is not None:
+            self.labels_out.write(labels, block.rows.core_start, block.cols.core_start)
+            if self.probs_out is not None:
                 if answer is not None:
                     probabilities = answer.probabilities[:, core_rows, core_cols]
                 else:
-                    probabilities = np.zeros((len(names),) + labels.shape, np.float32)
-                probs_out.write(probabilities, labels != NODATA_LABEL, block.rows.core_start, block.cols.core_start)
+                    probabilities = np.zeros((len(self.names),) + labels.shape, np.float32)
+                self.probs_out.write(probabilities, labels != NODATA_LABEL, block.rows.core_start,
+                                     block.cols.core_start)
         except GdalError as error:
-            raise failed_writing(error) from None
-        counts[:] += np.bincount(labels.ravel(), minlength=256)
-        shown.block_done(number)
+            raise self.failed_writing(error) from None
+        self.counts[:] += np.bincount(labels.ravel(), minlength=256)
+        self.shown.block_done(number)
 
-    flight: BlocksInFlight[tuple[int, Block, np.ndarray]] = BlocksInFlight(concurrency, cancelled)
-    try:
+    def run_blocks(self, source: PixelSource, concurrency: int, cancelled: Callable[[], bool]) -> None:
+        """Every block read, sent (up to ``concurrency`` at once) and written as its answer comes."""
+        flight: BlocksInFlight[tuple[int, Block, np.ndarray]] = BlocksInFlight(concurrency, cancelled)
         try:
-            labels_out = LabelWriter(staged.stage(plan.labels), grid, crs_wkt, names, colours)
-            writers.append(labels_out)
-            probs_out: Optional[ProbabilityWriter] = None
-            if plan.probabilities is not None:
-                probs_out = ProbabilityWriter(staged.stage(plan.probabilities), grid, crs_wkt, names)
-                writers.append(probs_out)
-        except GdalError as error:
-            raise failed_writing(error) from None
-        try:
-            if params.classes:
-                with_retries(lambda: client.embed_classes(list(params.classes)), "Class embedding", retry,
-                             cancelled, log_retry)
-            for number, block in enumerate(blocks):
+            if self.params.classes:
+                with_retries(lambda: self.client.embed_classes(list(self.params.classes)), "Class embedding",
+                             self.retry, cancelled, self.log_retry)
+            for number, block in enumerate(self.blocks):
                 for finished, answer in flight.room():  # at most `concurrency` blocks wait for answers
-                    write(*finished, answer)
+                    self.write(*finished, answer)
                 if cancelled():
                     raise JobCancelledError("Cancelled: no output was written.")
                 rgb, valid = source.read((block.rows.start, block.rows.stop), (block.cols.start, block.cols.stop))
                 if valid.any():
-                    flight.submit((number, block, valid), functools.partial(segment, number, rgb, valid))
+                    flight.submit((number, block, valid), functools.partial(self.segment, number, rgb, valid))
                 else:
-                    write(number, block, valid, None)
+                    self.write(number, block, valid, None)
                 del rgb
             for finished, answer in flight.drain():
-                write(*finished, answer)
+                self.write(*finished, answer)
         except BackendError as error:
             if error.code == "cancelled" and cancelled():
                 raise JobCancelledError("Cancelled: no output was written.") from None
             raise
         finally:
             flight.close()  # after a failure: stops the blocks still in flight
-        if cancelled():
-            raise JobCancelledError("Cancelled: no output was written.")
+
+    def finish(self, write_style: Optional[StyleWriter]) -> None:
+        """Close the GeoTIFFs, add their side files and the style, and move everything into place at once."""
+        plan, staged = self.params.outputs, self.staged
         try:
-            for writer in writers:
+            for writer in self.writers:
                 writer.close()
         except GdalError as error:
-            raise failed_writing(error) from None
-        for writer in writers:  # GDAL's side files (category names) travel with their GeoTIFF
+            raise self.failed_writing(error) from None
+        for writer in self.writers:  # GDAL's side files (category names) travel with their GeoTIFF
             sidecar = aux_path(writer.path)
             target = staged.target_of(writer.path)
             if sidecar.exists():
@@ -202,29 +225,64 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                 staged.replace_stale(aux_path(target))
         for side in plan.stale:  # an old result's overviews and statistics go with it
             staged.replace_stale(side)
-        warnings = list(plan.warnings)
-        if plan.style is not None and write_style is not None:
+        self.warnings += plan.warnings
+        if plan.style is not None and write_style is not None and self.labels_out is not None:
             style_tmp = staged.stage(plan.style, ".qml")
             try:
-                write_style(labels_out.path, style_tmp, names, colours)
+                write_style(self.labels_out.path, style_tmp, self.names, self.colours)
             except OSError as error:
-                warnings.append(f"The style {plan.style.name} could not be written ({error}); the result is styled "
-                                "in this project only.")
+                self.warnings.append(f"The style {plan.style.name} could not be written ({error}); the result is "
+                                     "styled in this project only.")
                 staged.drop(style_tmp)
                 staged.replace_stale(plan.style)  # an older result's style would name the wrong classes
         staged.commit()
-    except BaseException:
-        for writer in writers:
+
+    def abort(self) -> None:
+        for writer in self.writers:
             writer.discard()
-        staged.abort()
+        self.staged.abort()
+
+
+def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, client: SegmentClient,
+            progress: Callable[[float], None] = lambda p: None,
+            cancelled: Callable[[], bool] = lambda: False,
+            write_style: Optional[StyleWriter] = None, concurrency: int = 1,
+            log: Callable[[str], None] = lambda message: None, retry: RetryPolicy = DEFAULT_RETRY,
+            window: tuple[int, int] = (CROP, STRIDE)) -> JobResult:
+    """Segment ``grid`` block by block through ``client`` and write the outputs.
+
+    Up to ``concurrency`` blocks are computed at once (a backend with several replicas); they are
+    read and written here, in place, as they finish, so the result does not depend on their order.
+    ``progress`` gets 0-100 (fractions of blocks when the backend reports window progress);
+    ``cancelled`` is polled between blocks and by the client during every block in flight. A request
+    that fails in passing (lost connection, timeout, 503) is sent again as ``retry`` says; ``log``
+    gets a line for every retry. Blocks are planned for the backend's sliding window ``window``
+    (``(size, stride)``, see :func:`~segearth_qgis.core.blocks.window_geometry`). The disk work the
+    plan left to the run (the default folder, an interrupted run's leftovers) is done first.
+
+    Raises:
+        JobCancelledError: ``cancelled()`` became true (nothing written).
+        BackendError, OutputError, InputError: the failure (nothing written).
+    """
+    start = time.monotonic()
+    plan = params.outputs
+    run = _BlockRun(params, grid, crs_wkt, client, progress, retry, log, window)
+    try:
+        run.open_writers()
+        run.run_blocks(source, concurrency, cancelled)
+        if cancelled():
+            raise JobCancelledError("Cancelled: no output was written.")
+        run.finish(write_style)
+    except BaseException:
+        run.abort()
         raise
     style = plan.style if plan.style is not None and plan.style.exists() and write_style is not None else None
-    return JobResult(plan.labels, plan.probabilities, style, names, colours, time.monotonic() - start,
-                     grid.width * grid.height, len(blocks), {k: int(v) for k, v in enumerate(counts) if v},
-                     tuple(warnings), concurrency, tuple(retried))
+    return JobResult(plan.labels, plan.probabilities, style, run.names, run.colours, time.monotonic() - start,
+                     grid.width * grid.height, len(run.blocks), {k: int(v) for k, v in enumerate(run.counts) if v},
+                     tuple(run.warnings), concurrency, tuple(run.retried))
 
 
-def execute(job: Any, params: JobParams, client: Any, progress: Callable[[float], None] = lambda p: None,
+def execute(job: ReadPlan, params: JobParams, client: SegmentClient, progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False, write_style: Optional[StyleWriter] = None,
             log: Callable[[str], None] = lambda message: None) -> JobResult:
     """:func:`run_job` on a :class:`~segearth_qgis.job.source_plan.SourcePlan`, opening and closing its source here.

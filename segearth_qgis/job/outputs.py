@@ -2,6 +2,8 @@
 
 Two promises: a job never writes over its own inputs or over a file that
 belongs to something else, and its outputs appear together or not at all.
+Planning (:func:`plan_outputs`) only looks at the disk; the run changes it
+(:func:`prepare_targets`: the default folder, an interrupted run's leftovers).
 Files are written under hidden temporary names in the target folder
 (:class:`StagedFiles`), then moved into place in one step at the end; a move
 that would replace a file is refused unless overwriting was asked for, and a
@@ -131,6 +133,8 @@ class OutputPlan:
         warnings: things the user should know (a style that was not written...).
         stale: side files of the targets that must go when the targets are written (an old result's
             overviews; an ``.aux.xml`` left without its raster).
+        create_folder: the targets' folder does not exist yet and the run creates it (the default
+            results folder).
     """
 
     labels: Path
@@ -139,6 +143,7 @@ class OutputPlan:
     overwrite: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
     stale: tuple[Path, ...] = field(default_factory=tuple)
+    create_folder: bool = False
 
     @property
     def targets(self) -> list[Path]:
@@ -146,8 +151,8 @@ class OutputPlan:
 
 
 def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Iterable[str] = (),
-                 overwrite: bool = False) -> OutputPlan:
-    """Check where a job will write, before it starts.
+                 overwrite: bool = False, create_folder: bool = False) -> OutputPlan:
+    """Check where a job will write, before it starts, changing nothing on disk.
 
     Args:
         labels: the class GeoTIFF's path (``.tif`` added if missing).
@@ -156,6 +161,8 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
             layer's file); no output may be one of them.
         overwrite: replace existing targets (the dock asks first; Processing's
             convention is to replace).
+        create_folder: a missing folder is created by the run (the default results folder), provided
+            its nearest existing parent is a writable folder.
 
     Raises:
         OutputError: an output is an input, two outputs are the same file, a
@@ -170,7 +177,6 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
     for target in (label_path, prob_path):
         if target is None:
             continue
-        warnings += recover_leftovers(target)
         for candidate in (target, aux_path(target), style_path(target) if target == label_path else None):
             if candidate is None:
                 continue
@@ -179,15 +185,13 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
                     raise OutputError(
                         f"The output {target} would overwrite the input {source}: choose another output file name "
                         "(an input is never overwritten).")
-        if target.exists() and not overwrite:
-            raise OutputError(f"{target} already exists: choose another file name, or confirm overwriting it.")
+        hidden = _hidden_backup(target)  # an interrupted run's backup, which the run puts back first
+        if (target.exists() or hidden is not None) and not overwrite:
+            where = f" (as {hidden.name}, the backup an interrupted run left: a run puts it back)" if hidden else ""
+            raise OutputError(f"{target} already exists{where}: choose another file name, or confirm overwriting it.")
         if target.exists() and not target.is_file():
             raise OutputError(f"{target} is a folder, not a file: choose a file name inside it.")
-        folder = target.parent
-        if not folder.is_dir():
-            raise OutputError(f"The folder {folder} does not exist: create it or choose another folder.")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"The folder {folder} is not writable (permission denied): choose another folder.")
+        _check_folder(target.parent, create_folder)
         # An old result's side files go with it; a side file whose raster is gone belongs to nothing.
         stale += [side for side in raster_side_files(target) if os.path.lexists(side)
                   and (target.exists() or side.name.endswith(".aux.xml"))]
@@ -206,7 +210,46 @@ def plan_outputs(labels: str, probabilities: Optional[str] = None, inputs: Itera
         warnings.append(f"The style {style} was not written: that file exists and does not belong to an earlier "
                         "result of this name.")
         style = None
-    return OutputPlan(label_path, prob_path, style, overwrite, tuple(warnings), tuple(dict.fromkeys(stale)))
+    return OutputPlan(label_path, prob_path, style, overwrite, tuple(warnings), tuple(dict.fromkeys(stale)),
+                      create_folder and not label_path.parent.is_dir())
+
+
+def _hidden_backup(target: Path) -> Optional[Path]:
+    """The backup of ``target`` that :func:`recover_leftovers` would put back (``target`` is missing), or None."""
+    if os.path.lexists(target):
+        return None
+    backups = [leftover for leftover in _leftovers(target) if leftover.name.endswith(".old")]
+    return sorted(backups)[0] if backups else None
+
+
+def _check_folder(folder: Path, create: bool) -> None:
+    """Raise OutputError unless ``folder`` is a writable folder (or, with ``create``, can be made as one)."""
+    if not folder.is_dir():
+        if not create:
+            raise OutputError(f"The folder {folder} does not exist: create it or choose another folder.")
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"The default output folder {folder} cannot be created ({parent} is not a writable "
+                              "folder): choose another one in the panel's options.")
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"The folder {folder} is not writable (permission denied): choose another folder.")
+
+
+def prepare_targets(plan: OutputPlan) -> list[str]:
+    """The run's disk work before it writes: create the default folder, put back a user's file an interrupted
+    run left as a hidden backup, remove old temporary files. Returns what was done, for the job's messages.
+
+    Raises:
+        OutputError: the folder cannot be created.
+    """
+    if plan.create_folder:
+        try:
+            plan.labels.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"The default output folder {plan.labels.parent} cannot be created "
+                              f"({error.strerror}): choose another one in the panel's options.") from None
+    return [message for target in plan.targets for message in recover_leftovers(target)]
 
 
 def reserve_temporary(target: Path, suffix: str) -> Path:

@@ -79,16 +79,12 @@ class JobPlan:
 
 def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
     """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
-    and (``probabilities``) its ``_probabilities.tif`` (the folder is created if missing)."""
+    and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing folder is made by the run
+    (:func:`~segearth_qgis.job.outputs.prepare_targets`)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")
     base = Path(folder).expanduser()
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"The default output folder {base} cannot be created ({error.strerror}): choose another "
-                         "one in the panel's options.") from None
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
     for number in range(1, 100000):
         candidate = base / f"{safe}_segearth_{number}.tif"
@@ -143,7 +139,7 @@ def plan_job(inputs: JobInputs) -> JobPlan:
     elif inputs.probabilities is True:
         probabilities = probabilities_beside(output)
     outputs = plan_outputs(output, probabilities, [*layer_files(inputs.layer), *inputs.other_inputs],
-                           inputs.overwrite)
+                           inputs.overwrite, create_folder=not inputs.output.strip())
     params = JobParams(tuple(lines), outputs, inputs.threshold, inputs.background_index, inputs.bias_lambda,
                        inputs.block_size)
     return JobPlan(source, params)

@@ -244,3 +244,36 @@ def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="Nothing was written"):
         files.commit()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_planning_changes_nothing_on_disk_and_the_run_does_the_recovery(tmp_path):
+    """plan_outputs runs on every update while typing: it only looks; prepare_targets (the run) puts back."""
+    from segearth_qgis.job.outputs import prepare_targets
+
+    backup = tmp_path / ".out.tif.1a2b3c4d.old"
+    backup.write_bytes(b"the user's result")
+    part = tmp_path / ".out.tif.5e6f7a8b.part.tif"
+    part.write_bytes(b"half written")
+    os.utime(part, (1, 1))  # an interrupted run long ago
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OutputError, match="already exists .*backup an interrupted run left"):
+        plan_outputs(str(tmp_path / "out.tif"))
+    plan = plan_outputs(str(tmp_path / "out.tif"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    done = prepare_targets(plan)
+    assert (tmp_path / "out.tif").read_bytes() == b"the user's result" and len(done) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_a_missing_default_folder_is_made_by_the_run_not_by_planning(tmp_path):
+    from segearth_qgis.job.outputs import prepare_targets
+    from segearth_qgis.job.request import default_output_path
+
+    folder = tmp_path / "results" / "today"
+    name = default_output_path(str(folder), "scene")
+    assert name == str(folder / "scene_segearth_1.tif") and not folder.exists()
+    with pytest.raises(OutputError, match="does not exist"):
+        plan_outputs(name)
+    plan = plan_outputs(name, create_folder=True)
+    assert plan.create_folder and not folder.exists()
+    assert prepare_targets(plan) == [] and folder.is_dir()
