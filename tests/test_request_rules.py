@@ -13,7 +13,7 @@ def test_the_plugin_and_the_backend_ship_the_same_request_rules():
 
 def test_the_backend_publishes_and_uses_the_shared_window():
     from segearth_backend.pipeline.segmenter import CROP, STRIDE
-    from segearth_backend.serve.app import WINDOW
+    from segearth_backend.serve.routes import WINDOW
     from segearth_qgis.core.blocks import CROP as PLUGIN_CROP
     from segearth_qgis.core.blocks import STRIDE as PLUGIN_STRIDE
 
