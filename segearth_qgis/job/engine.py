@@ -28,8 +28,9 @@ from ..core.request_rules import DEFAULT_BIAS_LAMBDA, NODATA_LABEL
 from ..errors import JobCancelledError, OutputError
 from .gdal_errors import GdalError
 from .inflight import BlockProgress, BlocksInFlight, choose_concurrency
-from .outputs import OutputPlan, StagedFiles, aux_path, output_error, prepare_targets
+from .outputs import OutputPlan, aux_path
 from .raster_io import LabelWriter, PixelSource, ProbabilityWriter
+from .staging import StagedFiles, output_error, prepare_targets
 
 __all__ = ["JobCancelledError", "JobParams", "JobResult", "run_job", "execute"]
 
@@ -135,7 +136,7 @@ class _BlockRun:
         self.log(message)
 
     def open_writers(self) -> None:
-        """The run's disk work before writing (:func:`~.outputs.prepare_targets`), then the staged GeoTIFFs."""
+        """The run's disk work before writing (:func:`~.staging.prepare_targets`), then the staged GeoTIFFs."""
         plan = self.params.outputs
         self.warnings += prepare_targets(plan)
         try:

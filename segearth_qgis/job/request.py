@@ -80,7 +80,7 @@ class JobPlan:
 def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
     """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
     and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing folder is made by the run
-    (:func:`~segearth_qgis.job.outputs.prepare_targets`)."""
+    (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")

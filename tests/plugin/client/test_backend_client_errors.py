@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from segearth_qgis.client import protocol
-from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for, start_local_backend
+from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for
+from segearth_qgis.client.local_backend import start_local_backend
 from tests.plugin.helpers import read_http_request
 
 CLASSES = ["background", "building,roof", "road", "water"]

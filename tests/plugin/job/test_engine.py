@@ -110,7 +110,7 @@ def test_all_nodata_blocks_are_not_sent(local_backend, tmp_path, tiny_segmenter)
 def test_backend_killed_mid_job_leaves_nothing(tiny_backend_args, scene, tmp_path):
     import sys
 
-    from segearth_qgis.client.backend_client import start_local_backend
+    from segearth_qgis.client.local_backend import start_local_backend
 
     backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
     try:

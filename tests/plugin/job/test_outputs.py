@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from segearth_qgis.errors import OutputError
-from segearth_qgis.job.outputs import StagedFiles, aux_path, normalise_output, plan_outputs, style_path
+from segearth_qgis.job.outputs import aux_path, normalise_output, plan_outputs, style_path
+from segearth_qgis.job.staging import StagedFiles
 
 
 def test_suffix_is_added_and_paths_are_absolute(tmp_path, monkeypatch):
@@ -199,7 +200,7 @@ def test_a_side_file_without_its_raster_does_not_stop_a_new_result(tmp_path):
 
 def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch):
     """The backup is a second name of the old file: a crash between the steps leaves out.tif in place."""
-    import segearth_qgis.job.outputs as outputs
+    import segearth_qgis.job.staging as staging
 
     target = tmp_path / "out.tif"
     target.write_bytes(b"precious")
@@ -214,7 +215,7 @@ def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch
 
     files = StagedFiles(overwrite=True)
     stage(files, target, b"new")
-    monkeypatch.setattr(outputs.os, "replace", crash_on_first_placement)
+    monkeypatch.setattr(staging.os, "replace", crash_on_first_placement)
     with pytest.raises(KeyboardInterrupt):
         files.commit()
     monkeypatch.undo()
@@ -233,11 +234,11 @@ def test_a_backup_left_by_a_crash_is_put_back(tmp_path):
 
 def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
     """Without hard links (FAT, SMB) the name is claimed first; if the move then fails it is released."""
-    import segearth_qgis.job.outputs as outputs
+    import segearth_qgis.job.staging as staging
 
-    monkeypatch.setattr(outputs.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
+    monkeypatch.setattr(staging.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
     real_replace = os.replace
-    monkeypatch.setattr(outputs.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
+    monkeypatch.setattr(staging.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
                         if Path(d).name == "out.tif" else real_replace(s, d))
     files = StagedFiles()
     stage(files, tmp_path / "out.tif", b"new")
@@ -248,7 +249,7 @@ def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
 
 def test_planning_changes_nothing_on_disk_and_the_run_does_the_recovery(tmp_path):
     """plan_outputs runs on every update while typing: it only looks; prepare_targets (the run) puts back."""
-    from segearth_qgis.job.outputs import prepare_targets
+    from segearth_qgis.job.staging import prepare_targets
 
     backup = tmp_path / ".out.tif.1a2b3c4d.old"
     backup.write_bytes(b"the user's result")
@@ -266,8 +267,8 @@ def test_planning_changes_nothing_on_disk_and_the_run_does_the_recovery(tmp_path
 
 
 def test_a_missing_default_folder_is_made_by_the_run_not_by_planning(tmp_path):
-    from segearth_qgis.job.outputs import prepare_targets
     from segearth_qgis.job.request import default_output_path
+    from segearth_qgis.job.staging import prepare_targets
 
     folder = tmp_path / "results" / "today"
     name = default_output_path(str(folder), "scene")
