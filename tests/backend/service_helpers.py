@@ -24,7 +24,8 @@ from segearth_backend.device import autocast
 from segearth_backend.model.image_tower import image_features
 from segearth_backend.pipeline.classes import NODATA_LABEL, parse_classes
 from segearth_backend.pipeline.decision import decide
-from segearth_backend.pipeline.features import normalise, reduced_coordinates
+from segearth_backend.pipeline.features import normalise
+from segearth_backend.pipeline.pixel_logits import reduced_coordinates
 from segearth_backend.serve.protocol import BUNDLE_TYPE
 from segearth_backend.windows import window_grid
 from tests.backend.helpers import CLASSES, error_of, segment_body

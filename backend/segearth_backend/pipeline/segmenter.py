@@ -38,20 +38,12 @@ from ..model.text_embedder import TextEmbedder
 from ..model.weights_check import fail_fast_if_unobtainable
 from ..request_rules import DEFAULT_BIAS_LAMBDA, WINDOW_SIZE, WINDOW_STRIDE
 from ..upsampler.jbu import JBUOne, load_upsampler
-from ..windows import Cell, cell_grid, window_grid
+from ..windows import cell_grid, window_grid
+from .cells import CellLogits, average_logits
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .decision import LOGIT_SCALE, QUERY_CHUNK_ELEMENTS, StreamingDecision, decide
 from .feature_cache import FeatureCache, weights_fingerprint
-from .features import (
-    PIXEL_MEAN,
-    PIXEL_STD,
-    ImageTower,
-    PixelLogits,
-    QuerySet,
-    WindowSource,
-    normalise,
-    reduced_coordinates,
-)
+from .features import PIXEL_MEAN, PIXEL_STD, ImageTower, QuerySet, WindowSource, normalise
 from .inputs import (
     check_background_index,
     check_image,
@@ -60,6 +52,7 @@ from .inputs import (
     check_threshold,
     check_valid_mask,
 )
+from .pixel_logits import reduced_coordinates
 
 __all__ = ["Segmenter", "Prediction", "load_segmenter", "decide", "normalise", "reduced_coordinates",
            "PIXEL_MEAN", "PIXEL_STD", "LOGIT_SCALE", "CROP", "STRIDE"]
@@ -115,44 +108,6 @@ class _Stage:
     def __exit__(self, *exc: object) -> None:
         synchronize(self.timer.device)
         self.timer.seconds[self.name] += time.perf_counter() - self.start
-
-
-class _CellFeatures:
-    """The logits of the windows being walked, cut into the cells they cover.
-
-    A window's logits are fetched when the first cell that needs them comes
-    up, cut into one block per cell (so finished cells free their memory), and
-    dropped block by block as cells are finished.
-    """
-
-    def __init__(self, source: WindowSource, cells: list[Cell]) -> None:
-        self.source = source
-        self.cells_of: dict[int, list[int]] = defaultdict(list)
-        for index, cell in enumerate(cells):
-            for window in cell.windows:
-                self.cells_of[window].append(index)
-        self.cells = cells
-        self.blocks: dict[tuple[int, int], PixelLogits] = {}
-        self.fetched: set[int] = set()
-
-    def _fetch(self, window: int) -> None:
-        for index, features in self.source.features(window):
-            w = self.source.windows[index]
-            for cell_index in self.cells_of[index]:
-                cell = self.cells[cell_index]
-                rows = slice(cell.y0 - w.y0, cell.y1 - w.y0)
-                cols = slice(cell.x0 - w.x0, cell.x1 - w.x0)
-                self.blocks[(index, cell_index)] = features.crop(rows, cols)
-            self.fetched.add(index)
-
-    def take(self, cell_index: int) -> list[PixelLogits]:
-        """The blocks of every window covering cell ``cell_index`` (in window order); forgets them."""
-        blocks = []
-        for window in self.cells[cell_index].windows:
-            if window not in self.fetched:
-                self._fetch(window)
-            blocks.append(self.blocks.pop((window, cell_index)))
-        return blocks
 
 
 class Segmenter:
@@ -297,11 +252,11 @@ class Segmenter:
         labels_out = np.empty((height, width), np.uint8)
         probs_out = np.empty((class_set.num_classes, height, width), np.float32) if probabilities else None
         cells = cell_grid(height, width, CROP, STRIDE)
-        store = _CellFeatures(source, cells)
+        store = CellLogits(source, cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
             with timer.stage("logits"):
-                labels, probs = decision.decide(functools.partial(_average, blocks), cell.height, cell.width)
+                labels, probs = decision.decide(functools.partial(average_logits, blocks), cell.height, cell.width)
                 del blocks
                 if valid is not None:
                     invalid = ~torch.from_numpy(valid[cell.y0:cell.y1, cell.x0:cell.x1]).to(self.device)
@@ -345,22 +300,11 @@ class Segmenter:
         queries = self.text.embed(class_set.queries).float()
         out = np.empty((class_set.num_queries, height, width), np.float32)
         cells = cell_grid(height, width, CROP, STRIDE)
-        store = _CellFeatures(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
+        store = CellLogits(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
-            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, 0, class_set.num_queries).float().cpu()
+            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = average_logits(blocks, 0, class_set.num_queries).float().cpu()
         return out
-
-
-def _average(blocks: list[PixelLogits], start: int, stop: int) -> torch.Tensor:
-    """The mean over the covering windows of their logits of queries ``start .. stop - 1`` (summed in window
-    order): ``c x h x w``."""
-    total = blocks[0].logits(start, stop)
-    if len(blocks) > 1:
-        total = total + blocks[1].logits(start, stop)  # a new tensor: blocks may hand out views
-        for block in blocks[2:]:
-            total += block.logits(start, stop)
-    return total / len(blocks)
 
 
 def _cache_timings(source: WindowSource, cache: FeatureCache) -> dict[str, float]:
