@@ -70,11 +70,8 @@ SETUP_PYTHON = Setting("setup_python", "", "the base Python the backend set-up u
 USER_PRESETS = Setting("user_presets", "{}", "the user's presets (JSON)")
 SPEED_HISTORY = Setting("speed_history", "{}", "measured seconds per megapixel by device (JSON)")
 
-ALL: dict[str, Setting[Any]] = {s.key: s for s in (
-    CLASSES, THRESHOLD, BACKGROUND_INDEX, BIAS_LAMBDA, PROBABILITIES, BLOCK_SIZE, LARGE_JOB_MEGAPIXELS,
-    OUTPUT_FOLDER, BACKEND_URL, BACKEND_TOKEN, BACKEND_PYTHON, CLIP_WEIGHTS, UPSAMPLER_WEIGHTS, SETUP_PYTHON,
-    USER_PRESETS,
-    SPEED_HISTORY)}
+#: Every setting above by key (collected, so a new one cannot be left out: live_update was).
+ALL: dict[str, Setting[Any]] = {s.key: s for s in list(globals().values()) if isinstance(s, Setting)}
 
 
 def load(key: str) -> Any:

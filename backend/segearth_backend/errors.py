@@ -1,4 +1,5 @@
-"""Every error the backend raises on purpose.
+"""Every error the backend raises on purpose (the wire format's ProtocolError, an InputError, is
+:mod:`.serve.protocol`'s; :class:`ApiError` is the HTTP answer the service and its engines give).
 
 Each message says what went wrong *and* what to do next; callers (the HTTP
 service, the CLI, the QGIS plugin) show ``str(error)`` to the user as is.
