@@ -156,7 +156,7 @@ def test_the_service_answers_a_repeated_image_from_the_cache(backend_server, rng
     url, token = backend_server["url"], backend_server["token"]
     timings = []
     for classes in (FIRST, SECOND):
-        status, body = call(url, "/segment", segment_body(image, {"classes": classes}), token)
+        status, body, _ = call(url, "/segment", segment_body(image, {"classes": classes}), token)
         assert status == 200
         from segearth_backend.serve.protocol import read_bundle
 
