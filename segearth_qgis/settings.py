@@ -62,7 +62,9 @@ LIVE_UPDATE = Setting("live_update", False, "re-segment the last area when the c
 LARGE_JOB_MEGAPIXELS = Setting("large_job_megapixels", 50.0, "ask before larger jobs")
 OUTPUT_FOLDER = Setting("output_folder", "", "where results without a file name go")
 BACKEND_URL = Setting("backend_url", "", "a running backend's URL (empty: start a local one)")
-BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token")
+#: Where a remote backend's token used to be kept in plain text: read once and moved (see backend_token()).
+BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token (before 0.3: moved to QGIS's auth database)")
+BACKEND_TOKEN_AUTHCFG = Setting("backend_token_authcfg", "", "the QGIS authentication configuration holding the token")
 BACKEND_PYTHON = Setting("backend_python", "", "the Python that runs the local backend")
 CLIP_WEIGHTS = Setting("clip_weights", "", "CLIP weights file (empty: the backend's default)")
 UPSAMPLER_WEIGHTS = Setting("upsampler_weights", "", "SimFeatUp checkpoint file (empty: the backend's default)")
@@ -124,12 +126,71 @@ def set_up_python() -> str:
     return python if Path(python).is_file() else ""
 
 
+#: The name of the authentication configuration (Settings ▸ Options ▸ Authentication lists it).
+TOKEN_CONFIG_NAME = "SegEarth-OV backend token"
+
+
+def backend_token() -> str:
+    """The remote backend's token, from QGIS's authentication database (encrypted with the master password).
+
+    A token an older version kept in the plain settings is moved there the first time it is read (it stays
+    in the plain settings only where the database cannot be used, with a line in the log).
+    """
+    from qgis.core import QgsApplication, QgsAuthMethodConfig
+
+    plain = BACKEND_TOKEN.load()
+    if plain:
+        save_backend_token(plain)
+        return plain
+    config_id = BACKEND_TOKEN_AUTHCFG.load()
+    if not config_id:
+        return ""
+    config = QgsAuthMethodConfig()
+    if not QgsApplication.authManager().loadAuthenticationConfig(config_id, config, True):
+        return ""
+    return str(config.config("password", ""))
+
+
+def save_backend_token(token: str) -> None:
+    """Keep ``token`` in QGIS's authentication database ('' removes it); the plain setting is cleared. Where the
+    database cannot be used (disabled, or no master password given), the plain setting keeps it."""
+    from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog
+
+    manager = QgsApplication.authManager()
+    config_id = BACKEND_TOKEN_AUTHCFG.load()
+    if not token:
+        if config_id:
+            manager.removeAuthenticationConfig(config_id)
+        BACKEND_TOKEN_AUTHCFG.reset()
+        BACKEND_TOKEN.reset()
+        return
+    config = QgsAuthMethodConfig("Basic")
+    if config_id and not manager.loadAuthenticationConfig(config_id, config, True):
+        config_id = ""  # removed by the user meanwhile: store a new one
+    config.setName(TOKEN_CONFIG_NAME)
+    config.setMethod("Basic")
+    config.setConfig("username", "")
+    config.setConfig("password", token)
+    stored = not manager.isDisabled() and (
+        manager.updateAuthenticationConfig(config) if config_id else manager.storeAuthenticationConfig(config)[0])
+    if not stored:
+        QgsMessageLog.logMessage("The backend token could not be stored in QGIS's authentication database (no "
+                                 "master password?); it is kept in the plugin settings instead.", "SegEarth-OV",
+                                 Qgis.Warning)
+        BACKEND_TOKEN.save(token)
+        return
+    BACKEND_TOKEN_AUTHCFG.save(config.id())
+    BACKEND_TOKEN.reset()
+
+
 def backend_settings() -> BackendSettings:
     """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt`` (a
     developer checkout), then a set-up in the profile's default folder."""
     from .client.backend_client import BackendSettings
 
-    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=BACKEND_TOKEN.load() or None,
+    saved = BACKEND_URL.load() or BACKEND_TOKEN.load() or BACKEND_TOKEN_AUTHCFG.load()
+    token = backend_token() if saved else None  # local-only users never open the authentication database
+    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=token or None,
                                      python=BACKEND_PYTHON.load() or None,
                                      clip_weights=CLIP_WEIGHTS.load() or None,
                                      upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)
