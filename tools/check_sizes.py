@@ -9,7 +9,6 @@ Run from the repository root: ``python tools/check_sizes.py`` (exit code 1 and o
 from __future__ import annotations
 
 import ast
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
