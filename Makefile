@@ -70,9 +70,11 @@ stress: $(STAMP) ## clients x requests against a real backend (answers checked) 
 cluster-bench: $(STAMP) ## serve against serve --ray with 1 and 2 replicas (full-size model, CPU): bench_out/cluster.json
 	$(PY) tools/cluster_bench.py --model vitb16 --block $(or $(BLOCK),512) --blocks $(or $(BLOCKS),4) --out bench_out/cluster.json
 
-lint: $(STAMP) ## ruff on everything, mypy on both packages (Python 3.9 rules: the minimum, see mypy.ini)
+lint: $(STAMP) ## ruff, mypy on both packages (Python 3.9 rules), the layering contracts (.importlinter), sizes
 	$(PY) -m ruff check backend segearth_qgis tests tools docs resources
 	$(PY) -m mypy segearth_qgis backend/segearth_backend
+	PYTHONPATH=backend:. $(VENV)/bin/lint-imports .importlinter
+	$(PY) tools/check_sizes.py
 
 demo: $(STAMP) ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
 	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --out demo_out

@@ -1,7 +1,7 @@
 """SegEarth-OV for QGIS: the QGIS plugin package (runs inside QGIS's Python; never imports torch).
 
 The dock panel and the job run the inference through a backend process
-(``segearth_backend``, see ``backend_client.py``).
+(``segearth_backend``, see ``client/backend_client.py``).
 """
 
 

@@ -1,4 +1,6 @@
-"""Every error the plugin raises on purpose (stdlib only, importable anywhere).
+"""Every error the plugin raises on purpose (stdlib only, importable anywhere), except two that stay in
+their modules: ``client/backend_setup.py``'s SetupError (that script runs on its own, outside the plugin) and
+``job/gdal_errors.py``'s GdalError (turned into an OutputError or LayerError before it reaches the user).
 
 Messages say what went wrong and what to do next; the dock shows them in the
 message bar, Processing as its error, unchanged. Problems with what the user

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from qgis.core import QgsSettings
 
 from .core.classes import PRESETS
+from .core.request_rules import DEFAULT_BIAS_LAMBDA
 
 if TYPE_CHECKING:
     from .client.backend_client import BackendSettings
@@ -54,14 +55,16 @@ CLASSES = Setting("classes", "\n".join(_DEFAULT_PRESET.classes), "the class list
 THRESHOLD = Setting("threshold", float(_DEFAULT_PRESET.threshold), "probability threshold")
 #: The background class's line (0-based); -1: no background class.
 BACKGROUND_INDEX = Setting("background_index", int(_DEFAULT_PRESET.background_index), "background class line")
-BIAS_LAMBDA = Setting("bias_lambda", -0.3, "global-bias lambda")
+BIAS_LAMBDA = Setting("bias_lambda", DEFAULT_BIAS_LAMBDA, "global-bias lambda")
 PROBABILITIES = Setting("probabilities", False, "also write class probabilities")
 BLOCK_SIZE = Setting("block_size", 1024, "pixels per block side")
 LIVE_UPDATE = Setting("live_update", False, "re-segment the last area when the classes or options change")
 LARGE_JOB_MEGAPIXELS = Setting("large_job_megapixels", 50.0, "ask before larger jobs")
 OUTPUT_FOLDER = Setting("output_folder", "", "where results without a file name go")
 BACKEND_URL = Setting("backend_url", "", "a running backend's URL (empty: start a local one)")
-BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token")
+#: Where a remote backend's token used to be kept in plain text: read once and moved (see backend_token()).
+BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token (before 0.3: moved to QGIS's auth database)")
+BACKEND_TOKEN_AUTHCFG = Setting("backend_token_authcfg", "", "the QGIS authentication configuration holding the token")
 BACKEND_PYTHON = Setting("backend_python", "", "the Python that runs the local backend")
 CLIP_WEIGHTS = Setting("clip_weights", "", "CLIP weights file (empty: the backend's default)")
 UPSAMPLER_WEIGHTS = Setting("upsampler_weights", "", "SimFeatUp checkpoint file (empty: the backend's default)")
@@ -69,11 +72,8 @@ SETUP_PYTHON = Setting("setup_python", "", "the base Python the backend set-up u
 USER_PRESETS = Setting("user_presets", "{}", "the user's presets (JSON)")
 SPEED_HISTORY = Setting("speed_history", "{}", "measured seconds per megapixel by device (JSON)")
 
-ALL: dict[str, Setting[Any]] = {s.key: s for s in (
-    CLASSES, THRESHOLD, BACKGROUND_INDEX, BIAS_LAMBDA, PROBABILITIES, BLOCK_SIZE, LARGE_JOB_MEGAPIXELS,
-    OUTPUT_FOLDER, BACKEND_URL, BACKEND_TOKEN, BACKEND_PYTHON, CLIP_WEIGHTS, UPSAMPLER_WEIGHTS, SETUP_PYTHON,
-    USER_PRESETS,
-    SPEED_HISTORY)}
+#: Every setting above by key (collected, so a new one cannot be left out: live_update was).
+ALL: dict[str, Setting[Any]] = {s.key: s for s in list(globals().values()) if isinstance(s, Setting)}
 
 
 def load(key: str) -> Any:
@@ -126,12 +126,71 @@ def set_up_python() -> str:
     return python if Path(python).is_file() else ""
 
 
+#: The name of the authentication configuration (Settings ▸ Options ▸ Authentication lists it).
+TOKEN_CONFIG_NAME = "SegEarth-OV backend token"
+
+
+def backend_token() -> str:
+    """The remote backend's token, from QGIS's authentication database (encrypted with the master password).
+
+    A token an older version kept in the plain settings is moved there the first time it is read (it stays
+    in the plain settings only where the database cannot be used, with a line in the log).
+    """
+    from qgis.core import QgsApplication, QgsAuthMethodConfig
+
+    plain = BACKEND_TOKEN.load()
+    if plain:
+        save_backend_token(plain)
+        return plain
+    config_id = BACKEND_TOKEN_AUTHCFG.load()
+    if not config_id:
+        return ""
+    config = QgsAuthMethodConfig()
+    if not QgsApplication.authManager().loadAuthenticationConfig(config_id, config, True):
+        return ""
+    return str(config.config("password", ""))
+
+
+def save_backend_token(token: str) -> None:
+    """Keep ``token`` in QGIS's authentication database ('' removes it); the plain setting is cleared. Where the
+    database cannot be used (disabled, or no master password given), the plain setting keeps it."""
+    from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog
+
+    manager = QgsApplication.authManager()
+    config_id = BACKEND_TOKEN_AUTHCFG.load()
+    if not token:
+        if config_id:
+            manager.removeAuthenticationConfig(config_id)
+        BACKEND_TOKEN_AUTHCFG.reset()
+        BACKEND_TOKEN.reset()
+        return
+    config = QgsAuthMethodConfig("Basic")
+    if config_id and not manager.loadAuthenticationConfig(config_id, config, True):
+        config_id = ""  # removed by the user meanwhile: store a new one
+    config.setName(TOKEN_CONFIG_NAME)
+    config.setMethod("Basic")
+    config.setConfig("username", "")
+    config.setConfig("password", token)
+    stored = not manager.isDisabled() and (
+        manager.updateAuthenticationConfig(config) if config_id else manager.storeAuthenticationConfig(config)[0])
+    if not stored:
+        QgsMessageLog.logMessage("The backend token could not be stored in QGIS's authentication database (no "
+                                 "master password?); it is kept in the plugin settings instead.", "SegEarth-OV",
+                                 Qgis.Warning)
+        BACKEND_TOKEN.save(token)
+        return
+    BACKEND_TOKEN_AUTHCFG.save(config.id())
+    BACKEND_TOKEN.reset()
+
+
 def backend_settings() -> BackendSettings:
     """Plugin settings first, then the SEGEARTH_BACKEND_* environment, then ``backend_python.txt`` (a
     developer checkout), then a set-up in the profile's default folder."""
     from .client.backend_client import BackendSettings
 
-    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=BACKEND_TOKEN.load() or None,
+    saved = BACKEND_URL.load() or BACKEND_TOKEN.load() or BACKEND_TOKEN_AUTHCFG.load()
+    token = backend_token() if saved else None  # local-only users never open the authentication database
+    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=token or None,
                                      python=BACKEND_PYTHON.load() or None,
                                      clip_weights=CLIP_WEIGHTS.load() or None,
                                      upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)

@@ -54,13 +54,17 @@ def minimal_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.05,
-             message: str = "condition not met in time") -> None:
-    """Poll ``predicate`` until it is true; TimeoutError after ``timeout`` seconds (never a bare sleep)."""
+             message: str = "condition not met in time") -> bool:
+    """Poll ``predicate`` until it is true (then True); TimeoutError after ``timeout`` seconds (never a bare sleep).
+
+    The one wait of the tests: ``assert wait_for(...)`` and a bare ``wait_for(...)`` both fail on a timeout.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(message)
         time.sleep(interval)
+    return True
 
 
 def read_http_response(conn: socket.socket, timeout: float = 30.0) -> bytes:

@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 
 from .errors import ConfigError
 
-#: A model preset name (see :mod:`.presets`): OpenAI CLIP ViT-B/16.
+#: A model preset name (see :mod:`.model.presets`): OpenAI CLIP ViT-B/16.
 DEFAULT_MODEL = "clip-vit-b16"
 #: The preset's weights; ``openai`` for a plain open_clip model name.
 DEFAULT_CLIP_WEIGHTS = "auto"
@@ -85,7 +85,7 @@ class EngineConfig:
             the CPU ``auto`` is float32; ``bf16`` runs the image tower with its weights cast to bfloat16
             (fast where the CPU has AVX512-BF16 or AMX; the upsampler and the text stay float32).
         simfeatup_sha256: expected sha256 (hex) of the downloaded SimFeatUp
-            checkpoint; None: the pinned constant of :mod:`.weights`.
+            checkpoint; None: the pinned constant of :mod:`.model.simfeatup_weights`.
         feature_cache_mb: memory for the class-independent work of recent images (0: none kept).
     """
 

@@ -1,4 +1,5 @@
-"""Every error the backend raises on purpose.
+"""Every error the backend raises on purpose (the wire format's ProtocolError, an InputError, is
+:mod:`.serve.protocol`'s; :class:`ApiError` is the HTTP answer the service and its engines give).
 
 Each message says what went wrong *and* what to do next; callers (the HTTP
 service, the CLI, the QGIS plugin) show ``str(error)`` to the user as is.
@@ -7,6 +8,8 @@ as bad input.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 
 class SegEarthError(Exception):
@@ -103,3 +106,15 @@ class DatasetError(SegEarthError, ValueError):
     """A benchmark dataset is unknown, missing, or not laid out as its config expects."""
 
     code = "bad_dataset"
+
+
+class ApiError(Exception):
+    """An error the service answers as ``{"error": code, "message": ...}`` with an HTTP status (and headers).
+
+    Raised by the HTTP layer and by the engines behind it (busy, loading, out of memory, a lost replica).
+    """
+
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .request_rules import WINDOW_SIZE, WINDOW_STRIDE
+
 
 @dataclass(frozen=True)
 class Padding:
@@ -90,7 +92,7 @@ def axis_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
     return spans
 
 
-def window_grid(height: int, width: int, crop: int = 224, stride: int = 112,
+def window_grid(height: int, width: int, crop: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE,
                 patch: int = 16, min_size: int = 1) -> list[Window]:
     """The sliding windows covering a ``height x width`` image, row-major.
 
@@ -120,7 +122,7 @@ def padded_size(size: int, patch: int, min_size: int = 1) -> int:
     return target + (-target) % patch
 
 
-def padded_area(height: int, width: int, crop: int = 224, stride: int = 112, patch: int = 16,
+def padded_area(height: int, width: int, crop: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE, patch: int = 16,
                 min_size: int = 1) -> int:
     """Sum of the padded window areas of :func:`window_grid`: the pixels the network processes."""
     rows = sum(padded_size(y1 - y0, patch, min_size) for y0, y1 in axis_spans(height, crop, stride))
@@ -158,7 +160,7 @@ def _bands(spans: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
             for a, b in zip(edges, edges[1:])]
 
 
-def cell_grid(height: int, width: int, crop: int = 224, stride: int = 112) -> list[Cell]:
+def cell_grid(height: int, width: int, crop: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE) -> list[Cell]:
     """The image cut along every window edge, row-major; every pixel is in exactly one cell.
 
     The windows covering a cell are the same for all its pixels, and a cell

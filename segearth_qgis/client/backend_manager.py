@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 
 from ..errors import BackendError, BackendStartError
 from ..version import plugin_version, same_release
-from .backend_client import BackendClient, BackendSettings, LocalBackend, start_local_backend
+from .backend_client import BackendClient, BackendSettings
+from .local_backend import LocalBackend, start_local_backend
 
 #: The states a backend can be in, as the panel shows them.
 STOPPED, STARTING, LOADING, READY, FAILED, REMOTE = "stopped", "starting", "loading model", "ready", "failed", "remote"

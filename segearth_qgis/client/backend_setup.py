@@ -462,31 +462,7 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
             "on Debian/Ubuntu install python3-venv; check that the folder is writable.", echo=echo, cancel=cancel)
     step(3, f"PyTorch: {plan.torch_build} (about {plan.download_mb} MB to download)" if plan.download_mb
          else f"PyTorch: {plan.torch_build} (from {plan.wheelhouse})")
-    if torch_error(python) is None:
-        echo(f"    already installed: torch {installed_version(python, 'torch')}")
-    else:
-        index = plan.torch_index
-        if index and not plan.wheelhouse and not reachable(index):
-            echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead "
-                 "(on Linux that is the larger CUDA build)")
-            index = None
-        try:
-            pip_install(python, plan.torch_packages, plan, "PyTorch", index, echo=echo, cancel=cancel)
-        except SetupCancelledError:
-            raise
-        except SetupError:
-            if index is None or plan.wheelhouse:
-                raise
-            # e.g. a proxy that lets PyPI through but not the PyTorch index (the probe above cannot tell)
-            echo(f"    installing from {index} failed: trying PyPI instead")
-            pip_install(python, plan.torch_packages, plan, "PyTorch", None, echo=echo, cancel=cancel)
-        error = torch_error(python)
-        if error is not None:
-            advice = (" On Windows, 'DLL load failed' usually means the Microsoft Visual C++ Redistributable "
-                      "(x64) is missing: install it and run the set-up again." if sys.platform == "win32" else "")
-            raise SetupError("Step 'PyTorch' installed torch and torchvision, but they do not import together:\n"
-                             f"{error}\nWhat to do:{advice or ''} If the error does not say what is missing, "
-                             f"remove {target / 'venv'} and run the set-up again.")
+    _install_torch(plan, python, echo, cancel)
     step(4, f"SegEarth-OV backend {plan.backend_version} from {plan.backend_source}")
     if installed_version(python, "segearth-backend") == plan.backend_version:
         echo("    already installed")
@@ -495,20 +471,7 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
     record: dict[str, object] = {"python": str(python), "version": plan.backend_version, "device": plan.device,
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     step(5, f"Weights: {plan.weights}")
-    if plan.weights == "skip":
-        echo("    skipped: the backend fetches them at the first job, or choose files in the panel (Weights…)")
-    elif plan.weights == "download":
-        run("weights", [str(python), "-m", "segearth_backend", "fetch-weights"],
-            "without internet, download the files listed above elsewhere and run again with --weights FOLDER.",
-            echo=echo, cancel=cancel)
-    else:
-        found = find_weights(Path(plan.weights).expanduser())
-        for key in ("clip_weights", "upsampler_weights"):
-            echo(f"    {key}: {found.get(key, 'not found in this folder')}")
-        if not found:
-            raise SetupError(f"Step 'weights': no weight file ({', '.join((*CLIP_FILES, SIMFEATUP_FILE))}) was found "
-                             f"in {plan.weights}. Copy them there, or choose 'download' or 'skip'.")
-        record.update(found)
+    record.update(_get_weights(plan, python, echo, cancel))
     step(6, "Check")
     info = run("check", [str(python), "-m", "segearth_backend", "info", "--environment"],
                "read the output above; remove the environment folder and run the set-up again.", echo=echo,
@@ -523,6 +486,54 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
     os.replace(tmp, path)
     echo(f"{DONE_MARKER} {path}")
     return record
+
+
+def _install_torch(plan: Plan, python: Path, echo: Say, cancel: Cancellation) -> None:
+    """Step 3: PyTorch from its wheel index (PyPI when that cannot be reached or fails), checked by importing it."""
+    if torch_error(python) is None:
+        echo(f"    already installed: torch {installed_version(python, 'torch')}")
+        return
+    index = plan.torch_index
+    if index and not plan.wheelhouse and not reachable(index):
+        echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead "
+             "(on Linux that is the larger CUDA build)")
+        index = None
+    try:
+        pip_install(python, plan.torch_packages, plan, "PyTorch", index, echo=echo, cancel=cancel)
+    except SetupCancelledError:
+        raise
+    except SetupError:
+        if index is None or plan.wheelhouse:
+            raise
+        # e.g. a proxy that lets PyPI through but not the PyTorch index (the probe above cannot tell)
+        echo(f"    installing from {index} failed: trying PyPI instead")
+        pip_install(python, plan.torch_packages, plan, "PyTorch", None, echo=echo, cancel=cancel)
+    error = torch_error(python)
+    if error is not None:
+        advice = (" On Windows, 'DLL load failed' usually means the Microsoft Visual C++ Redistributable "
+                  "(x64) is missing: install it and run the set-up again." if sys.platform == "win32" else "")
+        raise SetupError("Step 'PyTorch' installed torch and torchvision, but they do not import together:\n"
+                         f"{error}\nWhat to do:{advice or ''} If the error does not say what is missing, "
+                         f"remove {Path(plan.target) / 'venv'} and run the set-up again.")
+
+
+def _get_weights(plan: Plan, python: Path, echo: Say, cancel: Cancellation) -> dict[str, str]:
+    """Step 5: download the weights, find them in a folder, or skip; the files found, for the record."""
+    if plan.weights == "skip":
+        echo("    skipped: the backend fetches them at the first job, or choose files in the panel (Weights…)")
+        return {}
+    if plan.weights == "download":
+        run("weights", [str(python), "-m", "segearth_backend", "fetch-weights"],
+            "without internet, download the files listed above elsewhere and run again with --weights FOLDER.",
+            echo=echo, cancel=cancel)
+        return {}
+    found = find_weights(Path(plan.weights).expanduser())
+    for key in ("clip_weights", "upsampler_weights"):
+        echo(f"    {key}: {found.get(key, 'not found in this folder')}")
+    if not found:
+        raise SetupError(f"Step 'weights': no weight file ({', '.join((*CLIP_FILES, SIMFEATUP_FILE))}) was found "
+                         f"in {plan.weights}. Copy them there, or choose 'download' or 'skip'.")
+    return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

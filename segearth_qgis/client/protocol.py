@@ -1,8 +1,8 @@
 """The plugin's side of the backend wire format, version 1 (stdlib + numpy only).
 
 A *bundle* is an uncompressed ZIP of ``.npy`` arrays and ``.json`` documents;
-``segearth_backend/protocol.py`` is the backend's side. The two packages never
-import each other; ``tests/plugin/test_backend_client.py`` runs one against
+``segearth_backend/serve/protocol.py`` is the backend's side. The two packages never
+import each other; ``tests/plugin/client/test_backend_client.py`` runs one against
 the other over a real socket.
 """
 

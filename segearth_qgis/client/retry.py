@@ -5,13 +5,17 @@ request is sent again after an exponential backoff (or the ``Retry-After``
 the backend asked for, when longer), up to :attr:`RetryPolicy.retries`
 times, and every retry is logged. Refusals (4xx), internal errors (500), a
 model that failed to load and cancels are never retried.
+
+The one retry loop and the one cancellable wait of the plugin: the job's
+blocks (:func:`with_retries` with :data:`DEFAULT_RETRY`) and the client's
+own wait for a busy backend (:mod:`.backend_client`) both run here.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from ..errors import BackendError
 
@@ -65,8 +69,10 @@ def is_passing(error: BackendError) -> bool:
 
 
 def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy, cancelled: Callable[[], bool],
-                 log: Callable[[str], None]) -> T:
-    """``call()``, sent again after passing failures (see :func:`is_passing`); ``log`` says what was retried.
+                 log: Callable[[str], None], passing: Callable[[BackendError], bool] = is_passing,
+                 deadline: Optional[float] = None) -> T:
+    """``call()``, sent again after ``passing`` failures (:func:`is_passing` by default); ``log`` says what was
+    retried. With a ``deadline`` (``time.monotonic()``), a retry that could not start before it is not made.
 
     Raises:
         BackendError: the last failure (code ``cancelled`` when ``cancelled()`` became true while waiting).
@@ -76,15 +82,17 @@ def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy, cancelle
         try:
             return call()
         except BackendError as error:
-            if not is_passing(error) or cancelled():
+            if not passing(error) or cancelled():
                 raise
             if retry >= policy.retries:
                 log(f"{what}: failed again ({_reason(error)}); giving up after {retry} retries.")
                 raise
             delay = policy.delay(retry, error)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
             retry += 1
             log(f"{what}: {_reason(error)}; sending it again in {delay:.1f} s (retry {retry} of {policy.retries}).")
-            if _wait(delay, cancelled):
+            if wait_unless_cancelled(delay, cancelled):
                 raise BackendError("The request was cancelled.", "cancelled") from None
 
 
@@ -93,8 +101,8 @@ def _reason(error: BackendError) -> str:
     return f"{status}{error.code}: {error.message[:160]}"
 
 
-def _wait(seconds: float, cancelled: Callable[[], bool]) -> bool:
-    """Sleep ``seconds``; True as soon as ``cancelled()`` is true."""
+def wait_unless_cancelled(seconds: float, cancelled: Callable[[], bool]) -> bool:
+    """Sleep ``seconds`` in short steps; True as soon as ``cancelled()`` is true (then it returns at once)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if cancelled():

@@ -1,12 +1,13 @@
 """Splitting a large processing grid into blocks whose stitched results equal a single run.
 
-The backend averages the logits of 224-pixel windows placed every 112 pixels.
-A block whose origin and interior edges sit on that 112-pixel grid sees, for
-every pixel of its *core*, exactly the windows a run over the whole area would
-place there, provided the core stays 112 pixels away from the block's interior
-edges and the pixels of the last, border-shifted window all lie in the last
-block. So each block is its core plus a 112-pixel margin on every side that
-is not the area's border; cores tile the area without overlap.
+The backend averages the logits of its sliding windows (224 pixels placed every
+112 pixels: it says which in ``/health``, :func:`window_geometry`). A block whose
+origin and interior edges sit on the stride's grid sees, for every pixel of its
+*core*, exactly the windows a run over the whole area would place there,
+provided the core stays a stride away from the block's interior edges and the
+pixels of the last, border-shifted window all lie in the last block. So each
+block is its core plus a one-stride margin on every side that is not the area's
+border; cores tile the area without overlap.
 
 When the processing grid is cut from its raster's anchor grid
 (:class:`~segearth_qgis.core.grid.Anchor`), the windows are those a run over
@@ -22,13 +23,34 @@ Coordinates are (row, column) pixels of the processing grid, half-open.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .request_rules import WINDOW_SIZE, WINDOW_STRIDE
 
 if TYPE_CHECKING:
     from .grid import Grid
 
-STRIDE = 112
-CROP = 224
+#: The backend's sliding window unless it says otherwise (a backend from before it published it).
+STRIDE = WINDOW_STRIDE
+CROP = WINDOW_SIZE
+
+
+def window_geometry(health: Mapping[str, Any]) -> tuple[int, int]:
+    """``(size, stride)`` of the backend's sliding window, from its ``/health`` document (``window``).
+
+    A backend that does not publish it uses the defaults (:data:`CROP`, :data:`STRIDE`).
+
+    Raises:
+        ValueError: ``window`` is there but not two whole numbers with ``0 < stride <= size``.
+    """
+    window = health.get("window")
+    if window is None:
+        return CROP, STRIDE
+    size = window.get("size") if isinstance(window, dict) else None
+    stride = window.get("stride") if isinstance(window, dict) else None
+    if not (type(size) is int and type(stride) is int and 0 < stride <= size):
+        raise ValueError(f"the backend's window {str(window)[:80]} is not {{'size': n, 'stride': m}} with 0 < m <= n")
+    return size, stride
 
 
 @dataclass(frozen=True)
@@ -93,9 +115,10 @@ def plan_axis(size: int, block: int, stride: int = STRIDE, crop: int = CROP) -> 
     return [Span(max(c0 - stride, 0), min(c1 + stride, size), c0, c1) for c0, c1 in cores]
 
 
-def plan_blocks(height: int, width: int, block: int = 1024) -> list[Block]:
+def plan_blocks(height: int, width: int, block: int = 1024, crop: int = CROP, stride: int = STRIDE) -> list[Block]:
     """Row-major blocks tiling a ``height x width`` grid (see :func:`plan_axis`)."""
-    return [Block(rows, cols) for rows in plan_axis(height, block) for cols in plan_axis(width, block)]
+    return [Block(rows, cols) for rows in plan_axis(height, block, stride, crop)
+            for cols in plan_axis(width, block, stride, crop)]
 
 
 def context_span(start: int, stop: int, size: int, crop: int = CROP, stride: int = STRIDE) -> tuple[int, int]:
@@ -122,28 +145,29 @@ def context_span(start: int, stop: int, size: int, crop: int = CROP, stride: int
     return begin, end
 
 
-def plan_area_axis(start: int, stop: int, size: int, block: int) -> list[Span]:
+def plan_area_axis(start: int, stop: int, size: int, block: int, crop: int = CROP, stride: int = STRIDE) -> list[Span]:
     """Spans for the area ``[start, stop)`` of an anchor axis of ``size`` pixels, in area coordinates.
 
     Blocks are planned over the area's context (:func:`context_span`); a span's read may begin
     before 0 and end after ``stop - start``; its core is the part of the context block's core
     inside the area (spans whose core misses the area are left out).
     """
-    begin, end = context_span(start, stop, size)
+    begin, end = context_span(start, stop, size, crop, stride)
     shift = begin - start
     spans = []
-    for span in plan_axis(end - begin, block):
+    for span in plan_axis(end - begin, block, stride, crop):
         core_start, core_stop = max(span.core_start + shift, 0), min(span.core_stop + shift, stop - start)
         if core_start < core_stop:
             spans.append(Span(span.start + shift, span.stop + shift, core_start, core_stop))
     return spans
 
 
-def plan_grid_blocks(grid: Grid, block: int = 1024) -> list[Block]:
-    """Row-major blocks of a processing grid: on its anchor grid when it has one (see :func:`plan_area_axis`)."""
+def plan_grid_blocks(grid: Grid, block: int = 1024, crop: int = CROP, stride: int = STRIDE) -> list[Block]:
+    """Row-major blocks of a processing grid: on its anchor grid when it has one (see :func:`plan_area_axis`);
+    ``crop`` and ``stride`` are the backend's sliding window (:func:`window_geometry`)."""
     anchor = grid.anchor
     if anchor is None:
-        return plan_blocks(grid.height, grid.width, block)
-    rows = plan_area_axis(anchor.row, anchor.row + grid.height, anchor.height, block)
-    cols = plan_area_axis(anchor.col, anchor.col + grid.width, anchor.width, block)
+        return plan_blocks(grid.height, grid.width, block, crop, stride)
+    rows = plan_area_axis(anchor.row, anchor.row + grid.height, anchor.height, block, crop, stride)
+    cols = plan_area_axis(anchor.col, anchor.col + grid.width, anchor.width, block, crop, stride)
     return [Block(r, c) for r in rows for c in cols]

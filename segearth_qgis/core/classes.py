@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClassesError
+from .request_rules import DEFAULT_BIAS_LAMBDA, ClassRuleError
+from .request_rules import check_class_lines as check_request_lines
 
 RGBA = tuple[int, int, int, int]
 
@@ -20,7 +22,7 @@ class Preset:
     classes: tuple[str, ...]
     threshold: float
     background_index: int = 0
-    bias_lambda: float = -0.3
+    bias_lambda: float = DEFAULT_BIAS_LAMBDA
     key: str = ""
     task: str = ""
 
@@ -66,31 +68,20 @@ def class_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-MAX_CLASSES = 254  # label 255 is nodata
-
-
 def check_class_lines(lines: list[str]) -> None:
-    """Refuse a class list the backend would refuse, before any work starts.
+    """Refuse a class list the backend would refuse, before any work starts (the backend's own rules:
+    :mod:`.request_rules`).
 
     Raises:
-        ClassesError: no class, too many, an empty synonym ("tree,"), or a
-            synonym used twice (case-insensitive, within or across classes).
+        ClassesError: no class, too many, a line or synonym too long, too many synonyms or names, an
+            empty synonym ("tree,"), or a synonym used twice (case-insensitive, within or across classes).
     """
     if not lines:
         raise ClassesError("Type at least one class, one per line (synonyms separated by commas).")
-    if len(lines) > MAX_CLASSES:
-        raise ClassesError(f"{len(lines)} classes: at most {MAX_CLASSES} are possible. Merge or remove classes.")
-    seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        synonyms = [" ".join(part.split()) for part in line.split(",")]
-        if any(not synonym for synonym in synonyms):
-            raise ClassesError(f"Class {number} ('{line}') has an empty synonym: remove the extra comma.")
-        for synonym in synonyms:
-            key = synonym.casefold()
-            if key in seen:
-                where = "twice in one class" if seen[key] == number else f"in classes {seen[key]} and {number}"
-                raise ClassesError(f"'{synonym}' appears {where}: each class name and synonym must be unique.")
-            seen[key] = number
+    try:
+        check_request_lines(lines)
+    except ClassRuleError as error:
+        raise ClassesError(str(error)) from None
 
 
 def class_name(line: str) -> str:

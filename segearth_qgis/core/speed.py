@@ -79,12 +79,3 @@ def format_duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
 
-
-def class_shares(class_pixels: dict[int, int], names: list[str], nodata: int = 255) -> list[tuple[str, float]]:
-    """(name, share of valid pixels) for every class with pixels, largest first."""
-    valid = sum(count for value, count in class_pixels.items() if value != nodata)
-    if not valid:
-        return []
-    shares = [(names[value] if value < len(names) else f"class {value}", count / valid)
-              for value, count in class_pixels.items() if value != nodata and count]
-    return sorted(shares, key=lambda item: -item[1])

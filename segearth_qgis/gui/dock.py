@@ -1,4 +1,4 @@
-"""The SegEarth-OV dock panel: lays out the small widgets of ``ui/`` and turns them into a job.
+"""The SegEarth-OV dock panel: lays out the small widgets of ``widgets/`` and turns them into a job.
 
 The parts bind their own settings; the dock builds one :class:`JobInputs`
 from them, hands it to :func:`plan_job` (every check lives there) and the
@@ -13,7 +13,6 @@ from typing import Any, Callable, Optional
 
 from qgis.core import (
     Qgis,
-    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMessageLog,
     QgsRasterLayer,
@@ -29,17 +28,17 @@ from .. import settings
 from ..client.backend_manager import READY, REMOTE, shared_manager
 from ..core.grid import estimate
 from ..core.speed import device_key, estimate_seconds, format_duration, records_from_json
-from ..errors import BackendError, LayerError, OutputError
+from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
 from ..job.outputs import normalise_output
-from ..job.request import JobInputs, PlannedJob, plan_job, probabilities_beside
-from ..job.source_plan import PreparedJob, plan_grid, prepare
+from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside
+from ..job.source_plan import SourcePlan, plan_grid, plan_source
+from .backend_controls import BackendControls
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
 from .runner import JobRunner, shares_text
 from .setup_dialog import SetupDialog
 from .task import LOG_TAG, SegmentTask
 from .user_presets import UserPreset
-from .weights_dialog import WeightsDialog
 from .widgets.area_box import AreaBox
 from .widgets.backend_box import BackendBox
 from .widgets.classes_box import ClassesBox
@@ -51,7 +50,7 @@ STATUS_INTERVAL_MS = 1000
 ESTIMATE_DELAY_MS = 250
 
 
-class SegEarthDock(QDockWidget):
+class SegEarthDock(BackendControls, QDockWidget):
     """The panel. ``segment()`` starts a job; ``job_done`` fires when it ends (the task passed along)."""
 
     job_done = pyqtSignal(object)
@@ -181,13 +180,13 @@ class SegEarthDock(QDockWidget):
             overwrite=overwrite, block_size=settings.BLOCK_SIZE.load(),
             other_inputs=(mask,) if mask else ())
 
-    def plan(self) -> PreparedJob:
+    def plan(self) -> SourcePlan:
         """Validate the layer, bands, area and resolution (no outputs); raises ValueError with a message."""
         layer = self.current_layer()
         if layer is None:
             raise LayerError("Choose a raster layer to segment.")
         resolution = self.area_box.resolution_in_map_units(layer)
-        return prepare(layer, self.raster_box.bands(), self.area_box.aoi(), resolution)
+        return plan_source(layer, self.raster_box.bands(), self.area_box.aoi(), resolution)
 
     def update_estimate(self) -> None:
         """Pixels, blocks and time for the current choice (follows the map, the selection, the resolution)."""
@@ -229,7 +228,7 @@ class SegEarthDock(QDockWidget):
         self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
         self._asking = True  # while a question is open, an update must not start a job under it
-        ready: Optional[tuple[PlannedJob, JobInputs]] = None
+        ready: Optional[tuple[JobPlan, JobInputs]] = None
         try:
             output = self.options_box.output_widget.filePath().strip()
             overwrite = False
@@ -243,7 +242,7 @@ class SegEarthDock(QDockWidget):
                                              "Overwrite?")
             inputs = self.job_inputs(overwrite)
             planned = plan_job(inputs)
-            megapixels = planned.job.grid.width * planned.job.grid.height / 1e6
+            megapixels = planned.source.grid.width * planned.source.grid.height / 1e6
             if megapixels <= settings.LARGE_JOB_MEGAPIXELS.load() or self.confirm(
                     f"The area is {megapixels:.0f} megapixels at this resolution. Segment it anyway?"):
                 ready = planned, inputs
@@ -256,7 +255,7 @@ class SegEarthDock(QDockWidget):
             return None
         return self._start(*ready)  # an update that waited runs after this job
 
-    def _start(self, planned: PlannedJob, inputs: JobInputs, live: bool = False) -> SegmentTask:
+    def _start(self, planned: JobPlan, inputs: JobInputs, live: bool = False) -> SegmentTask:
         self.live_timer.stop()
         self.run_box.set_running(True)
         self.backend_box.set_job_running(True)
@@ -343,95 +342,6 @@ class SegEarthDock(QDockWidget):
         else:  # after a cancel or a failure, the next edit starts updates again (not the one that waited)
             self._live_pending = False
         self.job_done.emit(task)
-
-    # ------------------------------------------------------------ backend
-    def show_backend_status(self) -> None:
-        self.backend_box.show_status(self.backend.status())
-
-    def refresh_status(self) -> None:
-        """Ask the backend for its health on a worker thread; the status line follows."""
-        def work(_task: QgsTask) -> None:
-            try:
-                self.backend.health()
-            except BackendError as error:
-                self.backend.last_health = {"status": "unreachable", "error": error.message}
-
-        self._run_helper(QgsTask.fromFunction("SegEarth-OV backend status", work, on_finished=self._helper_done))
-
-    def _backend_action(self, action: str) -> None:
-        """Start / stop / restart on a worker thread; every outcome ends in a status and, on failure, a message."""
-        def work(_task: QgsTask) -> Optional[str]:
-            try:
-                if action == "stop":
-                    self.backend.stop()
-                    return None
-                (self.backend.restart if action == "restart" else self.backend.client)()
-                self.backend.health()
-            except BackendError as error:
-                return self.backend.explain(error) if error.code != "cancelled" else None
-            except Exception as error:  # noqa: BLE001 - the panel must not stay on "starting" whatever happens
-                return f"Unexpected error while trying to {action} the backend: {type(error).__name__}: {error}"
-            return None
-
-        def done(exception: Optional[BaseException], message: Optional[str] = None) -> None:
-            if exception is not None:
-                message = f"The backend {action} failed: {exception}"
-            if message:
-                self.report(message, Qgis.MessageLevel.Critical)
-            self._helper_done(None)
-
-        self.save_state()
-        self.backend_box.show_status(self.backend.status())
-        self._run_helper(QgsTask.fromFunction(f"SegEarth-OV backend {action}", work, on_finished=done))
-
-    def _helper_done(self, exception: Optional[BaseException], *result: Any) -> None:
-        self.show_backend_status()
-        self.estimate_timer.start()
-
-    def _run_helper(self, task: QgsTask) -> None:
-        """Run a small background task, keeping it referenced until it ends (and waited for on unload)."""
-        self._helpers = [t for t in self._helpers if not sip.isdeleted(t) and t.status() not in
-                         (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated)]
-        self._helpers.append(task)
-        QgsApplication.taskManager().addTask(task)
-
-    def open_weights(self) -> Optional[WeightsDialog]:
-        dialog = WeightsDialog(self)
-        self._asking = True
-        try:
-            accepted = dialog.exec()
-        finally:
-            self._asking = False
-        if accepted:
-            local = self.backend.local
-            stale = local is not None and local.running() and local.args != settings.backend_settings().serve_args()
-            if stale and self.confirm("The backend runs with the previous weights. Restart it now with the new ones?"):
-                self._backend_action("restart")
-        self._resume_update()
-        return dialog
-
-    def open_setup(self) -> SetupDialog:
-        """The set-up dialog (one at a time); when a set-up succeeds the backend is (re)started with it."""
-        if self.setup_dialog is not None and not sip.isdeleted(self.setup_dialog):
-            self.setup_dialog.show()
-            self.setup_dialog.raise_()
-            return self.setup_dialog
-        dialog = SetupDialog(self, on_done=self._set_up_done)
-        dialog.show()
-        self.setup_dialog = dialog
-        return dialog
-
-    def _set_up_done(self, record: dict[str, Any]) -> None:
-        """A set-up finished: its interpreter is in the settings; show it and start the backend with it."""
-        self.backend_box.restore()
-        self._backend_action("restart")
-
-    def show_backend_details(self) -> None:
-        status = self.backend.status()
-        text = status.details or status.summary
-        if status.log_path is not None:
-            text += f"\n\nLog file: {status.log_path}"
-        QMessageBox.information(self, "SegEarth-OV backend", text)
 
     # ------------------------------------------------------------- helpers
     def report(self, text: str, level: Any) -> None:

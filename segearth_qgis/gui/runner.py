@@ -12,15 +12,14 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 from .. import settings
 from ..client.backend_manager import BackendManager
 from ..core.classes import class_name
-from ..core.speed import SpeedRecord, class_shares, device_key, format_duration, records_from_json, records_to_json
+from ..core.report import largest_shares, shares_summary, shares_warning
+from ..core.speed import SpeedRecord, device_key, format_duration, records_from_json, records_to_json
 from ..job.aoi import AoiKind
 from ..job.engine import JobResult
-from ..job.request import PlannedJob
+from ..job.request import JobPlan
 from ..map.styling import add_result_layer
 from .task import LOG_TAG, SegmentTask
 
-#: A result where one class covers at least this share of the valid pixels is called uniform.
-UNIFORM_SHARE = 0.995
 AOI_WORDS = {AoiKind.LAYER: "whole layer", AoiKind.MAP_VIEW: "map view", AoiKind.RECTANGLE: "rectangle",
              AoiKind.SELECTED_FEATURES: "polygons"}
 
@@ -41,33 +40,23 @@ def result_name(layer_name: str, classes: tuple[str, ...], preset: Optional[str]
 
 def shares_text(result: JobResult) -> str:
     """Each class's share of the valid pixels, largest first ("water 60%, road 40%"); '' when none is valid."""
-    shares = class_shares(result.class_pixels, result.names)
-    shown = [(name, share) for name, share in shares if share >= 0.005][:6]
-    hidden = len(shares) - len(shown)
-    return ", ".join(f"{name} {share:.0%}" for name, share in shown) + (f" (+{hidden} under 1 %)" if hidden else "")
+    return shares_summary(result.class_pixels, result.names)
 
 
 def outcome_text(result: JobResult, start_seconds: float, threshold: float,
                  background_index: Optional[int]) -> tuple[str, Any]:
-    """The one message a finished job leaves: size, time (start-up included), class shares, or a warning."""
+    """The one message a finished job leaves: size, time (start-up included), class shares, or the warning
+    of :func:`~segearth_qgis.core.report.shares_warning` (the one Processing gives too)."""
     total = result.seconds + start_seconds
     timing = f"{result.pixels / 1e6:.2f} MP in {format_duration(total)}"
     if start_seconds > 0.5:
         timing += f" (of which {format_duration(start_seconds)} starting the backend)"
-    shares = class_shares(result.class_pixels, result.names)
-    if not shares:
-        return (f"Segmented {timing}, but the area holds no valid pixels (all nodata): check the layer's nodata "
-                "value, the bands, or the area of interest."), Qgis.MessageLevel.Warning
-    if shares[0][1] >= UNIFORM_SHARE:
-        name = shares[0][0]
-        is_background = background_index is not None and name == result.names[background_index]
-        if is_background and threshold > 0:
-            advice = (f"every pixel fell below the probability threshold {threshold:g}: lower it in Options, or "
-                      "describe the classes differently")
-        else:
-            advice = ("try other or more specific class names, another resolution, or check that the bands are "
-                      "red, green and blue")
-        return f"Segmented {timing}: the whole area is '{name}' — {advice}.", Qgis.MessageLevel.Warning
+    warning = shares_warning(result.class_pixels, result.names, background_index, threshold)
+    if warning is not None:
+        shares = largest_shares(result.class_pixels, result.names)
+        if not shares:
+            return f"Segmented {timing}. {warning}", Qgis.MessageLevel.Warning
+        return f"Segmented {timing}: the whole area is '{shares[0][0]}'. {warning}", Qgis.MessageLevel.Warning
     message = f"Segmented {timing}: {shares_text(result)}"
     if result.probabilities_path is not None:
         message += f". Probabilities: {result.probabilities_path.name}"
@@ -98,14 +87,14 @@ class JobRunner(QObject):
     def running(self) -> bool:
         return self.task is not None
 
-    def start(self, planned: PlannedJob, aoi: AoiKind, preset: Optional[str] = None,
+    def start(self, planned: JobPlan, aoi: AoiKind, preset: Optional[str] = None,
               quiet: bool = False) -> SegmentTask:
         """Run ``planned`` (one job at a time: raises RuntimeError while one runs). ``quiet`` (updates while
         typing): a successful outcome goes to the log panel and the progress line, not the message bar;
         warnings and failures are reported as always."""
         if self.task is not None:
             raise RuntimeError("a segmentation is already running")
-        job = planned.job
+        job = planned.source
         self.quiet, self.result_layer_ids = quiet, []
         self.context = {"layer": job.layer_name, "classes": planned.params.classes, "aoi": aoi, "preset": preset,
                         "threshold": planned.params.threshold, "background": planned.params.background_index,

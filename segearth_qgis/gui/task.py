@@ -12,7 +12,7 @@ from ..client.backend_manager import BackendManager
 from ..core.blocks import plan_grid_blocks
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.engine import JobResult, execute
-from ..job.request import PlannedJob
+from ..job.request import JobPlan
 from ..map.styling import class_style_text
 
 LOG_TAG = "SegEarth-OV"
@@ -32,7 +32,7 @@ class SegmentTask(QgsTask):
     does not add a "Task failed" notice of its own that would contradict it.
     """
 
-    def __init__(self, description: str, manager: BackendManager, planned: PlannedJob,
+    def __init__(self, description: str, manager: BackendManager, planned: JobPlan,
                  on_done: Callable[[SegmentTask], None]) -> None:
         super().__init__(description, QgsTask.Flag.CanCancel)
         self.manager, self.planned, self.on_done = manager, planned, on_done
@@ -40,7 +40,7 @@ class SegmentTask(QgsTask):
         self.error: Optional[str] = None
         self.error_code: Optional[str] = None
         self.was_cancelled = False
-        self.blocks = len(plan_grid_blocks(planned.job.grid, planned.params.block_size))
+        self.blocks = len(plan_grid_blocks(planned.source.grid, planned.params.block_size))
         #: Seconds spent starting a local backend for this job (0 when one was running).
         self.start_seconds = 0.0
         #: The backend's /health after the job (device and model, for the speed history).
@@ -50,7 +50,7 @@ class SegmentTask(QgsTask):
         try:
             client = self.manager.client(cancelled=self.isCanceled)
             self.start_seconds = self.manager.last_start_seconds
-            self.result = execute(self.planned.job, self.planned.params, client, progress=self.setProgress,
+            self.result = execute(self.planned.source, self.planned.params, client, progress=self.setProgress,
                                   cancelled=self.isCanceled, make_style=class_style_text, log=log_warning)
             with contextlib.suppress(BackendError):
                 self.health = self.manager.health()

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from .. import settings
 from ..core.classes import Preset
+from ..core.request_rules import DEFAULT_BIAS_LAMBDA
 
 
 @dataclass(frozen=True)
@@ -17,10 +18,10 @@ class UserPreset:
     classes: str
     threshold: float = 0.0
     background_index: Optional[int] = 0
-    bias_lambda: float = -0.3
+    bias_lambda: float = DEFAULT_BIAS_LAMBDA
 
     @classmethod
-    def from_preset(cls, preset: Preset, bias_lambda: float = -0.3) -> UserPreset:
+    def from_preset(cls, preset: Preset, bias_lambda: float = DEFAULT_BIAS_LAMBDA) -> UserPreset:
         return cls(preset.name, "\n".join(preset.classes), preset.threshold, preset.background_index, bias_lambda)
 
 
@@ -32,7 +33,8 @@ def _from_json(name: str, value: Any) -> Optional[UserPreset]:
     background = value.get("background_index", 0)
     try:
         return UserPreset(name, value["classes"], float(value.get("threshold", 0.0)),
-                          None if background is None else int(background), float(value.get("bias_lambda", -0.3)))
+                          None if background is None else int(background),
+                          float(value.get("bias_lambda", DEFAULT_BIAS_LAMBDA)))
     except (TypeError, ValueError):
         return None
 

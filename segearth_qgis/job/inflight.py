@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
 
 from ..errors import BackendError, InputError
 
@@ -23,11 +23,12 @@ MAX_CONCURRENCY = 32
 Tag = TypeVar("Tag")
 
 
-def choose_concurrency(client: Any, env: Mapping[str, str] = os.environ) -> int:
+def choose_concurrency(client: Any, env: Mapping[str, str] = os.environ,
+                       health: Optional[Mapping[str, Any]] = None) -> int:
     """Blocks to keep in flight: ``$SEGEARTH_CONCURRENCY``, else the backend's replicas (``/health``), else 1.
 
     With ``--autoscale MIN:MAX`` the backend advertises MAX: blocks waiting for a replica are what makes
-    Ray Serve add replicas.
+    Ray Serve add replicas. ``health``: the backend's ``/health`` when the caller has asked it already.
 
     Raises:
         InputError: ``SEGEARTH_CONCURRENCY`` is not a whole number from 1 to :data:`MAX_CONCURRENCY`.
@@ -38,10 +39,12 @@ def choose_concurrency(client: Any, env: Mapping[str, str] = os.environ) -> int:
             raise InputError(f"{ENV_CONCURRENCY} must be a whole number from 1 to {MAX_CONCURRENCY} (blocks sent "
                              f"to the backend at once), not {text[:20]!r}: fix or unset it.")
         return int(text)
-    try:
-        replicas = client.health().get("replicas")
-    except BackendError:
-        return 1  # the job's first request reports the problem
+    if health is None:
+        try:
+            health = client.health()
+        except BackendError:
+            return 1  # the job's first request reports the problem
+    replicas = health.get("replicas")
     if not isinstance(replicas, dict):
         return 1  # a backend from before replicas were advertised
     count = replicas.get("max", replicas.get("total"))

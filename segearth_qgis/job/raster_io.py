@@ -17,10 +17,9 @@ from osgeo import gdal, ogr, osr
 
 from ..core.grid import Grid
 from ..core.pixels import PixelRecipe, to_rgb
+from ..core.request_rules import NODATA_LABEL
 from ..errors import AoiError, LayerError
 from .gdal_errors import GdalError, checked, collect_errors, is_gdal_failure_code
-
-NODATA_LABEL = 255
 
 
 class BandReader(Protocol):

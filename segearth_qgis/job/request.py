@@ -17,16 +17,13 @@ from qgis.core import QgsRasterLayer
 
 from ..core.classes import check_class_lines, class_lines
 from ..core.grid import Rect
+from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
 from ..errors import ClassesError, InputError, LayerError
 from .aoi import AreaOfInterest
 from .engine import JobParams
 from .layer_input import layer_files
 from .outputs import OutputPlan, normalise_output, plan_outputs, raster_side_files
-from .source_plan import PreparedJob, prepare
-
-#: The global-bias weight: the paper's value; 0 turns the bias subtraction off.
-DEFAULT_BIAS_LAMBDA = -0.3
-BIAS_LAMBDA_RANGE = (-10.0, 10.0)
+from .source_plan import SourcePlan, plan_source
 
 
 @dataclass(frozen=True)
@@ -69,10 +66,10 @@ class JobInputs:
 
 
 @dataclass(frozen=True)
-class PlannedJob:
-    """A job ready to run: where to read (``job``) and what to do and write (``params``)."""
+class JobPlan:
+    """A checked job, ready to run: where to read (``source``) and what to do and write (``params``)."""
 
-    job: PreparedJob
+    source: SourcePlan
     params: JobParams
 
     @property
@@ -82,16 +79,12 @@ class PlannedJob:
 
 def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
     """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
-    and (``probabilities``) its ``_probabilities.tif`` (the folder is created if missing)."""
+    and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing folder is made by the run
+    (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")
     base = Path(folder).expanduser()
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"The default output folder {base} cannot be created ({error.strerror}): choose another "
-                         "one in the panel's options.") from None
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
     for number in range(1, 100000):
         candidate = base / f"{safe}_segearth_{number}.tif"
@@ -114,7 +107,8 @@ def _check_numbers(inputs: JobInputs, classes: int) -> None:
         raise InputError(f"The probability threshold must be between 0 and 1, got {inputs.threshold}.")
     low, high = BIAS_LAMBDA_RANGE
     if not (math.isfinite(inputs.bias_lambda) and low <= inputs.bias_lambda <= high):
-        raise InputError(f"The global-bias lambda must be between {low:g} and {high:g} (the paper uses -0.3), got "
+        raise InputError(f"The global-bias lambda must be between {low:g} and {high:g} (the paper uses "
+                         f"{DEFAULT_BIAS_LAMBDA:g}), got "
                          f"{inputs.bias_lambda}.")
     index = inputs.background_index
     if index is not None and not 0 <= index < classes:
@@ -124,7 +118,7 @@ def _check_numbers(inputs: JobInputs, classes: int) -> None:
         raise InputError(f"The block size must be positive, got {inputs.block_size}.")
 
 
-def plan_job(inputs: JobInputs) -> PlannedJob:
+def plan_job(inputs: JobInputs) -> JobPlan:
     """Check everything and build the job; cheap except for a 16-bit layer's stretch statistics.
 
     Raises:
@@ -136,8 +130,8 @@ def plan_job(inputs: JobInputs) -> PlannedJob:
     lines = class_lines(inputs.classes)
     check_class_lines(lines)
     _check_numbers(inputs, len(lines))
-    job = prepare(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
-    output = inputs.output.strip() or default_output_path(inputs.output_folder, job.layer_name,
+    source = plan_source(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
+    output = inputs.output.strip() or default_output_path(inputs.output_folder, source.layer_name,
                                                           inputs.probabilities is True)
     probabilities: Optional[str] = None
     if isinstance(inputs.probabilities, str) and inputs.probabilities.strip():
@@ -145,7 +139,7 @@ def plan_job(inputs: JobInputs) -> PlannedJob:
     elif inputs.probabilities is True:
         probabilities = probabilities_beside(output)
     outputs = plan_outputs(output, probabilities, [*layer_files(inputs.layer), *inputs.other_inputs],
-                           inputs.overwrite)
+                           inputs.overwrite, create_folder=not inputs.output.strip())
     params = JobParams(tuple(lines), outputs, inputs.threshold, inputs.background_index, inputs.bias_lambda,
                        inputs.block_size)
-    return PlannedJob(job, params)
+    return JobPlan(source, params)

@@ -1,4 +1,8 @@
-"""Everything a job needs from QGIS, prepared on the GUI / calling thread (shared by dock and Processing)."""
+"""Where a job reads: the processing grid and the recipe of its pixel source, planned on the GUI / calling thread.
+
+Shared by the dock and Processing; the :class:`~segearth_qgis.job.raster_io.PixelSource` itself is opened on the
+job's own thread (:meth:`SourcePlan.open`).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ from .raster_io import BandReader, PixelSource, polygon_mask
 
 
 @dataclass
-class PreparedJob:
-    """The processing grid and how to read it; :meth:`source` runs on the job's own thread."""
+class SourcePlan:
+    """The processing grid and how to read it; :meth:`open` runs on the job's own thread."""
 
     layer_name: str
     grid: Grid
@@ -26,7 +30,7 @@ class PreparedJob:
     make_reader: Callable[[], BandReader]
     polygons: tuple[str, ...] = ()
 
-    def source(self) -> PixelSource:
+    def open(self) -> PixelSource:
         mask = polygon_mask(self.polygons, self.grid, self.crs_wkt) if self.polygons else None
         return PixelSource(self.make_reader(), self.recipe, self.grid, mask)
 
@@ -57,8 +61,8 @@ def plan_grid(layer: QgsRasterLayer, aoi: AreaOfInterest, resolution: Optional[f
     return processing_grid(native_grid(layer), area, resolution), resolved.polygons_wkt
 
 
-def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
-            resolution: Optional[float] = None, clip: Optional[Rect] = None) -> PreparedJob:
+def plan_source(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
+                resolution: Optional[float] = None, clip: Optional[Rect] = None) -> SourcePlan:
     """Grid, pixel recipe and reader for ``layer`` over ``aoi`` at ``resolution`` map units per pixel.
 
     ``clip`` (in the raster's CRS) further limits the area, e.g. an extent given with a mask.
@@ -70,4 +74,4 @@ def prepare(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
     # The stretch of non-8-bit data comes from the whole layer, so a pixel's colour (and label) does not
     # depend on the area drawn around it.
     recipe = build_recipe(layer, choose_bands(layer, bands))
-    return PreparedJob(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), polygons)
+    return SourcePlan(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), polygons)

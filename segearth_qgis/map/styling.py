@@ -18,7 +18,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtXml import QDomDocument
 
-from ..job.outputs import write_whole
+from ..job.staging import write_whole
 from ..qgis_compat import renderer_band
 
 GROUP_NAME = "SegEarth-OV"

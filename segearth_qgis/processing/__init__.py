@@ -1,1 +1,1 @@
-"""The SegEarth-OV Processing provider: segment, segment and vectorize, class statistics."""
+"""The SegEarth-OV Processing provider: segment, segment and vectorize, class statistics, accuracy assessment."""

@@ -7,11 +7,9 @@ import math
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsDistanceArea,
     QgsFeature,
     QgsField,
     QgsFields,
-    QgsPointXY,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -22,16 +20,14 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
-    QgsRectangle,
-    QgsUnitTypes,
 )
 
+from ..core.request_rules import NODATA_LABEL
 from ..job.gdal_errors import collect_errors, opened
-from ..qgis_compat import METERS, SQUARE_METERS, TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
+from ..qgis_compat import TABLE_SOURCE, VECTOR_POLYGON_SOURCE, WKB_NO_GEOMETRY
 from ..qt_compat import field_type
+from .area import pixel_area_m2
 from .run_outputs import RunOutputs, layer_inputs
-
-NODATA = 255
 
 
 def class_names(layer: QgsRasterLayer) -> dict[int, str]:
@@ -55,24 +51,6 @@ def class_names(layer: QgsRasterLayer) -> dict[int, str]:
     return names
 
 
-def pixel_area_m2(layer: QgsRasterLayer, context: QgsProcessingContext) -> float:
-    """Area of one pixel in m² (ellipsoidal, at the raster's centre, for geographic CRSs)."""
-    extent = layer.extent()
-    width, height = extent.width() / layer.width(), extent.height() / layer.height()
-    crs = layer.crs()
-    if not crs.isGeographic():
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), METERS)
-        return width * height * factor * factor
-    measure = QgsDistanceArea()
-    measure.setSourceCrs(crs, context.transformContext())
-    measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
-    center = extent.center()
-    cell = QgsRectangle(center.x(), center.y(), center.x() + width, center.y() + height)
-    ring = [QgsPointXY(cell.xMinimum(), cell.yMinimum()), QgsPointXY(cell.xMaximum(), cell.yMinimum()),
-            QgsPointXY(cell.xMaximum(), cell.yMaximum()), QgsPointXY(cell.xMinimum(), cell.yMaximum())]
-    return measure.convertAreaMeasurement(measure.measurePolygon(ring), SQUARE_METERS)
-
-
 class ClassStatsAlgorithm(QgsProcessingAlgorithm):
     INPUT, ZONES, ZONE_FIELD, OUTPUT = "INPUT", "ZONES", "ZONE_FIELD", "OUTPUT"
 
@@ -89,8 +67,9 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
                 "zones, per polygon (native:zonalhistogram).\n\n"
                 "Zone attribute: the zones' field whose value goes into the zone column (default: the feature "
                 "id). Without zones the zone column is empty.\n\n"
-                "Nodata (255) is not counted; shares are of the counted pixels. Area is pixels times the pixel "
-                "area (ellipsoidal at the raster's centre for geographic CRSs).")
+                f"Nodata ({NODATA_LABEL}) is not counted; shares are of the counted pixels. Area is pixels times "
+                "the pixel area at the raster's centre: ellipsoidal on the project's ellipsoid when it has one "
+                "(and for geographic CRSs), else planar, as segment_vector measures its polygons.")
 
     def createInstance(self) -> ClassStatsAlgorithm:  # noqa: N802
         return ClassStatsAlgorithm()
@@ -115,7 +94,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
         with RunOutputs(self, parameters, context) as outputs:
             outputs.check([*layer_inputs(layer), *layer_inputs(zones_layer)], [self.OUTPUT])
             names = class_names(layer)
-            area = pixel_area_m2(layer, context)
+            area = pixel_area_m2(layer.crs(), layer.extent(), layer.width(), layer.height(), context)
             zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context) if parameters.get(self.ZONES) \
                 else ""
             fields = QgsFields()
@@ -154,7 +133,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             for feature in zones.getFeatures():
                 counts = {int(c[6:]): int(feature[c] or 0) for c in columns}
                 zone = feature[zone_field] if zone_field else int(feature.id())
-                rows.append((zone, {k: v for k, v in counts.items() if k != NODATA and v}))
+                rows.append((zone, {k: v for k, v in counts.items() if k != NODATA_LABEL and v}))
         else:
             report = processing.run("native:rasterlayeruniquevaluesreport", {
                 "INPUT": layer, "BAND": 1, "OUTPUT_TABLE": "TEMPORARY_OUTPUT"},
@@ -162,7 +141,7 @@ class ClassStatsAlgorithm(QgsProcessingAlgorithm):
             table = QgsProcessingUtils.mapLayerFromString(report, context)
             counts = {int(f["value"]): int(f["count"]) for f in table.getFeatures()
                       if f["value"] is not None and not math.isnan(float(f["value"]))}
-            rows.append((None, {k: v for k, v in counts.items() if k != NODATA}))
+            rows.append((None, {k: v for k, v in counts.items() if k != NODATA_LABEL}))
         return rows
 
     def zone_output_field(self, parameters: dict[str, Any], context: QgsProcessingContext, name: str) -> QgsField:

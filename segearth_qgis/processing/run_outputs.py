@@ -43,7 +43,9 @@ from qgis.core import (
 
 from ..errors import OutputError
 from ..job.layer_input import layer_files
-from ..job.outputs import StagedFiles, check_folder, recover_leftovers
+from ..job.leftovers import recover_leftovers
+from ..job.outputs import check_folder
+from ..job.staging import StagedFiles
 from ..job.vector_outputs import (
     SHAPEFILE_INDEXES,
     DataInput,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsDistanceArea,
     QgsFeature,
     QgsFeatureRequest,
     QgsField,
@@ -30,8 +29,9 @@ from qgis.PyQt.QtCore import Qt
 
 from .. import settings
 from ..client.backend_manager import shared_manager
-from ..core.classes import MAX_CLASSES, PRESETS
+from ..core.classes import PRESETS
 from ..core.report import shares_message, shares_warning
+from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.aoi import AoiKind, AreaOfInterest
 from ..job.engine import JobResult, execute
@@ -39,8 +39,9 @@ from ..job.request import JobInputs, plan_job
 from ..job.vector_outputs import DataInput
 from ..map.styling import class_style_text, class_vector_renderer
 from ..map.vector_style import planned_vector_style, vector_style_text
-from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, SQUARE_METERS, VECTOR_POLYGON_SOURCE, WKB_MULTIPOLYGON
+from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, VECTOR_POLYGON_SOURCE, WKB_MULTIPOLYGON
 from ..qt_compat import field_type
+from .area import area_m2, area_measure
 from .post_processing import ResultPostProcessor, attach
 from .run_outputs import RunOutputs, layer_inputs
 
@@ -56,11 +57,12 @@ HELP_COMMON = (
     "Classes: one per line; synonyms on a line are separated by commas (tree, forest). The default is the "
     f"{PRESETS[0].name} class list, with its threshold {PRESETS[0].threshold:g}.\n\n"
     "Bands: one (repeated) or three (R, G, B); default: the layer's renderer bands. Extent and mask limit the "
-    "area (pixels outside the mask polygons become nodata, 255). Resolution: map units per pixel (default: "
+    f"area (pixels outside the mask polygons become nodata, {NODATA_LABEL}). Resolution: map units per pixel (default: "
     "native).\n\n"
     "Pixels whose top probability is below the probability threshold get the background class (a line number "
     "counted from 0; -1: no background class, then every pixel keeps its best class and the threshold is not "
-    "used). Global-bias lambda weighs the global-bias subtraction (-0.3 in the paper, 0 disables it).\n\n"
+    f"used). Global-bias lambda weighs the global-bias subtraction ({DEFAULT_BIAS_LAMBDA:g} in the paper, 0 disables "
+    "it).\n\n"
     "The log lists the share of each class; a result that is all one class comes with a warning saying what "
     "to change."
 )
@@ -97,8 +99,8 @@ class _SegmentBase(QgsProcessingAlgorithm):
             self.BACKGROUND, "Background class (line number from 0; -1: none)", INTEGER_NUMBER,
             PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, -0.3, minValue=-10.0,
-            maxValue=10.0))
+            self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, DEFAULT_BIAS_LAMBDA,
+            minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
 
     def output_description(self, name: str) -> str:
         """The description of output parameter ``name``: the name Processing gives its layer by default."""
@@ -151,7 +153,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
             block_size=settings.load("block_size"), other_inputs=other_inputs)
         try:
             planned = plan_job(inputs)
-            job = planned.job
+            job = planned.source
             feedback.pushInfo(f"Segmenting {job.grid.width} x {job.grid.height} px of '{layer.name()}' "
                               f"into {len(planned.params.classes)} classes")
             client = shared_manager().client(cancelled=feedback.isCanceled)
@@ -258,7 +260,8 @@ class SegmentVectorAlgorithm(_SegmentBase):
     def shortHelpString(self) -> str:  # noqa: N802
         return HELP_COMMON + (
             "\n\nSegments like Segment raster, then turns regions of one class into polygons (gdal:polygonize) "
-            "with class_id, class_name and area_m2 (ellipsoidal area for geographic CRSs).\n\n"
+            "with class_id, class_name and area_m2 (ellipsoidal on the project's ellipsoid when it has one, and for "
+            "geographic CRSs; else planar, as class_stats measures).\n\n"
             "Drop background polygons (on by default) leaves out the background class's polygons (none are "
             "dropped when the background is -1). Polygons smaller than the minimum area (m²) are dropped; the "
             "simplification tolerance (map units) simplifies the outlines.\n\n"
@@ -353,10 +356,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
 
         Leaves out nodata, the class ``drop`` (None: none) and polygons under ``minimum`` m².
         """
-        measure = QgsDistanceArea()
-        measure.setSourceCrs(polygons.crs(), context.transformContext())
-        ellipsoid = context.ellipsoid() if context.ellipsoid() not in ("", "NONE") else ""
-        measure.setEllipsoid(ellipsoid or polygons.crs().ellipsoidAcronym() or "EPSG:7030")
+        measure = area_measure(polygons.crs(), context)
         total = max(polygons.featureCount(), 1)
         kept: dict[int, tuple[int, float]] = {}
         for index, feature in enumerate(polygons.getFeatures()):
@@ -364,8 +364,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             class_id = int(feature["class_id"])
             if class_id >= len(names) or class_id == drop:
                 continue
-            area = measure.convertAreaMeasurement(measure.measureArea(feature.geometry()),
-                                                  SQUARE_METERS)
+            area = area_m2(measure, feature.geometry())
             if area >= minimum:
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)

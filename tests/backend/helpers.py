@@ -1,13 +1,13 @@
-"""Backend-test helpers: a real server process, HTTP calls, bundles, tiny CLIP models of other shapes."""
+"""Backend-test helpers: a real server process, the one HTTP call, bundles, tiny CLIP models of other shapes."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,21 +42,27 @@ def launch_server(args: Sequence[str], tmp_dir: Path, env_extra: Optional[dict[s
 
 
 def call(url: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
-         content_type: str = BUNDLE_TYPE, method: Optional[str] = None, timeout: float = 60,
-         headers: Optional[dict[str, str]] = None) -> tuple[int, bytes]:
-    """One HTTP request; (status, body) whatever the status."""
-    request = urllib.request.Request(url + path, data=body, method=method or ("POST" if body is not None else "GET"))
-    request.add_header("Content-Type", content_type)
+         content_type: Optional[str] = BUNDLE_TYPE, method: Optional[str] = None, timeout: float = 60,
+         headers: Optional[dict[str, str]] = None) -> tuple[int, bytes, dict[str, str]]:
+    """One request over ``http.client``, whatever the status: (status, body, lower-cased headers).
+
+    No proxy and no header but Host, Content-Length and the ones asked for (``content_type`` only with a
+    body, the token as a bearer token, ``headers``), so the hardening tests control what is sent.
+    """
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    sent: dict[str, str] = {}
+    if content_type is not None and body is not None:
+        sent["Content-Type"] = content_type
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+        sent["Authorization"] = f"Bearer {token}"
+    sent.update(headers or {})
     try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        connection.request(method or ("POST" if body is not None else "GET"), path, body=body, headers=sent)
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
 
 
 def segment_body(image: np.ndarray, params: Optional[dict[str, Any]] = None, valid: Optional[np.ndarray] = None,

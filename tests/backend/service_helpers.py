@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import socket
@@ -10,10 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -24,13 +21,13 @@ from segearth_backend.device import autocast
 from segearth_backend.model.image_tower import image_features
 from segearth_backend.pipeline.classes import NODATA_LABEL, parse_classes
 from segearth_backend.pipeline.decision import decide
-from segearth_backend.pipeline.features import normalise, reduced_coordinates
-from segearth_backend.serve.protocol import BUNDLE_TYPE
+from segearth_backend.pipeline.features import normalise
+from segearth_backend.pipeline.pixel_logits import reduced_coordinates
 from segearth_backend.windows import window_grid
-from tests.backend.helpers import CLASSES, error_of, segment_body
-from tests.helpers import processes_with, subprocess_env
+from tests.backend.helpers import CLASSES, call, error_of, segment_body
+from tests.helpers import processes_with, subprocess_env, wait_for
 
-__all__ = ["CLASSES", "error_of", "segment_body"]  # shared with tests/backend/helpers.py
+__all__ = ["CLASSES", "call", "error_of", "segment_body", "wait_for"]  # from tests/backend/helpers.py, tests/helpers.py
 
 TOKEN = "hostile-test-token-7d1e"
 
@@ -104,27 +101,6 @@ def reference_predict(segmenter: Any, image: np.ndarray, classes: list[str], pro
 
 # ------------------------------------------------------------------ HTTP
 
-def call(url: str, path: str, body: Optional[bytes] = None, token: Optional[str] = None,
-         content_type: Optional[str] = BUNDLE_TYPE, method: Optional[str] = None, timeout: float = 60,
-         headers: Optional[dict[str, str]] = None) -> tuple[int, bytes, dict[str, str]]:
-    """One request over ``http.client`` (no proxies, no headers added but Host and Content-Length):
-    (status, body, lower-cased headers)."""
-    parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    sent: dict[str, str] = {}
-    if content_type is not None and body is not None:
-        sent["Content-Type"] = content_type
-    if token:
-        sent["Authorization"] = f"Bearer {token}"
-    sent.update(headers or {})
-    try:
-        connection.request(method or ("POST" if body is not None else "GET"), path, body=body, headers=sent)
-        response = connection.getresponse()
-        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-
-
 def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> bytes:
     """Send a hand-written request (``head`` without the final blank line) and read the whole answer."""
     host, port = url.split("//")[1].rsplit(":", 1)
@@ -158,16 +134,6 @@ def health(url: str, token: Optional[str] = None) -> dict[str, Any]:
     if status != 200:
         raise AssertionError(f"/health answered {status}: {body[:300]!r}")
     return dict(json.loads(body))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 # ------------------------------------------------------------------ servers
@@ -256,8 +222,7 @@ class ThreadServer:
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        if not wait_for(lambda: bool(self.server.started), 20, 0.02):
-            raise RuntimeError("the thread server did not start")
+        wait_for(lambda: bool(self.server.started), 20, 0.02, "the thread server did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:

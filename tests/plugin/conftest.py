@@ -77,7 +77,7 @@ def tiny_backend_args(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def local_backend(tiny_backend_args: list[str]):
     """A backend process started by the plugin's own client code (this tree's backend)."""
-    from segearth_qgis.client.backend_client import start_local_backend
+    from segearth_qgis.client.local_backend import start_local_backend
 
     backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
     yield backend

@@ -6,7 +6,7 @@ shape of its image features, and the feature upsampler the engine uses with
 it. The authors' SimFeatUp checkpoint (``xclip_jbu_one_million_aid.ckpt``)
 was trained on OpenAI CLIP ViT-B/16 features (512-d, 16-pixel patches); every
 other backbone runs with bilinear upsampling, as in the paper's backbone
-comparison. :mod:`.resolution` turns a preset into what the loader needs.
+comparison. :mod:`.resolve` turns a preset into what the loader needs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A class list is one class per line; a line may hold several synonyms
 separated by commas (``"tree, forest"``). Every synonym becomes its own text
-query; a class's probability is the maximum over its synonyms.
+query; a class's probability is the maximum over its synonyms. The rules and
+limits are :mod:`segearth_backend.request_rules`, which the plugin applies too.
 """
 
 from __future__ import annotations
@@ -11,26 +12,20 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from ..errors import ClassListError
+from ..request_rules import (
+    MAX_CLASSES,
+    MAX_LINE_CHARS,
+    MAX_QUERIES,
+    MAX_SYNONYM_CHARS,
+    MAX_SYNONYMS_PER_CLASS,
+    NODATA_LABEL,
+    ClassRuleError,
+    check_class_lines,
+    quote,
+)
 
-#: Label values 0..254 are classes; 255 is reserved for nodata.
-MAX_CLASSES = 254
-NODATA_LABEL = 255
-#: Limits on the text work one request may ask for. CLIP reads at most 77
-#: tokens (about 300 characters of English, less with the prompt templates
-#: around it), so a longer synonym only costs time.
-MAX_SYNONYM_CHARS = 200
-MAX_SYNONYMS_PER_CLASS = 16
-MAX_LINE_CHARS = 4000
-#: Every query is 80 template sentences through the text tower.
-MAX_QUERIES = 1024
-#: Class text quoted in messages is cut to this many characters.
-QUOTE_CHARS = 40
-
-
-def quote(text: str, limit: int = QUOTE_CHARS) -> str:
-    """``text`` in quotes for a message, cut to ``limit`` characters (with an ellipsis)."""
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
+__all__ = ["MAX_CLASSES", "MAX_LINE_CHARS", "MAX_QUERIES", "MAX_SYNONYM_CHARS", "MAX_SYNONYMS_PER_CLASS",
+           "NODATA_LABEL", "ClassSet", "parse_classes", "quote"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +52,6 @@ class ClassSet:
     @property
     def num_queries(self) -> int:
         return len(self.queries)
-
-
-def _collapse_spaces(text: str) -> str:
-    return " ".join(text.split())
 
 
 def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
@@ -94,73 +85,11 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> ClassSet:
                 f"got {type(classes).__name__}."
             )
         raw_lines = list(classes)
-    if not raw_lines:
-        raise ClassListError(
-            "The class list is empty: give at least one class, one per line "
-            "(for example 'building,roof' and 'road')."
-        )
-    if len(raw_lines) > MAX_CLASSES:
-        raise ClassListError(
-            f"{len(raw_lines)} classes given; at most {MAX_CLASSES} are supported "
-            f"(label {NODATA_LABEL} is reserved for nodata). Merge or remove classes."
-        )
-
-    lines: list[str] = []
-    names: list[str] = []
-    queries: list[str] = []
-    query_class: list[int] = []
-    seen: dict[str, int] = {}
-    for index, raw in enumerate(raw_lines):
-        synonyms = _split_line(raw, index)
-        if len(queries) + len(synonyms) > MAX_QUERIES:
-            total = len(queries) + sum(len(str(line).split(",")) for line in raw_lines[index:])
-            raise ClassListError(
-                f"The class list has about {total} names (classes and synonyms); at most {MAX_QUERIES} are "
-                "allowed, since each is encoded with 80 prompt sentences. Drop rare synonyms."
-            )
-        for synonym in synonyms:
-            key = synonym.casefold()
-            if key in seen:
-                other = seen[key]
-                where = "twice in the same class" if other == index else (
-                    f"in class {other + 1} and class {index + 1}"
-                )
-                raise ClassListError(
-                    f"{quote(synonym)} appears {where}: each class name and synonym "
-                    "must be unique (case-insensitive)."
-                )
-            seen[key] = index
-            queries.append(synonym)
-            query_class.append(index)
-        lines.append(",".join(synonyms))
-        names.append(synonyms[0])
-    return ClassSet(tuple(lines), tuple(names), tuple(queries), tuple(query_class))
-
-
-def _split_line(raw: object, index: int) -> list[str]:
-    """One class line -> its synonyms (whitespace collapsed), checked against the limits."""
-    if not isinstance(raw, str):
-        raise ClassListError(f"Class {index + 1} is a {type(raw).__name__}, not text.")
-    if not raw.strip():
-        raise ClassListError(f"Class {index + 1} is blank: remove the empty line or type a class name.")
-    if len(raw) > MAX_LINE_CHARS:
-        raise ClassListError(
-            f"Class {index + 1} ({quote(raw)}) is {len(raw)} characters long; at most {MAX_LINE_CHARS} "
-            "are allowed. Keep a few short names per class."
-        )
-    parts = raw.split(",")
-    if len(parts) > MAX_SYNONYMS_PER_CLASS:
-        raise ClassListError(
-            f"Class {index + 1} ({quote(raw)}) has {len(parts)} synonyms; at most {MAX_SYNONYMS_PER_CLASS} "
-            "are allowed. Keep the most typical names."
-        )
-    synonyms = [_collapse_spaces(part) for part in parts]
-    if any(not s for s in synonyms):
-        raise ClassListError(f"Class {index + 1} ({quote(raw)}) has an empty synonym: remove the extra comma.")
-    for synonym in synonyms:
-        if len(synonym) > MAX_SYNONYM_CHARS:
-            raise ClassListError(
-                f"Class {index + 1}: the name {quote(synonym)} is {len(synonym)} characters long; at most "
-                f"{MAX_SYNONYM_CHARS} are allowed (CLIP reads only 77 tokens). Use a short name."
-            )
-    return synonyms
+    try:
+        synonyms_per_class = check_class_lines(raw_lines)
+    except ClassRuleError as error:
+        raise ClassListError(str(error)) from None
+    queries = [synonym for synonyms in synonyms_per_class for synonym in synonyms]
+    query_class = [index for index, synonyms in enumerate(synonyms_per_class) for _ in synonyms]
+    return ClassSet(tuple(",".join(synonyms) for synonyms in synonyms_per_class),
+                    tuple(synonyms[0] for synonyms in synonyms_per_class), tuple(queries), tuple(query_class))

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import ImageError, ParameterError, ShapeError
+from ..request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
 from ..windows import grid_count, padded_area, padded_size
 
 #: The padded window area may be at most this many times the image's pixels (a large
@@ -119,10 +120,12 @@ def check_background_index(value: Any, num_classes: int) -> int:
 
 
 def check_lambda(value: Any) -> float:
-    """The global-bias lambda: a finite number (the paper uses -0.3)."""
+    """The global-bias lambda: a finite number in ``BIAS_LAMBDA_RANGE`` (the paper uses ``DEFAULT_BIAS_LAMBDA``)."""
     number = _finite(value, "bias_lambda")
-    if abs(number) > 10:
-        raise ParameterError(f"bias_lambda must be between -10 and 10 (the paper uses -0.3), got {number}.")
+    low, high = BIAS_LAMBDA_RANGE
+    if not low <= number <= high:
+        raise ParameterError(f"bias_lambda must be between {low:g} and {high:g} (the paper uses "
+                             f"{DEFAULT_BIAS_LAMBDA:g}), got {number}.")
     return number
 
 

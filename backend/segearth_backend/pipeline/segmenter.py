@@ -3,7 +3,7 @@
 The work is split in two: :mod:`.features` computes each window's features
 (image tower, SimFeatUp), which do not depend on the classes, and
 :mod:`.decision` turns logits into labels a chunk of queries at a time. The
-segmenter walks the image cell by cell (:func:`~.windows.cell_grid`), so it
+segmenter walks the image cell by cell (:func:`~segearth_backend.windows.cell_grid`), so it
 holds the logits of about two window rows (at most as many channels as a
 window has exact coordinates, whatever the number of queries) and of one
 cell and one chunk of queries: memory does not grow with the number of classes.
@@ -36,21 +36,14 @@ from ..model.resolve import choose_upsampler, require_preset_file, resolve_model
 from ..model.simfeatup_weights import SIMFEATUP_SHA256, resolve_upsampler_weights
 from ..model.text_embedder import TextEmbedder
 from ..model.weights_check import fail_fast_if_unobtainable
+from ..request_rules import DEFAULT_BIAS_LAMBDA, WINDOW_SIZE, WINDOW_STRIDE
 from ..upsampler.jbu import JBUOne, load_upsampler
-from ..windows import Cell, cell_grid, window_grid
+from ..windows import cell_grid, window_grid
+from .cells import CellLogits, average_logits
 from .classes import NODATA_LABEL, ClassSet, parse_classes
 from .decision import LOGIT_SCALE, QUERY_CHUNK_ELEMENTS, StreamingDecision, decide
 from .feature_cache import FeatureCache, weights_fingerprint
-from .features import (
-    PIXEL_MEAN,
-    PIXEL_STD,
-    ImageTower,
-    PixelLogits,
-    QuerySet,
-    WindowSource,
-    normalise,
-    reduced_coordinates,
-)
+from .features import PIXEL_MEAN, PIXEL_STD, ImageTower, QuerySet, WindowSource, normalise
 from .inputs import (
     check_background_index,
     check_image,
@@ -59,14 +52,16 @@ from .inputs import (
     check_threshold,
     check_valid_mask,
 )
+from .pixel_logits import reduced_coordinates
 
 __all__ = ["Segmenter", "Prediction", "load_segmenter", "decide", "normalise", "reduced_coordinates",
            "PIXEL_MEAN", "PIXEL_STD", "LOGIT_SCALE", "CROP", "STRIDE"]
 
 log = logging.getLogger(__name__)
 
-CROP = 224
-STRIDE = 112
+#: The sliding window (published in /health; the plugin plans its blocks with it).
+CROP = WINDOW_SIZE
+STRIDE = WINDOW_STRIDE
 #: With SimFeatUp, windows are padded to at least this size: the first x2
 #: step must be larger than the kernel radius for its reflect padding.
 MIN_WINDOW_WITH_UPSAMPLER = 48
@@ -113,44 +108,6 @@ class _Stage:
     def __exit__(self, *exc: object) -> None:
         synchronize(self.timer.device)
         self.timer.seconds[self.name] += time.perf_counter() - self.start
-
-
-class _CellFeatures:
-    """The logits of the windows being walked, cut into the cells they cover.
-
-    A window's logits are fetched when the first cell that needs them comes
-    up, cut into one block per cell (so finished cells free their memory), and
-    dropped block by block as cells are finished.
-    """
-
-    def __init__(self, source: WindowSource, cells: list[Cell]) -> None:
-        self.source = source
-        self.cells_of: dict[int, list[int]] = defaultdict(list)
-        for index, cell in enumerate(cells):
-            for window in cell.windows:
-                self.cells_of[window].append(index)
-        self.cells = cells
-        self.blocks: dict[tuple[int, int], PixelLogits] = {}
-        self.fetched: set[int] = set()
-
-    def _fetch(self, window: int) -> None:
-        for index, features in self.source.features(window):
-            w = self.source.windows[index]
-            for cell_index in self.cells_of[index]:
-                cell = self.cells[cell_index]
-                rows = slice(cell.y0 - w.y0, cell.y1 - w.y0)
-                cols = slice(cell.x0 - w.x0, cell.x1 - w.x0)
-                self.blocks[(index, cell_index)] = features.crop(rows, cols)
-            self.fetched.add(index)
-
-    def take(self, cell_index: int) -> list[PixelLogits]:
-        """The blocks of every window covering cell ``cell_index`` (in window order); forgets them."""
-        blocks = []
-        for window in self.cells[cell_index].windows:
-            if window not in self.fetched:
-                self._fetch(window)
-            blocks.append(self.blocks.pop((window, cell_index)))
-        return blocks
 
 
 class Segmenter:
@@ -245,7 +202,8 @@ class Segmenter:
     # ----------------------------------------------------------- prediction
     @torch.inference_mode()
     def predict(self, image: np.ndarray, classes: Union[str, Sequence[str]], prob_threshold: float = 0.0,
-                background_index: int = 0, bias_lambda: float = -0.3, valid: Optional[np.ndarray] = None, *,
+                background_index: int = 0, bias_lambda: float = DEFAULT_BIAS_LAMBDA,
+                valid: Optional[np.ndarray] = None, *,
                 probabilities: bool = True, should_stop: Optional[Callable[[], bool]] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment ``image`` into ``classes``.
@@ -260,9 +218,10 @@ class Segmenter:
             classes: class lines (synonyms comma-separated), or one string of lines.
             prob_threshold: pixels whose top probability is below it get ``background_index``.
             background_index: class index used below the threshold.
-            bias_lambda: weight of the global-bias subtraction (-0.3 in the paper; 0 disables it).
+            bias_lambda: weight of the global-bias subtraction (``DEFAULT_BIAS_LAMBDA`` in the paper; 0 disables
+                it).
             valid: optional ``H x W`` bool mask; False pixels are zeroed in
-                normalised space and get label 255 and probability 0.
+                normalised space and get label ``NODATA_LABEL`` (255) and probability 0.
             probabilities: also return the ``K x H x W`` probabilities (else
                 they are never built: labels need ``H x W`` only).
             should_stop: asked before every window; True stops with
@@ -293,11 +252,11 @@ class Segmenter:
         labels_out = np.empty((height, width), np.uint8)
         probs_out = np.empty((class_set.num_classes, height, width), np.float32) if probabilities else None
         cells = cell_grid(height, width, CROP, STRIDE)
-        store = _CellFeatures(source, cells)
+        store = CellLogits(source, cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
             with timer.stage("logits"):
-                labels, probs = decision.decide(functools.partial(_average, blocks), cell.height, cell.width)
+                labels, probs = decision.decide(functools.partial(average_logits, blocks), cell.height, cell.width)
                 del blocks
                 if valid is not None:
                     invalid = ~torch.from_numpy(valid[cell.y0:cell.y1, cell.x0:cell.x1]).to(self.device)
@@ -313,7 +272,7 @@ class Segmenter:
         return Prediction(labels_out, probs_out, class_set, timings)
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = -0.3,
+    def logits(self, image: np.ndarray, classes: Union[str, Sequence[str]], bias_lambda: float = DEFAULT_BIAS_LAMBDA,
                valid: Optional[np.ndarray] = None) -> np.ndarray:
         """Window-averaged logits of ``image`` before the decision (for evaluation).
 
@@ -341,22 +300,12 @@ class Segmenter:
         queries = self.text.embed(class_set.queries).float()
         out = np.empty((class_set.num_queries, height, width), np.float32)
         cells = cell_grid(height, width, CROP, STRIDE)
-        store = _CellFeatures(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
+        store = CellLogits(self.window_features(image, valid, self._query_set(queries, bias_lambda)), cells)
         for index, cell in enumerate(cells):
             blocks = store.take(index)
-            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = _average(blocks, 0, class_set.num_queries).float().cpu().numpy()
+            logits = average_logits(blocks, 0, class_set.num_queries)
+            out[:, cell.y0:cell.y1, cell.x0:cell.x1] = logits.float().cpu().numpy()
         return out
-
-
-def _average(blocks: list[PixelLogits], start: int, stop: int) -> torch.Tensor:
-    """The mean over the covering windows of their logits of queries ``start .. stop - 1`` (summed in window
-    order): ``c x h x w``."""
-    total = blocks[0].logits(start, stop)
-    if len(blocks) > 1:
-        total = total + blocks[1].logits(start, stop)  # a new tensor: blocks may hand out views
-        for block in blocks[2:]:
-            total += block.logits(start, stop)
-    return total / len(blocks)
 
 
 def _cache_timings(source: WindowSource, cache: FeatureCache) -> dict[str, float]:
@@ -384,7 +333,7 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
     ``SEGEARTH_*`` environment variables, else the defaults (the
     ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
     checkpoint; ``auto`` device). ``model`` may be a preset name
-    (:mod:`.presets`); :mod:`.resolution` decides weights and upsampler.
+    (:mod:`..model.presets`); :mod:`..model.resolve` decides weights and upsampler.
     Missing weights that cannot be downloaded now fail at once, all named.
 
     Raises:

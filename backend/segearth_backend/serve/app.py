@@ -2,8 +2,8 @@
 
 Endpoints (protocol version 1; see the README):
 
-- ``GET /health``: versions, status, device, precision and what the CPU supports, the feature
-  cache (hits, misses, memory); with the token (or when the server has none) also the loaded
+- ``GET /health``: versions, status, the sliding window, device, precision and what the CPU supports, the
+  feature cache (hits, misses, memory); with the token (or when the server has none) also the loaded
   weights and the load error.
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
@@ -11,8 +11,8 @@ Endpoints (protocol version 1; see the README):
 - ``POST /classes/embed``: JSON ``{"classes": [...]}``: pre-computes embeddings.
 - ``GET /models``: the model presets and which are installed here (token: it names local paths).
 
-Inference runs on an engine behind a bounded queue (:mod:`.engine_state`): one
-worker thread in this process (:mod:`.worker`), or the replicas of a Ray Serve
+Inference runs on an engine behind a bounded queue (:mod:`.engine_base`): one
+worker thread in this process (:mod:`.local_engine`), or the replicas of a Ray Serve
 application (:mod:`.ray_engine`, ``serve --ray``); the routes, guards and
 answers are the same for both. :mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
 oversized bodies before any work is done.
@@ -20,7 +20,6 @@ oversized bodies before any work is done.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -35,50 +34,34 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional, cast
+from typing import Any, AsyncIterator, Callable, Optional
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..config import EngineConfig
-from ..errors import ConfigError, InputError, PredictionCancelledError
-from ..pipeline.classes import parse_classes
-from .engine_base import EngineState
+from ..errors import ApiError, ConfigError
+from .engine_base import EngineBase
 from .guards import (
-    ApiError,
     RequestGuard,
-    check_content_type,
-    check_token,
     error_response,
-    input_error_answer,
     is_loopback,
-    read_body,
-    token_matches,
-    wait_for_disconnect,
 )
-from .inference import SegmentAnswer, SegmentRequest
-from .local_engine import Engine
-from .progress import REQUEST_ID, Job, JobBoard
-from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, read_bundle, write_bundle
+from .local_engine import LocalEngine
+from .progress import JobBoard
+from .protocol import PROTOCOL_VERSION
 from .ray_settings import RaySettings
+from .routes import EXCEPTION_HANDLERS, Routes
 
-__all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "Engine", "ENV_TOKEN"]
+__all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "LocalEngine", "ENV_TOKEN"]
 
 log = logging.getLogger(__name__)
 
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 DEFAULT_MAX_REQUEST_MB = 512
 DEFAULT_MAX_QUEUE = 4
-SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities",
-                  "protocol", "request_id"}
-#: /health fields that name local files; shown only to clients with the token.
-PRIVATE_HEALTH_FIELDS = ("clip_weights", "upsampler_weights", "upsampler_reason", "error")
 
 
 @dataclass(frozen=True)
@@ -135,26 +118,6 @@ def read_token_file(path: Path) -> str:
     return token
 
 
-def _segment_params(params: Any) -> dict[str, Any]:
-    if not isinstance(params, dict):
-        raise ApiError(422, "bad_parameter", "params.json must be a JSON object.")
-    unknown = sorted(set(params) - SEGMENT_PARAMS)
-    if unknown:
-        raise ApiError(422, "bad_parameter", f"Unknown parameter(s) {', '.join(u[:40] for u in unknown[:5])}; "
-                       f"known: {', '.join(sorted(SEGMENT_PARAMS))}.")
-    if params.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise ApiError(422, "protocol_mismatch", f"The client speaks protocol {str(params['protocol'])[:20]}, this "
-                       f"backend {PROTOCOL_VERSION}: update the plugin or the backend so they match.")
-    if "classes" not in params:
-        raise ApiError(422, "bad_classes", "params.json needs 'classes': a list of class lines.")
-    if not isinstance(params.get("return_probabilities", False), bool):
-        raise ApiError(422, "bad_parameter", "return_probabilities must be true or false.")
-    request_id = params.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id)):
-        raise ApiError(422, "bad_parameter", "request_id must be 1 to 64 letters, digits, '.', '_' or '-'.")
-    return params
-
-
 class FaultBarrier:
     """ASGI middleware: an unexpected exception becomes one logged traceback and a generic 500 answer.
 
@@ -191,125 +154,19 @@ class FaultBarrier:
 
 
 def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None,
-               on_ready: Optional[Callable[[EngineState], None]] = None,
-               engine: Optional[EngineState] = None) -> Starlette:
+               on_ready: Optional[Callable[[EngineBase], None]] = None,
+               engine: Optional[EngineBase] = None) -> Starlette:
     """The ASGI app.
 
     Inference runs on ``engine`` (for instance a :class:`~segearth_backend.serve.ray_engine.RayEngine`), or else
-    on an :class:`~segearth_backend.serve.local_engine.Engine` in this process whose ``factory()`` builds the segmenter;
-    either is loaded on a background thread at start-up.
+    on a :class:`~segearth_backend.serve.local_engine.LocalEngine` in this process whose ``factory()`` builds the
+    segmenter; either is loaded on a background thread at start-up.
     """
     if engine is None:
         if factory is None:
             raise ValueError("create_app needs a segmenter factory or an engine")
-        engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
+        engine = LocalEngine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
     board = JobBoard()
-
-    async def health(request: Request) -> JSONResponse:
-        status = "busy" if engine.status == "ready" and engine.admitted else engine.status
-        body: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "version": __version__, "status": status,
-                                "queued": engine.admitted, "max_queue": engine.max_queue,
-                                "auth": settings.token is not None}
-        if engine.error:
-            body["error"] = engine.error
-        body.update(engine.info)
-        body.update(engine.health_fields())
-        if engine.seconds_per_megapixel is not None:
-            body["seconds_per_megapixel"] = round(engine.seconds_per_megapixel, 3)
-        if not token_matches(request, settings.token):
-            for name in PRIVATE_HEALTH_FIELDS:
-                body.pop(name, None)
-        return JSONResponse(body)
-
-    async def segment(request: Request) -> Response:
-        check_token(request, settings.token)
-        check_content_type(request, BUNDLE_TYPE)
-        with engine.admit():  # before reading a large body
-            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
-            members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
-            del body
-            if "image.npy" not in members or "params.json" not in members:
-                raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
-            params = _segment_params(members["params.json"])
-            parse_classes(params["classes"])  # validate before queueing
-            work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
-            del members
-            job = board.open(params.get("request_id"))
-            if job is None:
-                raise ApiError(409, "request_id_in_use", f"A request named {params['request_id']!r} is still "
-                               "running: give each request its own request_id.")
-            start = time.perf_counter()
-            answer = await _run_watched(request, engine, work, job, board)
-            seconds = time.perf_counter() - start
-            engine.record_speed(seconds, work.pixels)
-            out: dict[str, Any] = {
-                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
-                              "names": list(answer.names), "timings": answer.timings,
-                              "server_seconds": seconds, "request_id": job.request_id},
-                "labels.npy": answer.labels,
-            }
-            if answer.probabilities is not None:
-                out["probabilities.npy"] = answer.probabilities
-            return Response(write_bundle(out), media_type=BUNDLE_TYPE)
-
-    async def progress(request: Request) -> JSONResponse:
-        check_token(request, settings.token)
-        request_id = request.path_params["request_id"]
-        job = board.get(request_id) if REQUEST_ID.fullmatch(request_id) else None
-        if job is None:
-            raise ApiError(404, "unknown_request", "No request with that request_id is running or finished "
-                           "recently: send request_id in params.json to follow a request.")
-        return JSONResponse(job.document())
-
-    async def embed(request: Request) -> JSONResponse:
-        check_token(request, settings.token)
-        check_content_type(request, JSON_TYPE)
-        with engine.admit():
-            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
-            try:
-                payload = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ApiError(400, "bad_request", f"The body is not JSON: {error}.") from None
-            except RecursionError:
-                raise ApiError(400, "bad_request", "The body is nested too deeply; send {\"classes\": [...]}.") \
-                    from None
-            if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
-                raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
-            parse_classes(payload["classes"])  # validate before queueing
-            start = time.perf_counter()
-            classes, queries = await engine.embed(payload["classes"])
-            return JSONResponse({"classes": classes, "queries": queries,
-                                 "seconds": round(time.perf_counter() - start, 3)})
-
-    async def models(request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
-        from ..model.listing import model_status
-
-        check_token(request, settings.token)  # the list names local paths
-
-        rows = await run_in_threadpool(model_status, settings.engine.cache_dir)
-        return JSONResponse({"presets": rows, "loaded": engine.info.get("model_preset")})
-
-    async def api_error(request: Request, error: Exception) -> JSONResponse:
-        api = cast(ApiError, error)
-        return error_response(api.status, api.code, api.message, api.headers)
-
-    async def input_error(request: Request, error: Exception) -> JSONResponse:
-        api = input_error_answer(cast(InputError, error))
-        return error_response(api.status, api.code, api.message)
-
-    async def http_error(request: Request, error: Exception) -> JSONResponse:
-        http = cast(HTTPException, error)
-        return error_response(http.status_code, "http_error", str(http.detail))
-
-    async def client_gone(request: Request, error: Exception) -> JSONResponse:
-        log.info("%s %s: the client went away before sending its whole request", request.method, request.url.path)
-        return error_response(400, "client_disconnected", "The client closed the connection.")
-
-    async def cancelled(request: Request, error: Exception) -> JSONResponse:
-        log.info("%s %s: %s", request.method, request.url.path, error)
-        return error_response(409, "cancelled", str(error))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -324,43 +181,14 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
             on_ready(engine)
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/segment", segment, methods=["POST"]),
-                Route("/progress/{request_id}", progress, methods=["GET"]),
-                Route("/classes/embed", embed, methods=["POST"]), Route("/models", models, methods=["GET"])],
+        routes=Routes(settings, engine, board).table(),
         middleware=[Middleware(FaultBarrier), Middleware(RequestGuard, loopback_only=is_loopback(settings.host))],
-        exception_handlers={ApiError: api_error, InputError: input_error, HTTPException: http_error,
-                            ClientDisconnect: client_gone, PredictionCancelledError: cancelled},
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.board = board
     return app
-
-
-async def _run_watched(request: Request, engine: EngineState, work: SegmentRequest, job: Job,
-                       board: JobBoard) -> SegmentAnswer:
-    """Run ``work`` on the engine; if the client disconnects meanwhile, cancel it between window batches."""
-    async def watch() -> None:
-        try:
-            await wait_for_disconnect(request)
-        except Exception:  # noqa: BLE001 - a broken receive channel is not a disconnect; keep working
-            return
-        log.info("request %s: the client went away; stopping its work", job.request_id)
-        job.cancel.set()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        result = await engine.segment(work, job)
-    except PredictionCancelledError:
-        board.close(job, "cancelled")
-        raise
-    except BaseException:
-        board.close(job, "failed")
-        raise
-    finally:
-        watcher.cancel()
-    board.close(job, "done")
-    return result
 
 
 def write_ready_file(path: Path, document: dict[str, Any]) -> None:
@@ -444,7 +272,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     url = f"http://{'[' + settings.host + ']' if family == socket.AF_INET6 else settings.host}:{port}"
     log.info("listening on %s; loading the model", url)
 
-    engine: Optional[EngineState] = None
+    engine: Optional[EngineBase] = None
     if settings.ray is not None:  # Ray is imported only here, when asked for
         from .ray_engine import RayEngine
 
@@ -460,7 +288,7 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
 
     server: Optional[uvicorn.Server] = None
 
-    def on_ready(engine: EngineState) -> None:
+    def on_ready(engine: EngineBase) -> None:
         if engine.status == "ready":
             if settings.ready_file is not None:
                 write_ready_file(settings.ready_file, {"url": url, "pid": os.getpid(),

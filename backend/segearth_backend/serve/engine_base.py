@@ -1,11 +1,11 @@
 """What every inference engine behind the service shares: loading state, admission, the measured speed.
 
-The HTTP layer (:mod:`.service`) talks to an engine through this interface
+The HTTP layer (:mod:`.app`) talks to an engine through this interface
 only, so the same routes, guards and answers serve the single-process engine
-(:class:`~segearth_backend.serve.local_engine.Engine`) and the Ray Serve one
+(:class:`~segearth_backend.serve.local_engine.LocalEngine`) and the Ray Serve one
 (:class:`~segearth_backend.serve.ray_engine.RayEngine`).
 
-Requests are admitted (:meth:`EngineState.admit`) before their body is read;
+Requests are admitted (:meth:`EngineBase.admit`) before their body is read;
 ``slots`` run at once (1 in one process, one per replica on Ray) and at most
 ``max_queue`` more wait, the rest get 503 with ``Retry-After``.
 """
@@ -17,7 +17,7 @@ import threading
 from types import TracebackType
 from typing import Any, Optional
 
-from .guards import ApiError
+from ..errors import ApiError
 from .inference import SegmentAnswer, SegmentRequest
 from .progress import Job
 
@@ -25,7 +25,7 @@ from .progress import Job
 class Admission:
     """A place in the queue, held from before the body is read until the answer is ready."""
 
-    def __init__(self, engine: EngineState) -> None:
+    def __init__(self, engine: EngineBase) -> None:
         self.engine = engine
 
     def __enter__(self) -> Admission:
@@ -36,7 +36,7 @@ class Admission:
         self.engine.admitted -= 1
 
 
-class EngineState:
+class EngineBase:
     """Loading state, the admission count and the last measured speed; subclasses do the work.
 
     Args:

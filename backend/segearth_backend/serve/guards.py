@@ -20,17 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import InputError
+from ..errors import ApiError, InputError
 from .protocol import ProtocolError
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": ...}`` with an HTTP status (and headers)."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..request_rules import DEFAULT_BIAS_LAMBDA
 from .progress import Job
 
 
@@ -25,14 +26,14 @@ class SegmentRequest:
     valid: Any = None
     prob_threshold: Any = 0.0
     background_index: Any = 0
-    bias_lambda: Any = -0.3
+    bias_lambda: Any = DEFAULT_BIAS_LAMBDA
     probabilities: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any], image: Any, valid: Any) -> SegmentRequest:
         """From a checked ``params.json`` and the bundle's arrays."""
         return cls(image, params["classes"], valid, params.get("prob_threshold", 0.0),
-                   params.get("background_index", 0), params.get("bias_lambda", -0.3),
+                   params.get("background_index", 0), params.get("bias_lambda", DEFAULT_BIAS_LAMBDA),
                    params.get("return_probabilities", False))
 
     @property

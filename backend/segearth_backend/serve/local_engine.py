@@ -1,6 +1,6 @@
 """The segmenter in this process: loading, one inference thread, out-of-memory recovery.
 
-Requests are admitted (:meth:`~.engine_state.EngineState.admit`) before their body is read; at
+Requests are admitted (:meth:`~.engine_base.EngineBase.admit`) before their body is read; at
 most ``max_queue`` wait while one runs, the rest get 503 with
 ``Retry-After``. Work runs on a single thread, so concurrent clients cannot
 exhaust device memory. A CUDA out-of-memory error halves the window batch
@@ -18,16 +18,15 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import PredictionCancelledError, SegEarthError
-from .engine_base import EngineState
-from .guards import ApiError
+from ..errors import ApiError, PredictionCancelledError, SegEarthError
+from .engine_base import EngineBase
 from .inference import SegmentAnswer, SegmentRequest, run_embed, run_segment
 from .progress import Job
 
 log = logging.getLogger(__name__)
 
 
-class Engine(EngineState):
+class LocalEngine(EngineBase):
     """The segmenter in this process: loading, the inference thread and its queue.
 
     Args:

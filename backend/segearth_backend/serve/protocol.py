@@ -5,7 +5,7 @@ A *bundle* is an uncompressed ZIP archive (``ZIP_STORED``) of named members:
 Requests to ``POST /segment`` carry ``params.json``, ``image.npy`` and
 optionally ``valid.npy``; responses carry ``meta.json``, ``labels.npy`` and
 optionally ``probabilities.npy``. The plugin has its own copy of this codec
-(``segearth_qgis/protocol.py``): the two packages never import each other.
+(``segearth_qgis/client/protocol.py``): the two packages never import each other.
 """
 
 from __future__ import annotations

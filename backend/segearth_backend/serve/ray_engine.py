@@ -1,6 +1,6 @@
 """``serve --ray``: the service's engine as a Ray Serve application, one segmenter per replica.
 
-The HTTP front stays this process's Starlette app (:mod:`.service`: the same
+The HTTP front stays this process's Starlette app (:mod:`.app`: the same
 routes, guards, bundle, progress and admission as a single-process backend,
 the same ready file); every ``/segment`` and ``/classes/embed`` goes through
 a Serve deployment handle to one of the replicas (:mod:`.ray_replica`), which
@@ -26,9 +26,8 @@ import traceback
 from typing import Any, Optional
 
 from ..config import EngineConfig
-from ..errors import ConfigError, PredictionCancelledError, SegEarthError
-from .engine_base import EngineState
-from .guards import ApiError
+from ..errors import ApiError, ConfigError, PredictionCancelledError, SegEarthError
+from .engine_base import EngineBase
 from .inference import SegmentAnswer, SegmentRequest
 from .progress import Job
 from .ray_replica import SegmenterReplica
@@ -50,7 +49,7 @@ DESCRIBE_TIMEOUT = 600.0
 CLOSE_TIMEOUT = 30.0
 
 
-class RayEngine(EngineState):
+class RayEngine(EngineBase):
     """Serves through a Ray Serve application (see the module docstring).
 
     Args:
@@ -58,7 +57,7 @@ class RayEngine(EngineState):
         settings: the cluster and the replicas.
         warmup: each replica runs a tiny prediction after loading.
         max_queue: requests that may wait while every replica is busy.
-        recover_after: see :class:`~segearth_backend.serve.local_engine.Engine`.
+        recover_after: see :class:`~segearth_backend.serve.local_engine.LocalEngine`.
     """
 
     def __init__(self, config: EngineConfig, settings: RaySettings, warmup: bool = True, max_queue: int = 4,

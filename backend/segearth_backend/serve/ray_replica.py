@@ -1,4 +1,4 @@
-"""One Ray Serve replica: a :class:`~segearth_backend.serve.local_engine.Engine` holding one segmenter.
+"""One Ray Serve replica: a :class:`~segearth_backend.serve.local_engine.LocalEngine` holding one segmenter.
 
 The class is plain Python (no Ray import here); :mod:`.ray_engine` turns it
 into a Serve deployment. Each replica loads and warms up its own segmenter,
@@ -23,10 +23,10 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from ..config import EngineConfig
-from ..errors import InputError
-from .guards import ApiError, input_error_answer
+from ..errors import ApiError, InputError
+from .guards import input_error_answer
 from .inference import SegmentRequest
-from .local_engine import Engine
+from .local_engine import LocalEngine
 from .progress import Job
 
 #: Seconds between two progress events of a running request.
@@ -67,7 +67,7 @@ class SegmenterReplica:
         from ..pipeline.segmenter import load_segmenter
 
         limit_threads(cpus)
-        self.engine = Engine(functools.partial(load_segmenter, config=config), warmup, 0, recover_after)
+        self.engine = LocalEngine(functools.partial(load_segmenter, config=config), warmup, 0, recover_after)
         self.engine.load()  # a failure is reported by describe(), not raised: Ray would retry it in a loop
 
     def describe(self) -> dict[str, Any]:
@@ -115,7 +115,7 @@ class SegmenterReplica:
             return error_event(error)
 
 
-def _not_loaded(engine: Engine) -> ApiError:
+def _not_loaded(engine: LocalEngine) -> ApiError:
     try:
         engine.require_ready()
     except ApiError as error:

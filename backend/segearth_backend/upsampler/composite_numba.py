@@ -1,4 +1,4 @@
-"""numba CPU kernels of the composite x2 step (:mod:`.composite`); ``AVAILABLE`` is False without numba.
+"""numba CPU kernels of the composite x2 step (:mod:`.composite_step`); ``AVAILABLE`` is False without numba.
 
 Arrays are float32 (indices int64), C-contiguous, channels last. A composite
 kernel has ``TAPS_LOW = 81`` taps: tap ``a * 9 + b`` weighs the low-resolution

@@ -24,10 +24,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import composite_numba as numba_upsample
+from . import composite_numba
 
 #: Available on this machine (CPU float32 only).
-AVAILABLE = numba_upsample.AVAILABLE
+AVAILABLE = composite_numba.AVAILABLE
 RADIUS = 5
 #: The composite kernel's taps: 9 x 9 low-resolution pixels.
 SPAN = 9
@@ -92,7 +92,7 @@ def compose(kernel: torch.Tensor, rows: tuple[int, int, int], cols: tuple[int, i
     kernel = kernel.contiguous()
     out = torch.empty(kernel.shape[0], kernel.shape[1], TAPS_LOW)
     scratch = np.empty((kernel.shape[0], 2 * RADIUS + 1, SPAN), np.float32)
-    numba_upsample.compose(kernel.numpy(), row_taps, row_weights, col_taps, col_weights, scratch, out.numpy())
+    composite_numba.compose(kernel.numpy(), row_taps, row_weights, col_taps, col_weights, scratch, out.numpy())
     return out
 
 
@@ -133,7 +133,7 @@ def upsample_x2(source: torch.Tensor, stripes: Sequence[torch.Tensor], stripe_ro
     if not 1 <= len(stripes) <= 3:
         raise ValueError(f"a window spans one to three kernel stripes, got {len(stripes)}")
     arrays = [stripe.numpy() for stripe in stripes] + [_EMPTY_ROWS] * (3 - len(stripes))
-    numba_upsample.upsample_x2(
+    composite_numba.upsample_x2(
         padded.numpy(), arrays[0], arrays[1], arrays[2], stripe_rows, first_row, col0, parts["top"], parts["bottom"],
         parts["left"], parts["right"], FRAME, bias, split or channels, np.empty((low_h, 4, channels), np.float32),
         out.numpy(), norm.numpy())

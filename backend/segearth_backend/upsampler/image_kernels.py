@@ -5,7 +5,7 @@ step's grid. Overlapping windows whose origins sit on the pooled grid see the
 same pooled guidance, so away from their edges their kernels are the same.
 Per step, the windows that qualify (unpadded, origin a multiple of twice the
 pooling factor, large enough) share one *region*: the bounding box of those
-windows. The region's composite kernels (:mod:`.composite`) are computed once,
+windows. The region's composite kernels (:mod:`.composite_step`) are computed once,
 in horizontal stripes; each window then computes only the ``FRAME``-pixel
 strips along its edges that lie inside the region, where its own border
 (reflection, bicubic clamping) makes its kernels differ. Windows that do not
@@ -31,9 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..windows import Window
-from . import composite_step as composite
-from . import neighbourhood as kernels
-from . import neighbourhood_numba as numba_kernels
+from . import composite_step, neighbourhood, neighbourhood_numba
 from .heap import release_free_memory
 from .jbu import RADIUS, STEPS, JointBilateralStep
 from .neighbourhood import _reflect_index_cpu
@@ -44,7 +42,7 @@ SHARE_MIN = 64
 STRIPE_PIXELS = 112
 #: Pixels whose kernels are computed together (bounds the work space: about 32 MB).
 PIXELS_PER_PASS = 65536
-KERNEL_BYTES = composite.TAPS_LOW * 4
+KERNEL_BYTES = composite_step.TAPS_LOW * 4
 
 #: ``guidance(y0, y1, x0, x1)``: the normalised image rectangle, ``1 x 3 x (y1 - y0) x (x1 - x0)``.
 GuidanceFn = Callable[[int, int, int, int], torch.Tensor]
@@ -52,7 +50,7 @@ GuidanceFn = Callable[[int, int, int, int], torch.Tensor]
 
 @dataclass
 class StepKernels:
-    """The composite kernels of one window at one step (the arguments of :func:`composite.upsample_x2`).
+    """The composite kernels of one window at one step (the arguments of :func:`composite_step.upsample_x2`).
 
     Attributes:
         stripes: kernel stripes ``rows x cols x 81``; output row ``y`` reads stripe row
@@ -98,7 +96,7 @@ class WindowKernels:
         x, norm = source, None
         for number, step in enumerate(self.steps):
             last = number == len(self.steps) - 1
-            out, norm = composite.upsample_x2(x, step.stripes, step.stripe_rows, step.first_row, step.col0,
+            out, norm = composite_step.upsample_x2(x, step.stripes, step.stripe_rows, step.first_row, step.col0,
                                               step.frames, features=features or not last,
                                               offset=offset if last else None, split=split if last else 0)
             if out is not None:
@@ -177,7 +175,7 @@ def estimate_bytes(windows: list[Window]) -> int:
                 total += height * width
                 continue
             for side in region.edges_inside(window):
-                total += composite.FRAME * (width if side in ("top", "bottom") else height)
+                total += composite_step.FRAME * (width if side in ("top", "bottom") else height)
     return total * KERNEL_BYTES
 
 
@@ -280,17 +278,17 @@ class ImageKernels:
         """
         batch = keys.shape[0]
         height, width = rows.shape[0] - 2 * RADIUS, cols.shape[0] - 2 * RADIUS
-        out = torch.empty(batch, height, width, composite.TAPS_LOW)
+        out = torch.empty(batch, height, width, composite_step.TAPS_LOW)
         per_pass = max(1, PIXELS_PER_PASS // (width * batch))
         keys_np, guidance_np = keys.contiguous().numpy(), guidance.contiguous().numpy()
         for start in range(0, height, per_pass):
             stop = min(start + per_pass, height)
             weights = np.empty((batch, stop - start, width, self.spatial.shape[0] + guidance.shape[-1]), np.float32)
-            numba_kernels.range_logits(keys_np, guidance_np, rows[start:stop + 2 * RADIUS], cols,
+            neighbourhood_numba.range_logits(keys_np, guidance_np, rows[start:stop + 2 * RADIUS], cols,
                                        self.temperature, weights)
-            kernels.normalise_range_(torch.from_numpy(weights)[..., :self.spatial.shape[0]], self.spatial)
+            neighbourhood.normalise_range_(torch.from_numpy(weights)[..., :self.spatial.shape[0]], self.spatial)
             kernel = self.step.finish(torch.from_numpy(weights)).reshape(batch * (stop - start), width, -1)
-            out[:, start:stop] = composite.compose(
+            out[:, start:stop] = composite_step.compose(
                 kernel, (row_frame[0] + start, row_frame[0] + stop, row_frame[1]),
                 (col_frame[0], col_frame[0] + width, col_frame[1]), repeat=batch).reshape(batch, stop - start,
                                                                                           width, -1)
@@ -362,7 +360,7 @@ class ImageKernels:
         height, width = guidance.shape[1:3]
         rows = _reflect_index_cpu(height, RADIUS).numpy()
         cols = _reflect_index_cpu(width, RADIUS).numpy()
-        edge = composite.FRAME
+        edge = composite_step.FRAME
         for side in ("top", "bottom", "left", "right"):
             batch = [position for position, found in enumerate(sides) if side in found]
             if not batch:

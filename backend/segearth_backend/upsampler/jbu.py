@@ -6,8 +6,9 @@ applied four times with shared weights (x2 each: 14 -> 28 -> 56 -> 112 ->
 the authors' checkpoint (``up.*`` and ``fixup_proj.1.*``).
 
 Every step applies the *same* spatial weights to every feature channel, so
-the four steps form a linear map shared by all channels; :mod:`.segmenter`
-uses that to run them on fewer channels.
+the four steps form a linear map shared by all channels;
+:mod:`segearth_backend.pipeline.features` uses that to upsample the queries
+or a window's few exact coordinates instead of all ``D`` channels.
 
 Public tensors are channels first (``B x C x H x W``); inside, the steps work
 channels last (``B x H x W x C``), where the 1x1 convolutions are plain
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..checkpoints import load_state_dict_file
 from ..errors import CheckpointError
-from . import neighbourhood as kernels
+from . import neighbourhood
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class JointBilateralStep(nn.Module):
             taps, plus ``0.1 * fixup([kernel, guidance])``.
         """
         keys = self.keys(guidance)
-        return self.finish(kernels.range_weights(keys, guidance, self.temperature(), self.spatial_kernel(), RADIUS))
+        weights = neighbourhood.range_weights(keys, guidance, self.temperature(), self.spatial_kernel(), RADIUS)
+        return self.finish(weights)
 
     def keys(self, guidance: torch.Tensor) -> torch.Tensor:
         """The range keys ``... x 32`` of pooled guidance ``... x 3`` (channels last)."""
@@ -137,7 +139,7 @@ def upsample_with_kernel(source: torch.Tensor, kernel: torch.Tensor) -> torch.Te
     if tuple(kernel.shape[1:3]) != (2 * source.shape[1], 2 * source.shape[2]):
         raise ValueError(
             f"kernel grid {tuple(kernel.shape[1:3])} is not twice the source grid {tuple(source.shape[1:3])}")
-    return kernels.adaptive_conv(kernels.upsample_bicubic_x2(source), kernel, RADIUS)
+    return neighbourhood.adaptive_conv(neighbourhood.upsample_bicubic_x2(source), kernel, RADIUS)
 
 
 class JBUOne(nn.Module):

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from ..device import autocast
 from ..windows import Window
-from . import composite_step as composite
-from . import image_kernels
+from . import composite_step, image_kernels
 from .jbu import JBUOne
 
 #: Channels are padded to a multiple of this for the CPU kernels (one AVX-512 register of float32).
@@ -101,7 +100,7 @@ class TensorKernels:
 
 def uses_composite(device: torch.device) -> bool:
     """True when the shared composite kernels run here (CPU with numba)."""
-    return device.type == "cpu" and composite.AVAILABLE
+    return device.type == "cpu" and composite_step.AVAILABLE
 
 
 def kernel_store(upsampler: JBUOne, guidance: image_kernels.GuidanceFn, windows: list[Window],

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import torch
 
-from . import neighbourhood_numba as numba_kernels
+from . import neighbourhood_numba
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def reflect_index(size: int, radius: int, device: torch.device) -> torch.Tensor:
 
 
 def _use_numba(*tensors: torch.Tensor) -> bool:
-    return numba_kernels.AVAILABLE and all(
+    return neighbourhood_numba.AVAILABLE and all(
         t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors
     )
 
@@ -51,7 +51,7 @@ def _reflect_pad(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 def neighbour_similarity(keys: torch.Tensor, radius: int) -> torch.Tensor:
     """Dot products of every pixel's key with its neighbours' keys (tensor code; the
-    numba path computes them in ``numba_kernels.range_logits``).
+    numba path computes them in ``neighbourhood_numba.range_logits``).
 
     Args:
         keys: ``B x H x W x K``.
@@ -87,7 +87,7 @@ def adaptive_conv(source: torch.Tensor, kernel: torch.Tensor, radius: int) -> to
     if _use_numba(source, kernel):
         source, kernel = source.contiguous(), kernel.contiguous()
         out = torch.empty(batch, height, width, channels)
-        numba_kernels.adaptive_conv(
+        neighbourhood_numba.adaptive_conv(
             source.numpy(), kernel.numpy(), _reflect_index_cpu(height, radius).numpy(),
             _reflect_index_cpu(width, radius).numpy(), out.numpy())
         return out
@@ -120,7 +120,7 @@ def range_weights(keys: torch.Tensor, guidance: torch.Tensor, temperature: torch
     if _use_numba(keys, guidance, spatial):
         keys, guidance = keys.contiguous(), guidance.contiguous()
         out = torch.empty(batch, height, width, taps + guidance.shape[3])
-        numba_kernels.range_logits(
+        neighbourhood_numba.range_logits(
             keys.numpy(), guidance.numpy(), _reflect_index_cpu(height, radius).numpy(),
             _reflect_index_cpu(width, radius).numpy(), float(temperature), out.numpy())
         normalise_range_(out[..., :taps], spatial)
@@ -149,7 +149,7 @@ def upsample_bicubic_x2(source: torch.Tensor) -> torch.Tensor:
         source = source.contiguous()
         batch, height, width, channels = source.shape
         out = torch.empty(batch, 2 * height, 2 * width, channels)
-        numba_kernels.bicubic_x2(source.numpy(), out.numpy())
+        neighbourhood_numba.bicubic_x2(source.numpy(), out.numpy())
         return out
     high = torch.nn.functional.interpolate(
         source.permute(0, 3, 1, 2), scale_factor=2, mode="bicubic", align_corners=False)

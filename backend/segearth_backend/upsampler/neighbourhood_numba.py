@@ -1,4 +1,4 @@
-"""numba CPU kernels for :mod:`.kernels` (optional: ``AVAILABLE`` is False without numba).
+"""numba CPU kernels for :mod:`.neighbourhood` (optional: ``AVAILABLE`` is False without numba).
 
 Arrays are float32, C-contiguous, channels last; ``rows`` / ``cols`` map a
 padded coordinate ``0 .. n + 2r - 1`` to the reflected source index. Each
@@ -50,7 +50,7 @@ else:
 
         Output pixel ``(y, x)`` is centred on ``keys[b, rows[y + r], cols[x + r]]`` (``r`` the
         radius), so ``out`` may cover any rectangle of ``keys`` with any border handling. The
-        softmax over the taps is left to :func:`.kernels.normalise_range_` (vectorised ``exp``:
+        softmax over the taps is left to :func:`.neighbourhood.normalise_range_` (vectorised ``exp``:
         numba's is a scalar call per tap without Intel's SVML, twice this kernel's time).
         """
         batch, height, width = out.shape[0], out.shape[1], out.shape[2]

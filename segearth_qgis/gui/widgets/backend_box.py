@@ -77,9 +77,9 @@ class BackendBox(QgsCollapsibleGroupBox):
         layout.addLayout(form)
         self.setCollapsed(True)
         self.status: Optional[BackendStatus] = None
-        for edit, setting in ((self.url_edit, settings.BACKEND_URL), (self.token_edit, settings.BACKEND_TOKEN),
-                              (self.python_edit, settings.BACKEND_PYTHON)):
+        for edit, setting in ((self.url_edit, settings.BACKEND_URL), (self.python_edit, settings.BACKEND_PYTHON)):
             edit.editingFinished.connect(lambda e=edit, s=setting: s.save(e.text().strip()))
+        self.token_edit.editingFinished.connect(lambda: settings.save_backend_token(self.token_edit.text().strip()))
 
     def show_status(self, status: BackendStatus) -> None:
         """The state in the title (visible collapsed) and the label; the details in the tooltip."""
@@ -111,10 +111,11 @@ class BackendBox(QgsCollapsibleGroupBox):
 
     def restore(self) -> None:
         self.url_edit.setText(settings.BACKEND_URL.load())
-        self.token_edit.setText(settings.BACKEND_TOKEN.load())
+        self.token_edit.setText(settings.backend_token() if settings.BACKEND_URL.load() else "")
         self.python_edit.setText(settings.BACKEND_PYTHON.load())
 
     def save(self) -> None:
         settings.BACKEND_URL.save(self.url_edit.text().strip())
-        settings.BACKEND_TOKEN.save(self.token_edit.text().strip())
+        if self.token_edit.text().strip() != (settings.backend_token() if settings.BACKEND_URL.load() else ""):
+            settings.save_backend_token(self.token_edit.text().strip())
         settings.BACKEND_PYTHON.save(self.python_edit.text().strip())

@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ... import settings
 from ...core.classes import PRESETS, class_lines, class_name
+from ...core.request_rules import DEFAULT_BIAS_LAMBDA
 from ...qt_compat import QAction
 from .. import user_presets
 from ..user_presets import UserPreset
@@ -41,7 +42,7 @@ class ClassesBox(QGroupBox):
     preset_applied = pyqtSignal(object)  # UserPreset
     preset_left = pyqtSignal()  # the classes no longer are the applied preset's
 
-    def __init__(self, options_values: Callable[[], tuple[float, float]] = lambda: (0.0, -0.3),
+    def __init__(self, options_values: Callable[[], tuple[float, float]] = lambda: (0.0, DEFAULT_BIAS_LAMBDA),
                  parent: Optional[QWidget] = None) -> None:
         """``options_values()`` gives the options' (threshold, bias_lambda) when a preset is saved."""
         super().__init__("Classes", parent)

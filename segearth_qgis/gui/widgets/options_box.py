@@ -8,6 +8,7 @@ from qgis.gui import QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QWidget
 
 from ... import settings
+from ...core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
 from ..user_presets import UserPreset
 
 
@@ -26,12 +27,12 @@ class OptionsBox(QgsCollapsibleGroupBox):
             "every pixel's best class; the paper uses 0.1 for OpenEarthMap, up to 0.7 for one-class sets "
             "(roads). No effect when the background is 'None'.")
         self.lambda_spin = QgsDoubleSpinBox()
-        self.lambda_spin.setRange(-10.0, 10.0)
+        self.lambda_spin.setRange(*BIAS_LAMBDA_RANGE)
         self.lambda_spin.setSingleStep(0.1)
-        self.lambda_spin.setClearValue(-0.3)
+        self.lambda_spin.setClearValue(DEFAULT_BIAS_LAMBDA)
         self.lambda_spin.setToolTip(
             "Global-bias lambda: how much of the image's global (CLS) feature is subtracted from every pixel's "
-            "class scores. -0.3 is the paper's value; 0 turns the subtraction off.")
+            f"class scores. {DEFAULT_BIAS_LAMBDA:g} is the paper's value; 0 turns the subtraction off.")
         self.probabilities_check = QCheckBox("Also write class probabilities")
         self.probabilities_check.setToolTip("A second GeoTIFF beside the result: one float band per class")
         self.output_widget = QgsFileWidget()

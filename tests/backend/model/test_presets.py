@@ -165,7 +165,7 @@ def test_other_patch_sizes_through_the_service(tiny_zoo, tmp_path, rng):
         image = rng.integers(0, 256, size=(150, 260, 3), dtype=np.uint8)
         body = write_bundle({"params.json": {"classes": CLASSES, "prob_threshold": 0.2, "return_probabilities": True},
                              "image.npy": image})
-        status, answer = call(url, "/segment", body, TEST_TOKEN, timeout=120)
+        status, answer, _ = call(url, "/segment", body, TEST_TOKEN, timeout=120)
         assert status == 200
         result = read_bundle(answer, {"meta.json", "labels.npy", "probabilities.npy"})
         expected = segmenter.predict(image, CLASSES, prob_threshold=0.2)

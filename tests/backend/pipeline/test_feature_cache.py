@@ -156,7 +156,7 @@ def test_the_service_answers_a_repeated_image_from_the_cache(backend_server, rng
     url, token = backend_server["url"], backend_server["token"]
     timings = []
     for classes in (FIRST, SECOND):
-        status, body = call(url, "/segment", segment_body(image, {"classes": classes}), token)
+        status, body, _ = call(url, "/segment", segment_body(image, {"classes": classes}), token)
         assert status == 200
         from segearth_backend.serve.protocol import read_bundle
 
@@ -174,9 +174,9 @@ def test_the_service_answers_a_repeated_image_from_the_cache(backend_server, rng
 def test_the_per_window_tensor_path_gives_the_same_answer(tiny_paths, tmp_path, fresh, rng, monkeypatch):
     """Where the shared composite kernels cannot run (CUDA, no numba), each window computes the upsampler's
     own kernels: the re-query through them equals the composite engine's answer."""
-    from segearth_backend.upsampler import composite_step as composite
+    from segearth_backend.upsampler import composite_step
 
-    monkeypatch.setattr(composite, "AVAILABLE", False)
+    monkeypatch.setattr(composite_step, "AVAILABLE", False)
     engine = load_segmenter(device="cpu", cache_dir=tmp_path, **tiny_paths)
     image = rng.integers(0, 256, size=(250, 300, 3), dtype=np.uint8)
     engine.predict(image, FIRST)

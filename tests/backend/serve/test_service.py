@@ -29,7 +29,8 @@ def test_segment_matches_the_in_process_engine(backend_server, tiny_segmenter, r
     valid = np.ones((150, 260), bool)
     valid[:20] = False
     params = {"prob_threshold": 0.3, "background_index": 0, "bias_lambda": -0.3, "return_probabilities": True}
-    status, body = call(backend_server["url"], "/segment", segment_body(image, params, valid), backend_server["token"])
+    status, body, _ = call(backend_server["url"], "/segment", segment_body(image, params, valid),
+                           backend_server["token"])
     assert status == 200
     answer = read_bundle(body, {"meta.json", "labels.npy", "probabilities.npy"})
     expected = tiny_segmenter.predict(image, CLASSES, prob_threshold=0.3, valid=valid)
@@ -43,7 +44,7 @@ def test_segment_matches_the_in_process_engine(backend_server, tiny_segmenter, r
 def test_unicode_class_names(backend_server, rng):
     image = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
     body = segment_body(image, {"classes": ["Hintergrund", "Gebäude,Dach", "道路"]})
-    status, answer = call(backend_server["url"], "/segment", body, backend_server["token"])
+    status, answer, _ = call(backend_server["url"], "/segment", body, backend_server["token"])
     assert status == 200
     meta = read_bundle(answer, {"meta.json", "labels.npy"})["meta.json"]
     assert meta["classes"] == ["Hintergrund", "Gebäude,Dach", "道路"]
@@ -95,7 +96,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("name, make_body, status, code, fragment", BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
 def test_bad_requests_get_the_right_status(backend_server, name, make_body, status, code, fragment):
-    got_status, body = call(backend_server["url"], "/segment", make_body(), backend_server["token"])
+    got_status, body, _ = call(backend_server["url"], "/segment", make_body(), backend_server["token"])
     assert got_status == status
     got_code, message = error_of(body)
     assert got_code == code and fragment in message
@@ -103,11 +104,11 @@ def test_bad_requests_get_the_right_status(backend_server, name, make_body, stat
 
 def test_auth(backend_server):
     body = segment_body(np.zeros((8, 8, 3), np.uint8))
-    status, answer = call(backend_server["url"], "/segment", body)
+    status, answer, _ = call(backend_server["url"], "/segment", body)
     assert status == 401 and "needs a token" in error_of(answer)[1]
-    status, answer = call(backend_server["url"], "/segment", body, token="wrong")
+    status, answer, _ = call(backend_server["url"], "/segment", body, token="wrong")
     assert status == 401 and "token is wrong" in error_of(answer)[1]
-    status, answer = call(backend_server["url"], "/classes/embed", b"{}", content_type="application/json")
+    status, answer, _ = call(backend_server["url"], "/classes/embed", b"{}", content_type="application/json")
     assert status == 401
     assert call(backend_server["url"], "/health")[0] == 200  # health needs no token
     assert call(backend_server["url"], "/segment", body, token=backend_server["token"])[0] == 200
@@ -126,7 +127,7 @@ def test_near_miss_tokens_are_refused(backend_server, kind):
     assert given != backend_server["token"]
     for path, body, content_type in (("/segment", segment_body(np.zeros((8, 8, 3), np.uint8)), BUNDLE_TYPE),
                                      ("/classes/embed", b'{"classes": ["a"]}', "application/json")):
-        status, answer = call(backend_server["url"], path, body, token=given, content_type=content_type)
+        status, answer, _ = call(backend_server["url"], path, body, token=given, content_type=content_type)
         assert status == 401 and error_of(answer)[0] == "unauthorized", (path, given)
 
 
@@ -134,7 +135,7 @@ def test_near_miss_tokens_are_refused(backend_server, kind):
                                     "Token {token}"])
 def test_malformed_authorization_headers_are_refused(backend_server, header):
     body = segment_body(np.zeros((8, 8, 3), np.uint8))
-    status, answer = call(backend_server["url"], "/segment", body,
+    status, answer, _ = call(backend_server["url"], "/segment", body,
                           headers={"Authorization": header.format(token=backend_server["token"])})
     assert status == 401 and error_of(answer)[0] == "unauthorized"
 
@@ -169,20 +170,21 @@ def test_streamed_body_over_the_limit(backend_server):
 
 def test_embed_endpoint(backend_server):
     payload = json.dumps({"classes": ["solar panel", "a,b"]}).encode()
-    status, body = call(backend_server["url"], "/classes/embed", payload, backend_server["token"],
+    status, body, _ = call(backend_server["url"], "/classes/embed", payload, backend_server["token"],
                         content_type="application/json")
     assert status == 200 and json.loads(body)["queries"] == 3
-    status, body = call(backend_server["url"], "/classes/embed", b"{bad", backend_server["token"], "application/json")
+    status, body, _ = call(backend_server["url"], "/classes/embed", b"{bad", backend_server["token"],
+                           "application/json")
     assert status == 400
-    status, body = call(backend_server["url"], "/classes/embed", json.dumps({"classes": [""]}).encode(),
+    status, body, _ = call(backend_server["url"], "/classes/embed", json.dumps({"classes": [""]}).encode(),
                         backend_server["token"], content_type="application/json")
     assert status == 422 and error_of(body)[0] == "bad_classes"
 
 
 def test_unknown_route_and_method_answer_json(backend_server):
-    status, body = call(backend_server["url"], "/nope")
+    status, body, _ = call(backend_server["url"], "/nope")
     assert status == 404 and error_of(body)[0] == "http_error"
-    status, body = call(backend_server["url"], "/segment", method="GET")
+    status, body, _ = call(backend_server["url"], "/segment", method="GET")
     assert status == 405
 
 
@@ -190,7 +192,7 @@ def test_still_healthy_after_200_bad_requests(backend_server):
     for index in range(200):
         body = b"junk" if index % 2 else segment_body(np.zeros((3, 3, 2), np.uint8))
         assert call(backend_server["url"], "/segment", body, backend_server["token"])[0] in (400, 422)
-    status, body = call(backend_server["url"], "/health")
+    status, body, _ = call(backend_server["url"], "/health")
     assert status == 200 and json.loads(body)["status"] == "ready"
 
 
@@ -215,7 +217,7 @@ def test_two_concurrent_clients_and_health_while_busy(backend_server, tiny_segme
 
     def busy() -> bool:
         start = time.monotonic()
-        status, body = call(backend_server["url"], "/health", timeout=30)
+        status, body, _ = call(backend_server["url"], "/health", timeout=30)
         assert status == 200
         seen.append({**json.loads(body), "seconds": time.monotonic() - start})
         return seen[-1]["status"] == "busy" and seen[-1]["queued"] >= 1
@@ -226,7 +228,7 @@ def test_two_concurrent_clients_and_health_while_busy(backend_server, tiny_segme
     for thread in threads:
         thread.join(300)
     for index in range(2):
-        status, body = results[index]
+        status, body, _ = results[index]
         assert status == 200
         labels = read_bundle(body, {"meta.json", "labels.npy"})["labels.npy"]
         np.testing.assert_array_equal(labels, tiny_segmenter.predict(images[index], CLASSES).labels)
@@ -280,7 +282,7 @@ def test_503_while_loading_then_ready(tiny_paths, tmp_path):
     app = create_app(ServiceSettings(warmup=False), slow_factory)
     with ThreadServer(app) as server:
         assert json.loads(call(server.url, "/health")[1])["status"] == "loading"
-        status, body = call(server.url, "/segment", segment_body(np.zeros((8, 8, 3), np.uint8)))
+        status, body, _ = call(server.url, "/segment", segment_body(np.zeros((8, 8, 3), np.uint8)))
         assert status == 503 and error_of(body)[0] == "loading"
         release.set()
         app.state.engine.loaded.wait(30)
@@ -311,7 +313,7 @@ def test_cuda_out_of_memory_is_retried_with_smaller_batches(tiny_paths, tmp_path
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
     with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
-        status, body = call(server.url, "/segment", segment_body(image, {"return_probabilities": True}))
+        status, body, _ = call(server.url, "/segment", segment_body(image, {"return_probabilities": True}))
         assert status == 200 and segmenter.batch_size == 2
         answer = read_bundle(body, {"meta.json", "labels.npy", "probabilities.npy"})
         expected = tiny_segmenter.predict(image, CLASSES)
@@ -327,7 +329,7 @@ def test_out_of_memory_at_one_window_is_a_503(tiny_paths, tmp_path):
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
     with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
-        status, body = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
+        status, body, _ = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
         code, message = error_of(body)
         assert status == 503 and code == "out_of_memory" and "smaller blocks" in message
         assert segmenter.batch_size == 1
@@ -352,10 +354,10 @@ def test_model_that_fails_to_load_answers_503_with_the_reason(tiny_paths, tmp_pa
         app.state.engine.loaded.wait(30)
         health = json.loads(call(server.url, "/health")[1])
         assert health["status"] == "failed" and fragment in health["error"]
-        status, body = call(server.url, "/segment", segment_body(np.zeros((8, 8, 3), np.uint8)))
+        status, body, _ = call(server.url, "/segment", segment_body(np.zeros((8, 8, 3), np.uint8)))
         code, message = error_of(body)
         assert status == 503 and code == "model_failed" and "failed to load" in message  # details: /health
-        status, body = call(server.url, "/classes/embed", b'{"classes": ["a"]}', content_type="application/json")
+        status, body, _ = call(server.url, "/classes/embed", b'{"classes": ["a"]}', content_type="application/json")
         assert status == 503 and error_of(body)[0] == "model_failed"
 
 
@@ -376,6 +378,6 @@ def test_internal_fault_is_500_and_server_keeps_serving(tiny_paths, tmp_path):
     app = create_app(ServiceSettings(warmup=False), lambda: segmenter)
     with ThreadServer(app) as server:
         app.state.engine.loaded.wait(30)
-        status, body = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
+        status, body, _ = call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))
         assert status == 500 and error_of(body)[0] == "internal_error" and "simulated fault" not in error_of(body)[1]
         assert call(server.url, "/segment", segment_body(np.zeros((30, 30, 3), np.uint8)))[0] == 200

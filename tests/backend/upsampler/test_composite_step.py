@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from segearth_backend.pipeline.features import normalise
-from segearth_backend.upsampler import composite_step as composite
+from segearth_backend.upsampler import composite_step
 from segearth_backend.upsampler.image_kernels import ImageKernels, estimate_bytes, plan_regions
 from segearth_backend.upsampler.jbu import JBUOne, step_guidance, upsample_with_kernel
 from segearth_backend.windows import window_grid
 
-pytestmark = pytest.mark.skipif(not composite.AVAILABLE, reason="the composite kernels need numba")
+pytestmark = pytest.mark.skipif(not composite_step.AVAILABLE, reason="the composite kernels need numba")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,9 @@ def test_composite_step_equals_bicubic_then_the_121_tap_kernel(upsampler, rows, 
         height, width = rows << step, cols << step
         kernel = upsampler.up.kernel(step_guidance(guidance, height, width))
         expected = upsample_with_kernel(source, kernel)[0]
-        composite_kernel = composite.compose(kernel[0], (0, height, height), (0, width, width))
+        composite_kernel = composite_step.compose(kernel[0], (0, height, height), (0, width, width))
         offset = torch.randn(5)
-        got, norm = composite.upsample_x2(source[0], [composite_kernel], height, 0, 0, offset=offset)
+        got, norm = composite_step.upsample_x2(source[0], [composite_kernel], height, 0, 0, offset=offset)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6)
         torch.testing.assert_close(norm, (expected + offset).norm(dim=-1), rtol=1e-5, atol=2e-6)
         source = expected[None]
@@ -46,11 +46,11 @@ def test_composite_step_equals_bicubic_then_the_121_tap_kernel(upsampler, rows, 
 
 def test_axis_maps_stay_within_the_nine_taps():
     for size in (6, 8, 28, 224):
-        taps, weights = composite.axis_maps(0, size, size)
+        taps, weights = composite_step.axis_maps(0, size, size)
         assert taps.min() >= 0 and taps.max() <= 8 and taps.shape == (size, 11, 4)
         np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)  # bicubic weights sum to one
     with pytest.raises(ValueError, match="even output size"):
-        composite.axis_maps(0, 7, 7)
+        composite_step.axis_maps(0, 7, 7)
 
 
 @torch.inference_mode()

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segearth_backend.upsampler import neighbourhood as kernels
-from segearth_backend.upsampler import neighbourhood_numba as numba_kernels
+from segearth_backend.upsampler import neighbourhood, neighbourhood_numba
 
 
 def reflect(i: int, n: int) -> int:
@@ -47,32 +46,32 @@ def loop_similarity(keys: np.ndarray, r: int) -> np.ndarray:
 @pytest.fixture(params=["numba", "torch"])
 def path(request, monkeypatch):
     if request.param == "numba":
-        if not numba_kernels.AVAILABLE:
+        if not neighbourhood_numba.AVAILABLE:
             pytest.skip("numba not installed")
     else:
-        monkeypatch.setattr(numba_kernels, "AVAILABLE", False)
+        monkeypatch.setattr(neighbourhood_numba, "AVAILABLE", False)
     return request.param
 
 
 def test_reflect_index_matches_torch_reflect_padding():
     x = torch.arange(7.0).reshape(1, 1, 1, 7)
     padded = F.pad(x, [5, 5, 0, 0], mode="reflect")[0, 0, 0]
-    assert kernels.reflect_index(7, 5, torch.device("cpu")).tolist() == padded.long().tolist()
+    assert neighbourhood.reflect_index(7, 5, torch.device("cpu")).tolist() == padded.long().tolist()
     with pytest.raises(ValueError, match="larger than 5"):
-        kernels.reflect_index(5, 5, torch.device("cpu"))
+        neighbourhood.reflect_index(5, 5, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("radius", [1, 5])
 def test_adaptive_conv_matches_definition(path, rng, radius):
     source = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
     kernel = rng.standard_normal((2, 7, 9, (2 * radius + 1) ** 2)).astype(np.float32)
-    got = kernels.adaptive_conv(torch.from_numpy(source), torch.from_numpy(kernel), radius)
+    got = neighbourhood.adaptive_conv(torch.from_numpy(source), torch.from_numpy(kernel), radius)
     np.testing.assert_allclose(got.numpy(), loop_adaptive_conv(source, kernel, radius), rtol=1e-5, atol=1e-4)
 
 
 def test_similarity_matches_definition(rng):
     keys = rng.standard_normal((1, 8, 6, 4)).astype(np.float32)
-    got = kernels.neighbour_similarity(torch.from_numpy(keys), 5)
+    got = neighbourhood.neighbour_similarity(torch.from_numpy(keys), 5)
     np.testing.assert_allclose(got.numpy(), loop_similarity(keys, 5), rtol=1e-5, atol=1e-4)
 
 
@@ -81,7 +80,7 @@ def test_range_weights_match_formula(path, rng):
     guidance = torch.from_numpy(rng.standard_normal((1, 6, 7, 3)).astype(np.float32))
     spatial = torch.rand(121) + 0.01
     temperature = torch.tensor(0.7)
-    got = kernels.range_weights(keys, guidance, temperature, spatial, 5)
+    got = neighbourhood.range_weights(keys, guidance, temperature, spatial, 5)
     sims = torch.from_numpy(loop_similarity(keys.numpy(), 5)).float()
     weights = torch.softmax(sims * temperature, dim=-1) * spatial
     weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-7)
@@ -91,6 +90,6 @@ def test_range_weights_match_formula(path, rng):
 
 def test_bicubic_x2_matches_torch_interpolate(path, rng):
     source = torch.from_numpy(rng.standard_normal((2, 5, 7, 6)).astype(np.float32))
-    got = kernels.upsample_bicubic_x2(source)
+    got = neighbourhood.upsample_bicubic_x2(source)
     expected = F.interpolate(source.permute(0, 3, 1, 2), size=(10, 14), mode="bicubic", align_corners=False)
     torch.testing.assert_close(got, expected.permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

@@ -10,14 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from segearth_qgis.client.backend_client import (
-    BackendClient,
-    BackendError,
-    BackendSettings,
-    BackendStartError,
-    split_arguments,
-    start_local_backend,
-)
+from segearth_qgis.client.backend_client import BackendClient, BackendError, BackendSettings
+from segearth_qgis.client.local_backend import split_arguments, start_local_backend
+from segearth_qgis.errors import BackendStartError
 from tests.helpers import ROOT, wait_for
 
 CLASSES = ["background", "building,roof", "road", "water"]
@@ -130,7 +125,7 @@ def test_backend_exits_when_its_parent_dies(tiny_backend_args, tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from segearth_qgis.client.backend_client import start_local_backend
+        from segearth_qgis.client.local_backend import start_local_backend
         backend = start_local_backend({sys.executable!r}, {args!r}, timeout=120)
         print(backend.process.pid, flush=True)
         os._exit(0)  # like a crash: no cleanup at all
@@ -172,7 +167,7 @@ def test_working_folder_is_removed_on_stop_and_kept_when_the_start_failed(tiny_b
 
 def test_the_backend_never_sees_qgis_python_settings():
     """OSGeo4W and QGIS.app set PYTHONHOME / PYTHONPATH for QGIS's own Python; a backend must not inherit them."""
-    from segearth_qgis.client.backend_client import backend_environment
+    from segearth_qgis.client.local_backend import backend_environment
 
     env = backend_environment({"PYTHONHOME": "C:/OSGeo4W/apps/Python39", "PYTHONPATH": "C:/OSGeo4W/apps/qgis/python",
                                "PYTHONSTARTUP": "C:/OSGeo4W/startup.py", "VIRTUAL_ENV": "/home/me/other-venv",

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from segearth_qgis.client import protocol
-from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for, start_local_backend
+from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for
+from segearth_qgis.client.local_backend import start_local_backend
 from tests.plugin.helpers import read_http_request
 
 CLASSES = ["background", "building,roof", "road", "water"]
@@ -170,6 +171,27 @@ def test_busy_backend_is_retried_after_retry_after(canned):
     assert BackendClient(server.url()).health()["status"] == "ready"
     assert 0.9 < time.monotonic() - start < 10 and len(server.heads) == 2
 
+
+
+def test_the_busy_wait_is_the_plugin_s_one_retry_loop_and_cancels_promptly(canned, monkeypatch):
+    """The client's wait for a busy backend is retry.with_retries / wait_unless_cancelled, cancellable."""
+    import segearth_qgis.client.backend_client as backend_client
+    from segearth_qgis.client import retry
+
+    waits = []
+    real_wait = retry.wait_unless_cancelled
+    monkeypatch.setattr(retry, "wait_unless_cancelled", lambda seconds, cancelled: waits.append(seconds) or
+                        real_wait(seconds, cancelled))
+    assert backend_client.with_retries is retry.with_retries
+    busy = http_answer(b'{"error": "busy", "message": "busy"}', status="503 Service Unavailable",
+                       extra="Retry-After: 30\r\n")
+    server = canned(lambda head: busy)
+    stop_at = time.monotonic() + 1.0
+    start = time.monotonic()
+    with pytest.raises(BackendError) as caught:
+        BackendClient(server.url()).segment(np.zeros((8, 8, 3), np.uint8), CLASSES,
+                                            cancelled=lambda: time.monotonic() > stop_at)
+    assert caught.value.code == "cancelled" and time.monotonic() - start < 5 and waits == [30.0]
 
 def test_bad_url_is_refused():
     with pytest.raises(BackendError, match="not an http:// or https:// URL") as caught:

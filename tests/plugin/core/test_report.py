@@ -42,3 +42,10 @@ def test_classes_label_leaves_out_the_background_and_keeps_first_synonyms():
     assert classes_label(NAMES, 0) == "building, road, tree +1"
     assert classes_label(NAMES, None, limit=5) == "background, building, road, tree, water"
     assert classes_label(["background"], 0) == "background"
+
+
+def test_a_result_nearly_all_one_class_is_warned_about_like_one_all_one_class():
+    """The dock and Processing share one rule: one class on 99.5 % of the valid pixels or more is a warning."""
+    warning = shares_warning({2: 996, 4: 4, 255: 10}, NAMES, 0, 0.3)
+    assert warning is not None and "99.6% of the pixels are 'road'" in warning
+    assert shares_warning({2: 994, 4: 6}, NAMES, 0, 0.3) is None

@@ -110,7 +110,7 @@ def test_all_nodata_blocks_are_not_sent(local_backend, tmp_path, tiny_segmenter)
 def test_backend_killed_mid_job_leaves_nothing(tiny_backend_args, scene, tmp_path):
     import sys
 
-    from segearth_qgis.client.backend_client import start_local_backend
+    from segearth_qgis.client.local_backend import start_local_backend
 
     backend = start_local_backend(sys.executable, tiny_backend_args, timeout=120)
     try:
@@ -164,3 +164,33 @@ def test_a_default_name_is_free_for_the_probabilities_too(tmp_path):
     (tmp_path / "scene_segearth_1_probabilities.tif").write_bytes(b"an earlier run's")
     assert default_output_path(str(tmp_path), "scene").endswith("scene_segearth_1.tif")
     assert default_output_path(str(tmp_path), "scene", probabilities=True).endswith("scene_segearth_2.tif")
+
+
+def test_blocks_are_planned_for_the_window_the_backend_names(local_backend, scene, tmp_path):
+    """execute() asks /health for the sliding window and plans the blocks with it, not with its own numbers."""
+    from types import SimpleNamespace
+
+    from segearth_qgis.core.blocks import CROP, STRIDE, plan_grid_blocks
+    from segearth_qgis.job.engine import JobParams, execute
+    from segearth_qgis.job.outputs import plan_outputs
+    from tests.plugin.helpers import source_for
+
+    path, _ = scene
+    shapes = []
+
+    class WiderWindow(CountingClient):
+        def health(self):
+            return {**self.client.health(), "window": {"size": 2 * CROP, "stride": 2 * STRIDE}}
+
+        def segment(self, image, *args, **kwargs):
+            shapes.append(image.shape[:2])
+            return super().segment(image, *args, **kwargs)
+
+    grid, crs, source = source_for(path)
+    plan = SimpleNamespace(grid=grid, crs_wkt=crs, open=lambda: source)
+    params = JobParams(LINES, plan_outputs(str(tmp_path / "out.tif"), None, [str(path)]), block_size=336)
+    assert local_backend.client().health()["window"] == {"size": CROP, "stride": STRIDE}
+    execute(plan, params, WiderWindow(local_backend.client()))
+    wide = [(block.height, block.width) for block in plan_grid_blocks(grid, 336, 2 * CROP, 2 * STRIDE)]
+    assert sorted(shapes) == sorted(wide)
+    assert len(wide) < len(plan_grid_blocks(grid, 336))  # the default window would cut more blocks

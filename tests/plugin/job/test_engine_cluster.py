@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
-from segearth_qgis.client.backend_client import start_local_backend
+from segearth_qgis.client.local_backend import start_local_backend
 from segearth_qgis.client.retry import RetryPolicy
 from segearth_qgis.job.inflight import choose_concurrency
 from tests.backend.service_helpers import HAS_RAY, RAY_ARGS, busy_replica, ray_replica_pids, tiny_server_args

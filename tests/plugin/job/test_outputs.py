@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from segearth_qgis.errors import OutputError
-from segearth_qgis.job.outputs import StagedFiles, aux_path, normalise_output, plan_outputs, style_path
+from segearth_qgis.job.outputs import aux_path, normalise_output, plan_outputs, style_path
+from segearth_qgis.job.staging import StagedFiles, prepare_targets
 
 
 def test_suffix_is_added_and_paths_are_absolute(tmp_path, monkeypatch):
@@ -199,7 +200,7 @@ def test_a_side_file_without_its_raster_does_not_stop_a_new_result(tmp_path):
 
 def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch):
     """The backup is a second name of the old file: a crash between the steps leaves out.tif in place."""
-    import segearth_qgis.job.outputs as outputs
+    import segearth_qgis.job.staging as staging
 
     target = tmp_path / "out.tif"
     target.write_bytes(b"precious")
@@ -214,7 +215,7 @@ def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch
 
     files = StagedFiles(overwrite=True)
     stage(files, target, b"new")
-    monkeypatch.setattr(outputs.os, "replace", crash_on_first_placement)
+    monkeypatch.setattr(staging.os, "replace", crash_on_first_placement)
     with pytest.raises(KeyboardInterrupt):
         files.commit()
     monkeypatch.undo()
@@ -222,7 +223,7 @@ def test_during_an_overwrite_the_users_file_keeps_its_name(tmp_path, monkeypatch
 
 
 def test_a_backup_left_by_a_crash_is_put_back(tmp_path):
-    from segearth_qgis.job.outputs import recover_leftovers
+    from segearth_qgis.job.leftovers import recover_leftovers
 
     (tmp_path / ".out.tif.1a2b3c4d.old").write_bytes(b"the user's result")
     (tmp_path / ".out.tif.5e6f7a8b.part.tif").write_bytes(b"half written")
@@ -233,11 +234,11 @@ def test_a_backup_left_by_a_crash_is_put_back(tmp_path):
 
 def test_no_empty_placeholder_is_left_when_a_move_fails(tmp_path, monkeypatch):
     """Without hard links (FAT, SMB) the name is claimed first; if the move then fails it is released."""
-    import segearth_qgis.job.outputs as outputs
+    import segearth_qgis.job.staging as staging
 
-    monkeypatch.setattr(outputs.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
+    monkeypatch.setattr(staging.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "no links")))
     real_replace = os.replace
-    monkeypatch.setattr(outputs.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
+    monkeypatch.setattr(staging.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error", str(d)))
                         if Path(d).name == "out.tif" else real_replace(s, d))
     files = StagedFiles()
     stage(files, tmp_path / "out.tif", b"new")
@@ -314,7 +315,7 @@ def test_an_empty_staged_file_is_never_committed(tmp_path):
 
 
 def test_data_that_does_not_fit_is_an_error_and_leaves_nothing(small_filesystem):
-    from segearth_qgis.job.outputs import write_whole
+    from segearth_qgis.job.staging import write_whole
     from tests.plugin.helpers import fill_filesystem, folder_digests
 
     folder = small_filesystem(128)
@@ -335,7 +336,8 @@ def test_data_that_does_not_fit_is_an_error_and_leaves_nothing(small_filesystem)
 WRITER = """
 import sys
 from pathlib import Path
-from segearth_qgis.job.outputs import StagedFiles, aux_path
+from segearth_qgis.job.outputs import aux_path
+from segearth_qgis.job.staging import StagedFiles
 
 files = StagedFiles()
 target = Path(sys.argv[1])
@@ -377,15 +379,17 @@ def test_a_killed_writers_temporary_goes_at_the_next_run_a_live_writers_never(tm
             path.write_text("the user's")
         assert dead_file.exists() and live_file.exists()
         plan = plan_outputs(str(target))
+        assert dead_file.exists()  # planning only looks; the run clears
+        done = prepare_targets(plan)
         assert not dead_file.exists() and not aux_path(dead_file).exists()
-        assert any(dead_file.name in warning and "removed" in warning for warning in plan.warnings)
+        assert any(dead_file.name in message and "removed" in message for message in done)
         assert live_file.exists() and all(path.read_text() == "the user's" for path in users)
         if kind == "file":
             assert aux_path(live_file).exists()  # the running job's side file goes with its temporary
     finally:
         live.stdin.close()
         live.wait(30)
-    plan_outputs(str(target))  # its writer has ended now
+    prepare_targets(plan_outputs(str(target)))  # its writer has ended now
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(path.name for path in users)
 
 
@@ -400,3 +404,36 @@ def test_a_write_error_on_a_full_disk_is_a_full_disk_whatever_gdal_calls_it(smal
     assert "is full" in str(output_error(folder, gdal_says))
     assert "is full" not in str(output_error(tmp_path, gdal_says))  # plenty of room: GDAL's own reason
     assert "Write error" in str(output_error(tmp_path, gdal_says))
+
+
+def test_planning_changes_nothing_on_disk_and_the_run_does_the_recovery(tmp_path):
+    """plan_outputs runs on every update while typing: it only looks; prepare_targets (the run) puts back."""
+    from segearth_qgis.job.staging import prepare_targets
+
+    backup = tmp_path / ".out.tif.1a2b3c4d.old"
+    backup.write_bytes(b"the user's result")
+    part = tmp_path / ".out.tif.5e6f7a8b.part.tif"
+    part.write_bytes(b"half written")
+    os.utime(part, (1, 1))  # an interrupted run long ago
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OutputError, match="already exists .*backup an interrupted run left"):
+        plan_outputs(str(tmp_path / "out.tif"))
+    plan = plan_outputs(str(tmp_path / "out.tif"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    done = prepare_targets(plan)
+    assert (tmp_path / "out.tif").read_bytes() == b"the user's result" and len(done) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_a_missing_default_folder_is_made_by_the_run_not_by_planning(tmp_path):
+    from segearth_qgis.job.request import default_output_path
+    from segearth_qgis.job.staging import prepare_targets
+
+    folder = tmp_path / "results" / "today"
+    name = default_output_path(str(folder), "scene")
+    assert name == str(folder / "scene_segearth_1.tif") and not folder.exists()
+    with pytest.raises(OutputError, match="does not exist"):
+        plan_outputs(name)
+    plan = plan_outputs(name, create_folder=True)
+    assert plan.create_folder and not folder.exists()
+    assert prepare_targets(plan) == [] and folder.is_dir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from segearth_qgis.errors import OutputError
-from segearth_qgis.job.outputs import StagedFiles
+from segearth_qgis.job.staging import StagedFiles
 from segearth_qgis.job.vector_outputs import DataInput, LayersIntoGeoPackage, VectorTarget, check_destinations
 from tests.plugin.helpers import fill_filesystem, folder_digests, geopackage_contents, write_geopackage
 

@@ -392,3 +392,30 @@ def test_another_rasters_style_is_left_alone(provider, tmp_path):
     assert ok and Path(result["OUTPUT"]).is_file()
     assert style.read_text() == "<qgis>the user's own style of scene3.tif</qgis>"
     assert any("scene3.qml was not written" in w and "scene3.tif" in w for w in warnings)
+
+
+def test_class_stats_and_segment_vector_measure_on_the_project_s_ellipsoid(provider, tmp_path):
+    """With an ellipsoid (the project's, or qgis_process --ellipsoid) both algorithms measure on it, also in UTM."""
+    import processing
+    from qgis.core import QgsCoordinateReferenceSystem, QgsDistanceArea, QgsProcessingContext, QgsProject, QgsUnitTypes
+
+    values = np.zeros((1, 40, 50), np.uint8)
+    values[0, :, 25:] = 1
+    path = write_geotiff(tmp_path / "utm_classes.tif", values, 32633, UTM)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    context.setEllipsoid("EPSG:7030")
+    stats = processing.run("segearth:class_stats", {"INPUT": str(path), "OUTPUT": "memory:"}, context=context)
+    rows = {f["class_id"]: f for f in stats["OUTPUT"].getFeatures()}
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(QgsCoordinateReferenceSystem("EPSG:32633"), context.transformContext())
+    measure.setEllipsoid("EPSG:7030")
+    x, y = UTM[0] + 25 * 2.0, UTM[3] - 20 * 2.0  # the pixel at the raster's centre
+    ring = [QgsPointXY(x, y), QgsPointXY(x + 2, y), QgsPointXY(x + 2, y + 2), QgsPointXY(x, y + 2)]
+    pixel = measure.convertAreaMeasurement(measure.measureArea(QgsGeometry.fromPolygonXY([ring])),
+                                           QgsUnitTypes.AreaSquareMeters)
+    assert abs(pixel / 4.0 - 1.0) > 1e-4  # UTM's scale factor: ellipsoidal is not planar
+    for row in rows.values():
+        assert float(row["area_m2"]) == pytest.approx(int(row["pixels"]) * pixel, rel=1e-9)
+    planar = run("class_stats", INPUT=str(path), OUTPUT="memory:")["OUTPUT"]  # no ellipsoid: planar
+    assert all(float(f["area_m2"]) == pytest.approx(int(f["pixels"]) * 4.0) for f in planar.getFeatures())
