@@ -30,13 +30,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from ..errors import BackendError, BackendStartError
 from . import protocol
-from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW
+from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW, data_folder
 
 __all__ = ["BackendClient", "BackendError", "BackendSettings", "BackendStartError", "LocalBackend",
            "SegmentResult", "start_local_backend"]
@@ -46,6 +46,14 @@ ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
 #: Extra ``serve`` arguments for a backend the plugin starts, e.g. ``--ray --replicas 2`` (several GPUs).
 ENV_ARGS = "SEGEARTH_BACKEND_ARGS"
+#: Where the logs of local backends that failed are kept (default: ``logs`` in the plugin's data folder).
+ENV_LOG_DIR = "SEGEARTH_LOG_DIR"
+#: Logs of failed local backends kept in that folder; the oldest beyond this number are removed.
+KEEP_LOGS = 20
+#: Seconds to wait for a local backend that announced its stop to end before a request goes to a fresh one.
+STOPPED_BACKEND_WAIT = 20.0
+#: The answer of a backend that stopped before it finished a request (503, with Retry-After).
+STOPPED_CODE = "shutting_down"
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,31 @@ def proxy_for(url: str) -> Optional[str]:
     return proxy
 
 
+class Target(NamedTuple):
+    """Where requests go: a backend URL, its token and the URL's parts."""
+
+    url: str
+    token: Optional[str]
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str, token: Optional[str]) -> Target:
+        url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"The backend URL {url!r} is not an http:// or https:// URL: fix it in the "
+                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
+        return cls(url, token, parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                   parts.path.rstrip("/"))
+
+
+#: ``relocate(url, cancelled)``: the (url, token) to use after the backend at ``url`` stopped or went away.
+Relocate = Callable[[str, Optional[Callable[[], bool]]], tuple[str, Optional[str]]]
+
+
 class _Call:
     """One HTTP exchange that another thread may abort (its socket is shut down)."""
 
@@ -136,54 +169,70 @@ class _Call:
 
 
 class BackendClient:
-    """HTTP client for one backend URL (stdlib ``http.client``; proxies only for remote URLs)."""
+    """HTTP client for one backend URL (stdlib ``http.client``; proxies only for remote URLs).
 
-    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 600.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
+    Args:
+        relocate: for a backend the plugin runs: after the backend answered that it stopped, the next request
+            asks ``relocate`` where the backend runs now (a fresh one may have been started). A backend that
+            crashed is not followed: its failure is reported (with its log), not hidden by a restart.
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 600.0,
+                 relocate: Optional[Relocate] = None) -> None:
         self.timeout = timeout
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"The backend URL {self.url!r} is not an http:// or https:// URL: fix it in the "
-                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
-        self._scheme, self._host = parts.scheme, parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._base_path = parts.path.rstrip("/")
+        self._target = Target.parse(url, token)
+        self._relocate = relocate
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        return self._target.url
+
+    @property
+    def token(self) -> Optional[str]:
+        return self._target.token
 
     # ------------------------------------------------------------ transport
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    def _current(self, cancelled: Optional[Callable[[], bool]]) -> Target:
+        """The target for a new request: after the backend answered that it stopped, wherever it runs now."""
+        if self._stopped and self._relocate is not None:
+            url, token = self._relocate(self._target.url, cancelled)
+            self._target, self._stopped = Target.parse(url, token), False
+        return self._target
+
+    def _connection(self, target: Target, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
         """A connection (direct, or to the proxy), the path prefix to request, and proxy headers."""
-        proxy = proxy_for(self.url)
+        proxy = proxy_for(target.url)
         if proxy is None:
-            if self._scheme == "https":
-                return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                                   context=ssl.create_default_context()), self._base_path, {}
-            return http.client.HTTPConnection(self._host, self._port, timeout=timeout), self._base_path, {}
+            if target.scheme == "https":
+                return http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
+                                                   context=ssl.create_default_context()), target.base_path, {}
+            return http.client.HTTPConnection(target.host, target.port, timeout=timeout), target.base_path, {}
         parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         if parts.scheme != "http" or not parts.hostname:
-            raise BackendError(f"The proxy {parts.scheme}://{parts.hostname} for {self.url} is not supported: use "
+            raise BackendError(f"The proxy {parts.scheme}://{parts.hostname} for {target.url} is not supported: use "
                                "an http:// proxy, or list the backend host in no_proxy.", "bad_proxy")
         headers = {}
         if parts.username:
             credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
             headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-        if self._scheme == "https":
+        if target.scheme == "https":
             tunnel = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=timeout,
                                                  context=ssl.create_default_context())
-            tunnel.set_tunnel(self._host, self._port, headers=headers)
-            return tunnel, self._base_path, {}
+            tunnel.set_tunnel(target.host, target.port, headers=headers)
+            return tunnel, target.base_path, {}
         plain = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-        return plain, f"http://{self._host}:{self._port}{self._base_path}", headers
+        return plain, f"http://{target.host}:{target.port}{target.base_path}", headers
 
-    def _exchange(self, method: str, path: str, body: Optional[bytes], content_type: Optional[str],
+    def _exchange(self, target: Target, method: str, path: str, body: Optional[bytes], content_type: Optional[str],
                   timeout: float, max_answer: int, call: Optional[_Call]) -> tuple[int, dict[str, str], bytes]:
         """Send one request; (status, lower-cased headers, body). Transport failures become BackendError."""
         call = call or _Call()
-        connection, prefix, headers = self._connection(timeout)
+        connection, prefix, headers = self._connection(target, timeout)
         if content_type:
             headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if target.token:
+            headers["Authorization"] = f"Bearer {target.token}"
         call.connection = connection
         try:
             connection.connect()
@@ -195,7 +244,7 @@ class BackendClient:
             length = answer_headers.get("content-length", "")
             if length.isdigit() and int(length) > max_answer:
                 raise BackendError(f"The backend's answer to {path} is {int(length)} bytes, more than the "
-                                   f"{max_answer} expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+                                   f"{max_answer} expected: is {target.url} a SegEarth-OV backend?", "bad_answer")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -206,7 +255,7 @@ class BackendClient:
                 size += len(chunk)
                 if size > max_answer:
                     raise BackendError(f"The backend's answer to {path} is larger than the {max_answer} bytes "
-                                       f"expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+                                       f"expected: is {target.url} a SegEarth-OV backend?", "bad_answer")
             data = b"".join(chunks)
             if length.isdigit() and len(data) < int(length):
                 raise http.client.IncompleteRead(data, int(length) - len(data))
@@ -222,14 +271,14 @@ class BackendClient:
         except TimeoutError:
             if call.aborted.is_set():
                 raise BackendError("The request was cancelled.", "cancelled") from None
-            raise BackendError(f"The SegEarth-OV backend at {self.url} did not answer {path} within {timeout:.0f} s: "
+            raise BackendError(f"The SegEarth-OV backend at {target.url} did not answer {path} within {timeout:.0f} s: "
                                "it may be overloaded or stuck; check its log, or try again.", "timeout") from None
         except (OSError, http.client.HTTPException) as error:
             if call.aborted.is_set():
                 raise BackendError("The request was cancelled.", "cancelled") from None
             reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
             raise BackendError(
-                f"Cannot reach the SegEarth-OV backend at {self.url} ({reason}). Check that it is running "
+                f"Cannot reach the SegEarth-OV backend at {target.url} ({reason}). Check that it is running "
                 "(start it from the plugin panel, or `segearth-backend serve`) and that the URL is right.",
                 "unreachable") from None
         finally:
@@ -237,12 +286,18 @@ class BackendClient:
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
                  timeout: Optional[float] = None, max_answer: int = SMALL_ANSWER_BYTES,
-                 call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None) -> tuple[bytes, str]:
-        """One request; errors become BackendError. A 503 "busy" answer is retried after Retry-After."""
+                 call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None,
+                 target: Optional[Target] = None) -> tuple[bytes, str]:
+        """One request; errors become BackendError. A 503 "busy" answer is retried after Retry-After.
+
+        ``target``: where to send it (default: :meth:`_current`, which follows a restarted local backend).
+        """
+        target = target or self._current(cancelled)
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             remaining = max(1.0, deadline - time.monotonic())
-            status, headers, data = self._exchange(method, path, body, content_type, remaining, max_answer, call)
+            status, headers, data = self._exchange(target, method, path, body, content_type, remaining,
+                                                   max_answer, call)
             if status < 400:
                 return data, headers.get("content-type", "")
             try:
@@ -255,8 +310,12 @@ class BackendClient:
                 if self._wait(int(retry), cancelled):
                     raise BackendError("The request was cancelled.", "cancelled")
                 continue
-            raise BackendError(f"The backend refused the request ({status}): {message}", code, status,
-                               float(retry) if retry.isdigit() else None)
+            wait = float(retry) if retry.isdigit() else None
+            if code == STOPPED_CODE:
+                self._stopped = True  # the next request asks where the backend runs now
+                raise BackendError(f"The backend was stopped before it finished the request ({status}): "
+                                   f"{message}", code, status, wait)
+            raise BackendError(f"The backend refused the request ({status}): {message}", code, status, wait)
 
     @staticmethod
     def _wait(seconds: float, cancelled: Optional[Callable[[], bool]]) -> bool:
@@ -289,9 +348,11 @@ class BackendClient:
                 f"{protocol.PROTOCOL_VERSION}: update whichever is older.", "protocol_mismatch")
         return health
 
-    def progress(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        """``/progress/{request_id}``: ``state``, ``windows_done``, ``windows_total`` of a named request."""
-        body, _ = self._request("GET", f"/progress/{urllib.parse.quote(request_id)}", timeout=timeout)
+    def progress(self, request_id: str, timeout: float = 10.0, target: Optional[Target] = None) -> dict[str, Any]:
+        """``/progress/{request_id}``: ``state``, ``windows_done``, ``windows_total`` of a named request
+        (asked of ``target``, the backend working on it, when given)."""
+        body, _ = self._request("GET", f"/progress/{urllib.parse.quote(request_id)}", timeout=timeout,
+                                target=target)
         return self._json(body, "/progress")
 
     def segment(self, image: np.ndarray, classes: Sequence[str], prob_threshold: float = 0.0,
@@ -326,21 +387,23 @@ class BackendClient:
         expected = height * width * (1 + (2 * len(classes) if probabilities else 0)) + 16 * 2**20
         call = _Call()
         finished = threading.Event()
+        target = self._current(cancelled)
         watcher = None
         if progress is not None or cancelled is not None:
-            watcher = threading.Thread(target=self._watch, args=(call, finished, request_id, progress, cancelled),
+            watcher = threading.Thread(target=self._watch,
+                                       args=(call, finished, target, request_id, progress, cancelled),
                                        name="segearth-request-watch", daemon=True)
             watcher.start()
         try:
             body, _ = self._request("POST", "/segment", protocol.encode(members), protocol.BUNDLE_TYPE,
-                                    max_answer=expected, call=call, cancelled=cancelled)
+                                    max_answer=expected, call=call, cancelled=cancelled, target=target)
         finally:
             finished.set()
             if watcher is not None:
                 watcher.join()
         return self._segment_answer(body, height, width, len(classes), probabilities)
 
-    def _watch(self, call: _Call, finished: threading.Event, request_id: Optional[str],
+    def _watch(self, call: _Call, finished: threading.Event, target: Target, request_id: Optional[str],
                progress: Optional[Callable[[int, int], None]], cancelled: Optional[Callable[[], bool]]) -> None:
         """Polling thread: report progress, abort the exchange when ``cancelled()`` becomes true."""
         while not finished.wait(POLL_SECONDS):
@@ -349,7 +412,7 @@ class BackendClient:
                 return
             if progress is not None and request_id is not None:
                 try:
-                    document = self.progress(request_id, timeout=5.0)
+                    document = self.progress(request_id, timeout=5.0, target=target)
                 except BackendError:
                     continue  # not registered yet, or a hiccup: the main exchange reports real failures
                 done, total = document.get("windows_done"), document.get("windows_total")
@@ -386,23 +449,73 @@ class BackendClient:
         return self._json(body, "/classes/embed")
 
 
+def log_folder(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the logs of local backends that failed are kept: ``$SEGEARTH_LOG_DIR``, else ``logs`` in the
+    plugin's data folder."""
+    return Path(env[ENV_LOG_DIR]).expanduser() if env.get(ENV_LOG_DIR) else data_folder() / "logs"
+
+
+def keep_log(log: Path, folder: Path, name: str, keep: int = KEEP_LOGS) -> Optional[Path]:
+    """Move ``log`` into ``folder`` as ``name`` and remove the oldest ``backend-*.log`` beyond ``keep``;
+    returns the new path, or None when it could not be moved (it stays where it is)."""
+    target = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(log), str(target))
+    except OSError:
+        return None
+    for old in sorted(folder.glob("backend-*.log"))[:-keep]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return target
+
+
+#: The files of a local backend's private working folder.
+TOKEN_NAME, READY_NAME, LOG_NAME = "token", "ready.json", "backend.log"
+
+
 class LocalBackend:
     """A backend process started by :func:`start_local_backend`; ``stop()`` ends it.
 
-    Its working folder (ready file, log) is removed when it is stopped on
-    purpose and kept when it failed, so the log can be read.
+    Its private working folder (token file, ready file, log) is removed when it stops; when it failed, its
+    log is first moved to the logs folder (:func:`log_folder`, the most recent ``KEEP_LOGS`` are kept) and
+    ``log_path`` says where.
     """
 
-    def __init__(self, process: subprocess.Popen, url: str, token: str, log_path: Path,
-                 args: Sequence[str] = ()) -> None:
-        self.process, self.url, self.token, self.log_path = process, url, token, log_path
+    def __init__(self, process: subprocess.Popen, url: str, token: str, workdir: Path,
+                 args: Sequence[str] = (), log_dir: Optional[Path] = None) -> None:
+        self.process, self.url, self.token, self.workdir = process, url, token, workdir
         self.args = tuple(args)
+        self.log_dir = log_dir if log_dir is not None else log_folder()
+        self._kept_log: Optional[Path] = None
+        self.started = time.strftime("%Y%m%d-%H%M%S")
 
-    def client(self, timeout: float = 600.0) -> BackendClient:
-        return BackendClient(self.url, self.token, timeout)
+    @property
+    def log_path(self) -> Path:
+        """The log: in the working folder while it runs, in the logs folder once kept."""
+        return self._kept_log or self.workdir / LOG_NAME
+
+    def keep_log(self) -> Path:
+        """Move the log to the logs folder (once; for a backend that failed) and return where it is now."""
+        if self._kept_log is None and (self.workdir / LOG_NAME).is_file():
+            self._kept_log = keep_log(self.workdir / LOG_NAME, self.log_dir,
+                                      f"backend-{self.started}-{self.process.pid}.log")
+        return self.log_path
+
+    def client(self, timeout: float = 600.0, relocate: Optional[Relocate] = None) -> BackendClient:
+        return BackendClient(self.url, self.token, timeout, relocate)
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def wait_for_exit(self, seconds: float, cancelled: Optional[Callable[[], bool]] = None) -> bool:
+        """Wait up to ``seconds`` for the process to end (it is stopping); True when it has."""
+        end = time.monotonic() + seconds
+        while self.running() and time.monotonic() < end:
+            if cancelled is not None and cancelled():
+                break
+            time.sleep(0.1)
+        return not self.running()
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -428,8 +541,8 @@ class LocalBackend:
     _stopping = False
 
     def stop(self, timeout: float = 15.0, keep_log: bool = False) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent. Removes the working folder
-        unless the process had already failed or ``keep_log`` (its log is kept for the user)."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent. Removes the working folder; the log
+        of a process that had already failed (or with ``keep_log``) is first moved to the logs folder."""
         failed = self.failed() or keep_log
         self._stopping = True
         if self.process.poll() is None:
@@ -441,8 +554,9 @@ class LocalBackend:
                 self.process.wait(5)
         if self.process.stdin is not None and not self.process.stdin.closed:
             self.process.stdin.close()
-        if not failed:
-            shutil.rmtree(self.log_path.parent, ignore_errors=True)
+        if failed and self.keep_log() == self.workdir / LOG_NAME:
+            return  # the log could not be moved: the folder stays, and log_path names it
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 ENV_BACKEND_PYTHONPATH = "SEGEARTH_BACKEND_PYTHONPATH"
@@ -471,11 +585,22 @@ def split_arguments(text: str, windows: bool = sys.platform == "win32") -> list[
             for part in shlex.split(text, posix=False)]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text``, readable and writable by this user only (0600 on POSIX)."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+
+
 def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                         env: Optional[Mapping[str, str]] = None, timeout: float = 600.0,
                         cancelled: Optional[Callable[[], bool]] = None,
                         on_started: Optional[Callable[[LocalBackend], None]] = None) -> LocalBackend:
     """Start ``python -m segearth_backend serve`` on a free loopback port and wait until it is ready.
+
+    The backend gets a fresh random token in a file of its private working folder (0600; never on the
+    command line, never in its environment). If it fails to start, its log is moved to the logs folder
+    (:func:`log_folder`) and the error names it.
 
     Args:
         python: interpreter with the backend installed (default ``$SEGEARTH_BACKEND_PYTHON``).
@@ -497,17 +622,18 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             "No backend is set up yet: in the SegEarth-OV panel click Backend, Set up backend… (once, a few "
             "minutes), or give the Python of an environment where segearth-backend is installed (Backend, "
             "Python; or SEGEARTH_BACKEND_PYTHON).", "no_python")
-    token = secrets.token_urlsafe(24)
-    environment["SEGEARTH_BACKEND_TOKEN"] = token  # passed by environment, never on the command line
-    workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))
-    ready_file, log_path = workdir / "ready.json", workdir / "backend.log"
     try:
         extra = split_arguments(environment.get(ENV_ARGS, ""))
     except ValueError as error:
         raise BackendStartError(f"{ENV_ARGS} cannot be read as command-line arguments ({error}): fix its quotes.",
                                 "bad_args") from None
+    token = secrets.token_urlsafe(24)
+    environment.pop(ENV_TOKEN, None)  # a remote backend's token is not this one's business
+    workdir = Path(tempfile.mkdtemp(prefix="segearth-backend-"))  # private: 0700
+    ready_file, log_path, token_file = workdir / READY_NAME, workdir / LOG_NAME, workdir / TOKEN_NAME
+    write_private(token_file, token)
     command = [python, "-m", "segearth_backend", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(ready_file), "--exit-with-parent", *args, *extra]
+               "--ready-file", str(ready_file), "--token-file", str(token_file), "--exit-with-parent", *args, *extra]
     log_stream = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     try:
         # stdin: a pipe this process keeps open; the backend exits when it closes (--exit-with-parent), which
@@ -517,11 +643,12 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                                    start_new_session=sys.platform != "win32", creationflags=NO_WINDOW)
     except OSError as error:
         log_stream.close()
+        shutil.rmtree(workdir, ignore_errors=True)
         raise BackendStartError(
             f"Cannot run the backend interpreter '{python}': {error.strerror or error}. Set "
             "SEGEARTH_BACKEND_PYTHON to a Python with segearth-backend installed.", "bad_python") from None
     log_stream.close()
-    backend = LocalBackend(process, "", token, log_path, args)
+    backend = LocalBackend(process, "", token, workdir, args, log_folder(environment))
     if on_started is not None:
         on_started(backend)
     deadline = time.monotonic() + timeout
@@ -532,13 +659,14 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
                 backend.url = document["url"]
                 return backend
             backend.stop(keep_log=True)
-            raise BackendStartError(f"The backend could not load the model: {document.get('error')}", "model_failed")
+            raise BackendStartError(f"The backend could not load the model: {document.get('error')}\n"
+                                    f"Its log is {backend.log_path}.", "model_failed")
         if process.poll() is not None:
-            if process.stdin is not None:
-                process.stdin.close()
+            tail = backend.log_tail()
+            backend.stop(keep_log=True)
             raise BackendStartError(
                 f"The backend exited during start-up (exit code {process.returncode}). Its last output:\n"
-                f"{backend.log_tail()}\nThe full log is {log_path}.", "exited")
+                f"{tail}\nThe full log is {backend.log_path}.", "exited")
         if cancelled is not None and cancelled():
             backend.stop()
             raise BackendStartError("Starting the backend was cancelled.", "cancelled")
@@ -546,5 +674,5 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             backend.stop(keep_log=True)
             raise BackendStartError(
                 f"The backend did not become ready within {timeout:.0f} s. Its last output:\n{backend.log_tail()}\n"
-                f"The full log is {log_path}.", "timeout")
+                f"The full log is {backend.log_path}.", "timeout")
         time.sleep(0.1)

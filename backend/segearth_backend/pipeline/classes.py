@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from ..errors import ClassListError
+from ..errors import QUOTE_CHARS, ClassListError
 
 #: Label values 0..254 are classes; 255 is reserved for nodata.
 MAX_CLASSES = 254
@@ -23,8 +23,6 @@ MAX_SYNONYMS_PER_CLASS = 16
 MAX_LINE_CHARS = 4000
 #: Every query is 80 template sentences through the text tower.
 MAX_QUERIES = 1024
-#: Class text quoted in messages is cut to this many characters.
-QUOTE_CHARS = 40
 
 
 def quote(text: str, limit: int = QUOTE_CHARS) -> str:

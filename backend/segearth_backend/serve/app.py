@@ -15,7 +15,10 @@ Inference runs on an engine behind a bounded queue (:mod:`.engine_state`): one
 worker thread in this process (:mod:`.worker`), or the replicas of a Ray Serve
 application (:mod:`.ray_engine`, ``serve --ray``); the routes, guards and
 answers are the same for both. :mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
-oversized bodies before any work is done.
+oversized bodies before any work is done; :mod:`.connections` times out silent connections and bounds how
+many are open. A request takes its place in the queue only once its whole body has arrived. When the
+service stops (SIGTERM, SIGINT, its parent gone), running work has ``STOP_GRACE_SECONDS`` to finish; what
+does not is cancelled and answered 503 ``shutting_down`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar, cast
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -49,32 +53,43 @@ from .. import __version__
 from ..config import EngineConfig
 from ..errors import ConfigError, InputError, PredictionCancelledError
 from ..pipeline.classes import parse_classes
+from .connections import ConnectionLimits
 from .engine_base import EngineState
 from .guards import (
     ApiError,
     RequestGuard,
+    UploadBudget,
     check_content_type,
     check_token,
     error_response,
     input_error_answer,
     is_loopback,
     read_body,
+    shutting_down,
     token_matches,
     wait_for_disconnect,
 )
 from .inference import SegmentAnswer, SegmentRequest
 from .local_engine import Engine
 from .progress import REQUEST_ID, Job, JobBoard
-from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, read_bundle, write_bundle
+from .protocol import BUNDLE_TYPE, JSON_TYPE, MAX_JSON_BYTES, PROTOCOL_VERSION, load_json, read_bundle, write_bundle
 from .ray_settings import RaySettings
 
 __all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "Engine", "ENV_TOKEN"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 DEFAULT_MAX_REQUEST_MB = 512
 DEFAULT_MAX_QUEUE = 4
+#: Seconds a client may take to send a request body (a slow body holds a connection, not a queue place).
+DEFAULT_BODY_TIMEOUT = 60.0
+#: Seconds running work may take to finish once the service begins to stop; then it is cancelled.
+STOP_GRACE_SECONDS = 3.0
+#: Seconds uvicorn waits for the answers of a stopping service (more than the grace plus one window batch).
+GRACEFUL_SHUTDOWN_SECONDS = 10
+SEGMENT_MEMBERS = {"params.json", "image.npy", "valid.npy"}
 SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities",
                   "protocol", "request_id"}
 #: /health fields that name local files; shown only to clients with the token.
@@ -89,6 +104,7 @@ class ServiceSettings:
         max_request_bytes: largest request body.
         max_queue: requests that may wait while one runs (more get 503 + Retry-After).
         body_timeout: seconds a client may take to send its body.
+        connections: how long a connection may idle or take to send a request head, how many may be open.
         oom_recover_after: successful requests after a CUDA out-of-memory
             error before the configured batch size is tried again.
         ray: serve through a Ray Serve application (replicas, cluster) instead of this process.
@@ -100,7 +116,8 @@ class ServiceSettings:
     token: Optional[str] = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
     max_queue: int = DEFAULT_MAX_QUEUE
-    body_timeout: float = 300.0
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     oom_recover_after: int = 20
     ready_file: Optional[Path] = None
     warmup: bool = True
@@ -112,8 +129,10 @@ class ServiceSettings:
             raise ConfigError("--max-request-mb must be positive.")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue must be 0 or more, got {self.max_queue}.")
-        if self.body_timeout <= 0 or self.oom_recover_after < 1:
-            raise ConfigError("body_timeout must be positive and oom_recover_after at least 1.")
+        if not self.body_timeout > 0:
+            raise ConfigError(f"--body-timeout must be a positive number of seconds, got {self.body_timeout}.")
+        if self.oom_recover_after < 1:
+            raise ConfigError("oom_recover_after must be at least 1.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}.")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
@@ -124,12 +143,16 @@ def read_token_file(path: Path) -> str:
     """The token stored in ``path`` (surrounding whitespace removed).
 
     Raises:
-        ConfigError: unreadable or empty file.
+        ConfigError: unreadable or empty file, or (POSIX) one that other users may read or change.
     """
     try:
+        mode = path.stat().st_mode
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Cannot read the token file {path}: {error}.") from None
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(f"The token file {path} may be read or changed by other users (mode "
+                          f"{stat.S_IMODE(mode):o}): run `chmod 600 {path}` and start again.")
     if not token:
         raise ConfigError(f"The token file {path} is empty: write the token into it.")
     return token
@@ -204,6 +227,9 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
             raise ValueError("create_app needs a segmenter factory or an engine")
         engine = Engine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
     board = JobBoard()
+    stop = Stopping(engine, board)
+    # Bodies being received, all together: as much as the queue could hold.
+    uploads = UploadBudget((engine.slots + engine.max_queue) * settings.max_request_bytes)
 
     async def health(request: Request) -> JSONResponse:
         status = "busy" if engine.status == "ready" and engine.admitted else engine.status
@@ -224,33 +250,35 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
     async def segment(request: Request) -> Response:
         check_token(request, settings.token)
         check_content_type(request, BUNDLE_TYPE)
-        with engine.admit():  # before reading a large body
-            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
-            members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
-            del body
-            if "image.npy" not in members or "params.json" not in members:
-                raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
-            params = _segment_params(members["params.json"])
-            parse_classes(params["classes"])  # validate before queueing
-            work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
-            del members
+        engine.check_room(board.active())  # a full queue is answered before the body is read
+        body = await read_body(request, settings.max_request_bytes, settings.body_timeout, uploads, stop.begun)
+        members = await run_in_threadpool(read_bundle, body, SEGMENT_MEMBERS)  # off the event loop
+        del body
+        if "image.npy" not in members or "params.json" not in members:
+            raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
+        params = _segment_params(members["params.json"])
+        parse_classes(params["classes"])  # validate before queueing
+        work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
+        del members
+        with engine.admit(board.active()):  # a place in the queue only once the whole body is in
             job = board.open(params.get("request_id"))
             if job is None:
                 raise ApiError(409, "request_id_in_use", f"A request named {params['request_id']!r} is still "
                                "running: give each request its own request_id.")
+            job.pixels = work.pixels
             start = time.perf_counter()
-            answer = await _run_watched(request, engine, work, job, board)
+            answer = await stop.unless_expired(_run_watched(request, engine, work, job, board))
             seconds = time.perf_counter() - start
             engine.record_speed(seconds, work.pixels)
-            out: dict[str, Any] = {
-                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
-                              "names": list(answer.names), "timings": answer.timings,
-                              "server_seconds": seconds, "request_id": job.request_id},
-                "labels.npy": answer.labels,
-            }
-            if answer.probabilities is not None:
-                out["probabilities.npy"] = answer.probabilities
-            return Response(write_bundle(out), media_type=BUNDLE_TYPE)
+        out: dict[str, Any] = {
+            "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
+                          "names": list(answer.names), "timings": answer.timings,
+                          "server_seconds": seconds, "request_id": job.request_id},
+            "labels.npy": answer.labels,
+        }
+        if answer.probabilities is not None:
+            out["probabilities.npy"] = answer.probabilities
+        return Response(await run_in_threadpool(write_bundle, out), media_type=BUNDLE_TYPE)
 
     async def progress(request: Request) -> JSONResponse:
         check_token(request, settings.token)
@@ -264,22 +292,18 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
     async def embed(request: Request) -> JSONResponse:
         check_token(request, settings.token)
         check_content_type(request, JSON_TYPE)
-        with engine.admit():
-            body = await read_body(request, settings.max_request_bytes, settings.body_timeout)
-            try:
-                payload = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ApiError(400, "bad_request", f"The body is not JSON: {error}.") from None
-            except RecursionError:
-                raise ApiError(400, "bad_request", "The body is nested too deeply; send {\"classes\": [...]}.") \
-                    from None
-            if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
-                raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
-            parse_classes(payload["classes"])  # validate before queueing
+        engine.check_room(board.active())
+        body = await read_body(request, MAX_JSON_BYTES, settings.body_timeout, uploads, stop.begun,
+                               what="The /classes/embed body", hint="Send a shorter class list.")
+        payload = load_json(body, "The /classes/embed body")
+        if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
+            raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
+        parse_classes(payload["classes"])  # validate before queueing
+        with engine.admit(board.active()):
             start = time.perf_counter()
-            classes, queries = await engine.embed(payload["classes"])
-            return JSONResponse({"classes": classes, "queries": queries,
-                                 "seconds": round(time.perf_counter() - start, 3)})
+            classes, queries = await stop.unless_expired(engine.embed(payload["classes"]))
+        return JSONResponse({"classes": classes, "queries": queries,
+                             "seconds": round(time.perf_counter() - start, 3)})
 
     async def models(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
@@ -308,11 +332,16 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
         return error_response(400, "client_disconnected", "The client closed the connection.")
 
     async def cancelled(request: Request, error: Exception) -> JSONResponse:
+        if engine.stopping:
+            log.info("%s %s: not finished before the service stopped", request.method, request.url.path)
+            answer = shutting_down()
+            return error_response(answer.status, answer.code, answer.message, answer.headers)
         log.info("%s %s: %s", request.method, request.url.path, error)
         return error_response(409, "cancelled", str(error))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop.start()
         loader = threading.Thread(target=_load_then_signal, name="segearth-loader", daemon=True)
         loader.start()
         yield
@@ -334,7 +363,61 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
     )
     app.state.engine = engine
     app.state.board = board
+    app.state.stop = stop
     return app
+
+
+class Stopping:
+    """The service's graceful stop (:meth:`begin`, when uvicorn begins to shut down).
+
+    New requests and bodies still being received are answered 503 ``shutting_down`` at once; running and
+    queued work gets ``grace`` seconds to finish, then it is cancelled between window batches and answered
+    503 ``shutting_down`` with ``Retry-After`` (the client sends it again to a restarted backend).
+    """
+
+    def __init__(self, engine: EngineState, board: JobBoard, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.engine, self.board, self.grace = engine, board, grace
+        self.begun: Optional[asyncio.Event] = None
+        self.expired: Optional[asyncio.Event] = None
+
+    def start(self) -> None:
+        """Make the events on the service's event loop (at start-up)."""
+        self.begun, self.expired = asyncio.Event(), asyncio.Event()
+
+    def begin(self) -> None:
+        """On the event loop: refuse new work, cancel what still runs after ``grace`` seconds."""
+        if self.engine.stopping:
+            return
+        self.engine.stopping = True
+        if self.begun is not None:
+            self.begun.set()
+        running = len(self.board.active())
+        if running:
+            log.info("stopping: %d request(s) in progress get %.0f s to finish", running, self.grace)
+        asyncio.get_running_loop().call_later(self.grace, self._expire)
+
+    def _expire(self) -> None:
+        if self.expired is not None:
+            self.expired.set()
+        cancelled = self.board.cancel_active()
+        if cancelled:
+            log.warning("stopping: %d request(s) did not finish in time; they are answered 503 shutting_down",
+                        cancelled)
+
+    async def unless_expired(self, work: Awaitable[T]) -> T:
+        """``await work``, unless the stop's grace expires first: then the 503 ``shutting_down`` answer."""
+        if self.expired is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        expiry = asyncio.ensure_future(self.expired.wait())
+        try:
+            await asyncio.wait({task, expiry}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            expiry.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise shutting_down()
 
 
 async def _run_watched(request: Request, engine: EngineState, work: SegmentRequest, job: Job,
@@ -351,7 +434,7 @@ async def _run_watched(request: Request, engine: EngineState, work: SegmentReque
     watcher = asyncio.ensure_future(watch())
     try:
         result = await engine.segment(work, job)
-    except PredictionCancelledError:
+    except (PredictionCancelledError, asyncio.CancelledError):
         board.close(job, "cancelled")
         raise
     except BaseException:
@@ -426,10 +509,16 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     """Listen, load the model, announce readiness, serve until SIGINT / SIGTERM. Returns the exit code."""
     import uvicorn
 
+    from .connections import QueryOmitted, protocol_class, usable_connections
+
     if settings.token is None and not is_loopback(settings.host):
         log.error("refusing to listen on %s without a token: anyone on the network could use this machine. "
-                  "Set SEGEARTH_BACKEND_TOKEN (or --token), or listen on 127.0.0.1.", settings.host)
+                  "Set SEGEARTH_BACKEND_TOKEN (or --token-file), or listen on 127.0.0.1.", settings.host)
         return 2
+    if settings.token is None:
+        log.warning("no token: any local user of this machine can use this backend (its model, its device and "
+                    "the paths it names). Give it one with --token-file (or SEGEARTH_BACKEND_TOKEN) unless you are "
+                    "this machine's only user.")
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -474,11 +563,26 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
                 server.should_exit = True
 
     app = create_app(settings, factory, on_ready, engine)
+    limits = settings.connections
+    fitting = usable_connections(limits.max_connections)
+    if fitting < limits.max_connections:
+        log.warning("this process may open too few files for --max-connections %d: serving at most %d connections",
+                    limits.max_connections, fitting)
+        limits = replace(limits, max_connections=fitting)
+    logging.getLogger("uvicorn.access").addFilter(QueryOmitted())
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+            app.state.stop.begin()  # refuse new work; what runs gets the grace period, then 503 shutting_down
+            await super().shutdown(sockets)
+
     # h11 and the asyncio loop whatever else is installed (uvicorn[standard], which Ray brings, would
-    # switch to httptools and uvloop): the same HTTP behaviour everywhere.
-    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
-                            limit_concurrency=256, http="h11", loop="asyncio")
-    server = uvicorn.Server(config)
+    # switch to httptools and uvloop): the same HTTP behaviour everywhere. Connections are bounded and timed
+    # out by the protocol class (connections.py), not by uvicorn's concurrency limit (which counted idle ones).
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                            timeout_keep_alive=int(max(1, limits.idle_timeout)), limit_concurrency=None,
+                            http=protocol_class(limits), loop="asyncio")
+    server = Server(config)
     if settings.exit_with_parent:
         _watch_parent(server)
     server.run(sockets=[sock])
