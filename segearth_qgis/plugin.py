@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -9,6 +10,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QToolBar
 
+from .client.backend_manager import stop_shared
 from .gui.dock import SegEarthDock
 from .qt_compat import QAction
 
@@ -27,8 +29,10 @@ class SegEarthPlugin:
         self.dock: Optional[SegEarthDock] = None
         self.provider: Optional[Any] = None
         self.style_hook: Optional[ResultStyleHook] = None
+        self.quit_hooked = False
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name (also called by qgis_process)
+        self._stop_backend_on_quit()
         if self.style_hook is None:
             from .map.result_style import ResultStyleHook
 
@@ -60,7 +64,25 @@ class SegEarthPlugin:
         # Listed in Settings ▸ Keyboard Shortcuts, where a key can be given to it.
         self.iface.registerMainWindowAction(self.action, "")
 
+    def _stop_backend_on_quit(self) -> None:
+        """Stop the local backend (and remove its working folder) when QGIS or qgis_process quits: neither
+        runs Python's exit handlers, and a headless run must leave nothing behind."""
+        from qgis.core import QgsApplication
+
+        application = QgsApplication.instance()
+        if application is not None and not self.quit_hooked:
+            application.aboutToQuit.connect(stop_shared)
+            self.quit_hooked = True
+
     def unload(self) -> None:
+        if self.quit_hooked:
+            from qgis.core import QgsApplication
+
+            application = QgsApplication.instance()
+            if application is not None:
+                with contextlib.suppress(TypeError, RuntimeError):  # already disconnected
+                    application.aboutToQuit.disconnect(stop_shared)
+            self.quit_hooked = False
         if self.style_hook is not None:
             self.style_hook.disconnect()
             self.style_hook = None

@@ -18,6 +18,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tree_pythonpath(), os.env
 os.environ["SEGEARTH_BACKEND_PYTHONPATH"] = tree_pythonpath()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def kept_logs_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The logs of local backends that failed go to a folder of this session, never the user's data folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGEARTH_LOG_DIR", str(tmp_path_factory.mktemp("kept-logs")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     return PARITY

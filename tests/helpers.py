@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import struct
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -87,3 +90,20 @@ def read_http_response(conn: socket.socket, timeout: float = 30.0) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def zip_with_flag(body: bytes, member: str, flag: int) -> bytes:
+    """``body`` (a ZIP) with ``flag`` set in ``member``'s general-purpose flags, in its local header and in the
+    central directory (0x01: encrypted, 0x40: strong encryption)."""
+    data = bytearray(body)
+    info = zipfile.ZipFile(io.BytesIO(body)).getinfo(member)
+    local = info.header_offset + 6
+    struct.pack_into("<H", data, local, struct.unpack_from("<H", data, local)[0] | flag)
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:
+        name_length = struct.unpack_from("<H", data, central + 28)[0]
+        if bytes(data[central + 46:central + 46 + name_length]) == member.encode():
+            struct.pack_into("<H", data, central + 8, struct.unpack_from("<H", data, central + 8)[0] | flag)
+            return bytes(data)
+        central = data.find(b"PK\x01\x02", central + 4)
+    raise AssertionError(f"{member} not in the central directory")

@@ -65,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .serve.app import ENV_TOKEN, ServiceSettings, read_token_file, serve
+    from .serve.connections import ConnectionLimits
 
     token: Optional[str]
     if args.token_file:
@@ -76,10 +77,12 @@ def _serve(args: argparse.Namespace) -> int:
         token = args.token
     else:
         token = os.environ.get(ENV_TOKEN) or None
-    given = {"max_queue": args.max_queue}  # None: the setting's own default
+    given = {"max_queue": args.max_queue, "body_timeout": args.body_timeout}  # None: the setting's own default
+    limits = {"idle_timeout": args.idle_timeout, "max_connections": args.max_connections}
     settings = ServiceSettings(
         engine=_engine_config(args), host=args.host, port=args.port, token=token,
         max_request_bytes=int(args.max_request_mb * 2**20),
+        connections=ConnectionLimits(**{key: value for key, value in limits.items() if value is not None}),
         ready_file=Path(args.ready_file) if args.ready_file else None,
         warmup=not args.no_warmup, exit_with_parent=args.exit_with_parent, ray=_ray_settings(args),
         **{key: value for key, value in given.items() if value is not None},
@@ -191,6 +194,9 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     # On Apple GPUs, operations PyTorch lacks there run on the CPU instead of failing (read when torch loads).
     os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    from .serve.app import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REQUEST_MB
+    from .serve.connections import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+
     parser = argparse.ArgumentParser(prog="segearth-backend", description="SegEarth-OV inference backend")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP inference service")
@@ -201,9 +207,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                        "beyond loopback. Visible to other users in `ps`: prefer --token-file")
     serve.add_argument("--token-file", help="read the token from this file (first choice over --token and "
                        "$SEGEARTH_BACKEND_TOKEN)")
-    serve.add_argument("--max-request-mb", type=float, default=512, help="largest request body (default 512)")
-    serve.add_argument("--max-queue", type=int,
-                       help="requests that may wait while one runs; more get 503 with Retry-After (default 4)")
+    serve.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
+                       help=f"largest request body (default {DEFAULT_MAX_REQUEST_MB})")
+    serve.add_argument("--max-queue", type=int, help="requests that may wait while one runs; more get 503 with "
+                       f"Retry-After (default {DEFAULT_MAX_QUEUE})")
+    serve.add_argument("--body-timeout", type=float, help="seconds a client may take to send a request body; "
+                       f"slower ones get 408 (default {DEFAULT_BODY_TIMEOUT:g})")
+    serve.add_argument("--idle-timeout", type=float, help="seconds a connection may stay silent between requests "
+                       f"or take to send a request's line and headers before it is closed (default "
+                       f"{DEFAULT_IDLE_TIMEOUT:g})")
+    serve.add_argument("--max-connections", type=int, help="connections open at once; a new one beyond that "
+                       f"closes the longest-idle ones (default {DEFAULT_MAX_CONNECTIONS})")
     serve.add_argument("--ready-file", help="write {url, pid} here (JSON) once the model is loaded")
     serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference at start")
     serve.add_argument("--exit-with-parent", action="store_true",

@@ -9,7 +9,26 @@ as bad input.
 
 from __future__ import annotations
 
-from typing import Optional
+import reprlib
+from typing import Any, Optional
+
+from .request_rules import QUOTE_CHARS
+
+#: The longest message an HTTP error answer carries (a last bound behind :func:`quote`).
+MAX_MESSAGE_CHARS = 600
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``value`` for a message: its repr, with strings, containers and numbers cut to about ``limit`` characters."""
+    shorten = reprlib.Repr()
+    shorten.maxstring = shorten.maxother = shorten.maxlong = limit
+    shorten.maxlist = shorten.maxtuple = shorten.maxdict = shorten.maxset = 4
+    shorten.maxlevel = 2
+    try:
+        text = shorten.repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return "<a number of more than 4000 digits>"
+    return text if len(text) <= limit + 10 else text[:limit] + "..."
 
 
 class SegEarthError(Exception):

@@ -24,7 +24,7 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -40,6 +40,14 @@ ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
 #: Extra ``serve`` arguments for a backend the plugin starts, e.g. ``--ray --replicas 2`` (several GPUs).
 ENV_ARGS = "SEGEARTH_BACKEND_ARGS"
+#: Where the logs of local backends that failed are kept (default: ``logs`` in the plugin's data folder).
+ENV_LOG_DIR = "SEGEARTH_LOG_DIR"
+#: Logs of failed local backends kept in that folder; the oldest beyond this number are removed.
+KEEP_LOGS = 20
+#: Seconds to wait for a local backend that announced its stop to end before a request goes to a fresh one.
+STOPPED_BACKEND_WAIT = 20.0
+#: The answer of a backend that stopped before it finished a request (503, with Retry-After).
+STOPPED_CODE = "shutting_down"
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,31 @@ def proxy_for(url: str) -> Optional[str]:
     return proxy
 
 
+class Target(NamedTuple):
+    """Where requests go: a backend URL, its token and the URL's parts."""
+
+    url: str
+    token: Optional[str]
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str, token: Optional[str]) -> Target:
+        url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"The backend URL {url!r} is not an http:// or https:// URL: fix it in the "
+                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
+        return cls(url, token, parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                   parts.path.rstrip("/"))
+
+
+#: ``relocate(url, cancelled)``: the (url, token) to use after the backend at ``url`` stopped or went away.
+Relocate = Callable[[str, Optional[Callable[[], bool]]], tuple[str, Optional[str]]]
+
+
 class _Call:
     """One HTTP exchange that another thread may abort (its socket is shut down)."""
 
@@ -141,54 +174,70 @@ class _Call:
 
 
 class BackendClient:
-    """HTTP client for one backend URL (stdlib ``http.client``; proxies only for remote URLs)."""
+    """HTTP client for one backend URL (stdlib ``http.client``; proxies only for remote URLs).
 
-    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 600.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
+    Args:
+        relocate: for a backend the plugin runs: after the backend answered that it stopped, the next request
+            asks ``relocate`` where the backend runs now (a fresh one may have been started). A backend that
+            crashed is not followed: its failure is reported (with its log), not hidden by a restart.
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 600.0,
+                 relocate: Optional[Relocate] = None) -> None:
         self.timeout = timeout
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"The backend URL {self.url!r} is not an http:// or https:// URL: fix it in the "
-                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
-        self._scheme, self._host = parts.scheme, parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._base_path = parts.path.rstrip("/")
+        self._target = Target.parse(url, token)
+        self._relocate = relocate
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        return self._target.url
+
+    @property
+    def token(self) -> Optional[str]:
+        return self._target.token
 
     # ------------------------------------------------------------ transport
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    def _current(self, cancelled: Optional[Callable[[], bool]]) -> Target:
+        """The target for a new request: after the backend answered that it stopped, wherever it runs now."""
+        if self._stopped and self._relocate is not None:
+            url, token = self._relocate(self._target.url, cancelled)
+            self._target, self._stopped = Target.parse(url, token), False
+        return self._target
+
+    def _connection(self, target: Target, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
         """A connection (direct, or to the proxy), the path prefix to request, and proxy headers."""
-        proxy = proxy_for(self.url)
+        proxy = proxy_for(target.url)
         if proxy is None:
-            if self._scheme == "https":
-                return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                                   context=ssl.create_default_context()), self._base_path, {}
-            return http.client.HTTPConnection(self._host, self._port, timeout=timeout), self._base_path, {}
+            if target.scheme == "https":
+                return http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
+                                                   context=ssl.create_default_context()), target.base_path, {}
+            return http.client.HTTPConnection(target.host, target.port, timeout=timeout), target.base_path, {}
         parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         if parts.scheme != "http" or not parts.hostname:
-            raise BackendError(f"The proxy {parts.scheme}://{parts.hostname} for {self.url} is not supported: use "
+            raise BackendError(f"The proxy {parts.scheme}://{parts.hostname} for {target.url} is not supported: use "
                                "an http:// proxy, or list the backend host in no_proxy.", "bad_proxy")
         headers = {}
         if parts.username:
             credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
             headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-        if self._scheme == "https":
+        if target.scheme == "https":
             tunnel = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=timeout,
                                                  context=ssl.create_default_context())
-            tunnel.set_tunnel(self._host, self._port, headers=headers)
-            return tunnel, self._base_path, {}
+            tunnel.set_tunnel(target.host, target.port, headers=headers)
+            return tunnel, target.base_path, {}
         plain = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-        return plain, f"http://{self._host}:{self._port}{self._base_path}", headers
+        return plain, f"http://{target.host}:{target.port}{target.base_path}", headers
 
-    def _exchange(self, method: str, path: str, body: Optional[bytes], content_type: Optional[str],
+    def _exchange(self, target: Target, method: str, path: str, body: Optional[bytes], content_type: Optional[str],
                   timeout: float, max_answer: int, call: Optional[_Call]) -> tuple[int, dict[str, str], bytes]:
         """Send one request; (status, lower-cased headers, body). Transport failures become BackendError."""
         call = call or _Call()
-        connection, prefix, headers = self._connection(timeout)
+        connection, prefix, headers = self._connection(target, timeout)
         if content_type:
             headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if target.token:
+            headers["Authorization"] = f"Bearer {target.token}"
         call.connection = connection
         try:
             connection.connect()
@@ -200,7 +249,7 @@ class BackendClient:
             length = answer_headers.get("content-length", "")
             if length.isdigit() and int(length) > max_answer:
                 raise BackendError(f"The backend's answer to {path} is {int(length)} bytes, more than the "
-                                   f"{max_answer} expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+                                   f"{max_answer} expected: is {target.url} a SegEarth-OV backend?", "bad_answer")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -211,7 +260,7 @@ class BackendClient:
                 size += len(chunk)
                 if size > max_answer:
                     raise BackendError(f"The backend's answer to {path} is larger than the {max_answer} bytes "
-                                       f"expected: is {self.url} a SegEarth-OV backend?", "bad_answer")
+                                       f"expected: is {target.url} a SegEarth-OV backend?", "bad_answer")
             data = b"".join(chunks)
             if length.isdigit() and len(data) < int(length):
                 raise http.client.IncompleteRead(data, int(length) - len(data))
@@ -227,14 +276,14 @@ class BackendClient:
         except TimeoutError:
             if call.aborted.is_set():
                 raise BackendError("The request was cancelled.", "cancelled") from None
-            raise BackendError(f"The SegEarth-OV backend at {self.url} did not answer {path} within {timeout:.0f} s: "
+            raise BackendError(f"The SegEarth-OV backend at {target.url} did not answer {path} within {timeout:.0f} s: "
                                "it may be overloaded or stuck; check its log, or try again.", "timeout") from None
         except (OSError, http.client.HTTPException) as error:
             if call.aborted.is_set():
                 raise BackendError("The request was cancelled.", "cancelled") from None
             reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
             raise BackendError(
-                f"Cannot reach the SegEarth-OV backend at {self.url} ({reason}). Check that it is running "
+                f"Cannot reach the SegEarth-OV backend at {target.url} ({reason}). Check that it is running "
                 "(start it from the plugin panel, or `segearth-backend serve`) and that the URL is right.",
                 "unreachable") from None
         finally:
@@ -242,14 +291,20 @@ class BackendClient:
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
                  timeout: Optional[float] = None, max_answer: int = SMALL_ANSWER_BYTES,
-                 call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None) -> tuple[bytes, str]:
+                 call: Optional[_Call] = None, cancelled: Optional[Callable[[], bool]] = None,
+                 target: Optional[Target] = None) -> tuple[bytes, str]:
         """One request; errors become BackendError. A 503 "busy" answer is sent again after its Retry-After
-        while that ends before the request's deadline (the plugin's one retry loop, :mod:`.retry`)."""
+        while that ends before the request's deadline (the plugin's one retry loop, :mod:`.retry`).
+
+        ``target``: where to send it (default: :meth:`_current`, which follows a restarted local backend).
+        """
+        target = target or self._current(cancelled)
         deadline = time.monotonic() + (timeout or self.timeout)
 
         def once() -> tuple[bytes, str]:
             remaining = max(1.0, deadline - time.monotonic())
-            status, headers, data = self._exchange(method, path, body, content_type, remaining, max_answer, call)
+            status, headers, data = self._exchange(target, method, path, body, content_type, remaining,
+                                                   max_answer, call)
             if status < 400:
                 return data, headers.get("content-type", "")
             try:
@@ -258,8 +313,12 @@ class BackendClient:
             except (ValueError, KeyError, TypeError, RecursionError):
                 message, code = data.decode("utf-8", "replace")[:300] or f"HTTP {status}", "http_error"
             retry = headers.get("retry-after", "")
-            raise BackendError(f"The backend refused the request ({status}): {message}", code, status,
-                               float(retry) if retry.isdigit() else None)
+            wait = float(retry) if retry.isdigit() else None
+            if code == STOPPED_CODE:
+                self._stopped = True  # the next request asks where the backend runs now
+                raise BackendError(f"The backend was stopped before it finished the request ({status}): "
+                                   f"{message}", code, status, wait)
+            raise BackendError(f"The backend refused the request ({status}): {message}", code, status, wait)
 
         return with_retries(once, path, BUSY_RETRY, cancelled or _never, lambda message: None, _is_busy, deadline)
 
@@ -284,9 +343,11 @@ class BackendClient:
                 f"{protocol.PROTOCOL_VERSION}: update whichever is older.", "protocol_mismatch")
         return health
 
-    def progress(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        """``/progress/{request_id}``: ``state``, ``windows_done``, ``windows_total`` of a named request."""
-        body, _ = self._request("GET", f"/progress/{urllib.parse.quote(request_id)}", timeout=timeout)
+    def progress(self, request_id: str, timeout: float = 10.0, target: Optional[Target] = None) -> dict[str, Any]:
+        """``/progress/{request_id}``: ``state``, ``windows_done``, ``windows_total`` of a named request
+        (asked of ``target``, the backend working on it, when given)."""
+        body, _ = self._request("GET", f"/progress/{urllib.parse.quote(request_id)}", timeout=timeout,
+                                target=target)
         return self._json(body, "/progress")
 
     def segment(self, image: np.ndarray, classes: Sequence[str], prob_threshold: float = 0.0,
@@ -321,21 +382,23 @@ class BackendClient:
         expected = height * width * (1 + (2 * len(classes) if probabilities else 0)) + 16 * 2**20
         call = _Call()
         finished = threading.Event()
+        target = self._current(cancelled)
         watcher = None
         if progress is not None or cancelled is not None:
-            watcher = threading.Thread(target=self._watch, args=(call, finished, request_id, progress, cancelled),
+            watcher = threading.Thread(target=self._watch,
+                                       args=(call, finished, target, request_id, progress, cancelled),
                                        name="segearth-request-watch", daemon=True)
             watcher.start()
         try:
             body, _ = self._request("POST", "/segment", protocol.encode(members), protocol.BUNDLE_TYPE,
-                                    max_answer=expected, call=call, cancelled=cancelled)
+                                    max_answer=expected, call=call, cancelled=cancelled, target=target)
         finally:
             finished.set()
             if watcher is not None:
                 watcher.join()
         return self._segment_answer(body, height, width, len(classes), probabilities)
 
-    def _watch(self, call: _Call, finished: threading.Event, request_id: Optional[str],
+    def _watch(self, call: _Call, finished: threading.Event, target: Target, request_id: Optional[str],
                progress: Optional[Callable[[int, int], None]], cancelled: Optional[Callable[[], bool]]) -> None:
         """Polling thread: report progress, abort the exchange when ``cancelled()`` becomes true."""
         while not finished.wait(POLL_SECONDS):
@@ -344,7 +407,7 @@ class BackendClient:
                 return
             if progress is not None and request_id is not None:
                 try:
-                    document = self.progress(request_id, timeout=5.0)
+                    document = self.progress(request_id, timeout=5.0, target=target)
                 except BackendError:
                     continue  # not registered yet, or a hiccup: the main exchange reports real failures
                 done, total = document.get("windows_done"), document.get("windows_total")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import BackendError, BackendStartError
 from ..version import plugin_version, same_release
-from .backend_client import BackendClient, BackendSettings
+from .backend_client import STOPPED_BACKEND_WAIT, BackendClient, BackendSettings
 from .local_backend import LocalBackend, start_local_backend
 
 #: The states a backend can be in, as the panel shows them.
@@ -82,12 +82,28 @@ class BackendManager:
     def client(self, cancelled: Optional[Callable[[], bool]] = None) -> BackendClient:
         """A client for a ready backend, starting the local one if needed.
 
-        ``last_start_seconds`` says how long this call spent starting a backend (0 if none was started).
+        A client of the local backend follows it: when the backend answers that it stopped (SIGTERM, a
+        restart), the next request goes to the backend running then, started afresh if none runs
+        (:meth:`relocate`); a crash is reported, not hidden. ``last_start_seconds`` says how long this call
+        spent starting a backend (0 if none was started).
         """
         settings = self.settings()
         self.last_start_seconds = 0.0
         if settings.url:
             return BackendClient(settings.url, settings.token, settings.timeout)
+        return self._local_backend(settings, cancelled).client(settings.timeout, self.relocate)
+
+    def relocate(self, gone_url: str, cancelled: Optional[Callable[[], bool]] = None) -> tuple[str, Optional[str]]:
+        """(url, token) to send a request to after the backend at ``gone_url`` answered that it stopped: the
+        local one at that URL is given time to end, then the one running now, started afresh if none runs."""
+        local = self._local
+        if local is not None and local.url == gone_url and local.running():
+            local.wait_for_exit(STOPPED_BACKEND_WAIT, lambda: self.closing or (cancelled is not None and cancelled()))
+        client = self.client(cancelled)
+        return client.url, client.token
+
+    def _local_backend(self, settings: BackendSettings, cancelled: Optional[Callable[[], bool]]) -> LocalBackend:
+        """The local backend, started (or restarted with new settings) if needed."""
         with self._lock:
             if self._local is not None and (not self._local.running() or self._local.args != settings.serve_args()):
                 self._local.stop()  # it died, or the settings changed: start a fresh one
@@ -108,7 +124,7 @@ class BackendManager:
                 finally:
                     self._starting = None
                 self.last_start_seconds = time.monotonic() - start
-            return self._local.client(settings.timeout)
+            return self._local
 
     def _started(self, backend: LocalBackend) -> None:
         self._starting = backend
@@ -183,6 +199,7 @@ class BackendManager:
         return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
     def explain_exit(self, local: LocalBackend) -> str:
+        local.keep_log()  # it failed: its log goes where failed backends' logs are kept
         tail = local.log_tail(8).strip()
         return (f"The local backend process stopped ({self._exit_text(local)}). "
                 + (f"Its last output:\n{tail}\n" if tail else "")
@@ -218,18 +235,26 @@ def _first_line(text: str, limit: int = 90) -> str:
 
 
 __all__ = ["BackendManager", "BackendStatus", "BackendError", "BackendStartError", "describe_health",
-           "shared_manager"]
+           "shared_manager", "stop_shared"]
 
 
 _shared: Optional[BackendManager] = None
 _shared_lock = threading.Lock()
 
 
+def stop_shared() -> None:
+    """Stop the local backend of the process-wide manager, if there is one (QGIS or qgis_process is
+    quitting: the plugin calls this on the application's ``aboutToQuit``, which QGIS emits where it runs no
+    Python exit handlers)."""
+    if _shared is not None:
+        _shared.stop()
+
+
 def shared_manager() -> BackendManager:
     """The process-wide manager used by the dock and the Processing algorithms (one local backend).
 
-    A local backend it started is stopped when the process exits, so a
-    headless ``qgis_process`` run leaves no backend behind.
+    A local backend it started is stopped when the process exits (:func:`stop_shared`, and Python's exit
+    handlers where they run), so a headless ``qgis_process`` run leaves no backend and no working folder behind.
     """
     global _shared
     with _shared_lock:

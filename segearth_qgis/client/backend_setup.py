@@ -295,13 +295,18 @@ def reachable(url: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def default_target() -> Path:
-    """Where the environment goes when no --target is given (a per-user data folder)."""
+def data_folder() -> Path:
+    """The plugin's per-user data folder (the backend environment, the logs of failed backends)."""
     if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "segearth-ov" / "backend"
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "segearth-ov"
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "segearth-ov" / "backend"
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "segearth-ov" / "backend"
+        return Path.home() / "Library" / "Application Support" / "segearth-ov"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "segearth-ov"
+
+
+def default_target() -> Path:
+    """Where the environment goes when no --target is given (in the per-user data folder)."""
+    return data_folder() / "backend"
 
 
 def venv_python(target: Path) -> Path:

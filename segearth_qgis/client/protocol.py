@@ -18,6 +18,10 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 BUNDLE_TYPE = "application/x-segearth-bundle"
+#: The longest side an array in a bundle may declare.
+MAX_ARRAY_SIDE = 2**31 - 1
+#: ZIP flag bits a bundle member may carry: data descriptor (0x08) and UTF-8 names (0x800); no encryption.
+ALLOWED_ZIP_FLAGS = 0x08 | 0x800
 
 
 def encode(members: dict[str, Any]) -> bytes:
@@ -57,13 +61,17 @@ def decode(body: bytes, allowed: Optional[set[str]] = None) -> dict[str, Any]:
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED:
             raise ValueError(f"member {info.filename} is compressed; bundles are stored uncompressed")
+        if info.flag_bits & ~ALLOWED_ZIP_FLAGS:
+            raise ValueError(f"member {info.filename} is encrypted or uses ZIP features bundles do not")
         try:
             if info.filename.endswith(".npy"):
                 members[info.filename] = _read_npy(archive, info)
             else:
                 members[info.filename] = json.loads(archive.read(info).decode("utf-8"))
-        except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, RecursionError) as error:
-            raise ValueError(f"member {info.filename} is unreadable ({type(error).__name__}: {error})") from None
+        except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, RecursionError, RuntimeError,
+                NotImplementedError) as error:
+            raise ValueError(f"member {info.filename} is unreadable ({type(error).__name__}: "
+                             f"{str(error)[:120]})") from None
     return members
 
 
@@ -80,6 +88,8 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
             raise ValueError(f"{name} has the unsupported .npy version {version}")
         if dtype.hasobject or dtype.itemsize == 0:
             raise ValueError(f"{name} is not a plain numeric array")
+        if not all(isinstance(side, int) and 0 <= side <= MAX_ARRAY_SIDE for side in shape):
+            raise ValueError(f"{name} declares an impossible shape")
         count = math.prod(shape)
         declared = count * dtype.itemsize
         if declared != info.file_size - stream.tell():

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import ImageError, ParameterError, ShapeError
+from ..errors import ImageError, ParameterError, ShapeError, quote
 from ..request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
 from ..windows import grid_count, padded_area, padded_size
 
@@ -43,7 +43,7 @@ def check_image(image: Any) -> np.ndarray:
         raise ImageError(f"image must have dtype uint8, got {image.dtype}.{hint}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(
-            f"image must be H x W x 3 (RGB, channels last), got shape {image.shape}. "
+            f"image must be H x W x 3 (RGB, channels last), got shape {quote(image.shape)}. "
             "Replicate a single band to three channels; drop alpha or extra bands."
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
@@ -90,7 +90,7 @@ def check_valid_mask(valid: Any, height: int, width: int) -> Optional[np.ndarray
         raise ImageError(f"valid mask must be a numpy array, got {type(valid).__name__}.")
     if valid.shape != (height, width):
         raise ImageError(
-            f"valid mask must have the image's size {height} x {width}, got shape {valid.shape}."
+            f"valid mask must have the image's size {height} x {width}, got shape {quote(valid.shape)}."
         )
     if valid.dtype != np.bool_:
         if not np.issubdtype(valid.dtype, np.integer):
@@ -110,10 +110,10 @@ def check_threshold(value: Any) -> float:
 def check_background_index(value: Any, num_classes: int) -> int:
     """The background class index: an integer in ``[0, num_classes)``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ParameterError(f"background_index must be an integer, got {value!r}.")
+        raise ParameterError(f"background_index must be an integer, got {quote(value)}.")
     if not 0 <= int(value) < num_classes:
         raise ParameterError(
-            f"background_index {int(value)} is out of range: there are {num_classes} "
+            f"background_index {quote(int(value))} is out of range: there are {num_classes} "
             f"classes, so it must be between 0 and {num_classes - 1}."
         )
     return int(value)
@@ -131,8 +131,11 @@ def check_lambda(value: Any) -> float:
 
 def _finite(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ParameterError(f"{name} must be a number, got {value!r}.")
-    number = float(value)
+        raise ParameterError(f"{name} must be a number, got {quote(value)}.")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ParameterError(f"{name} must be a finite number, got {quote(value)}.") from None
     if not math.isfinite(number):
         raise ParameterError(f"{name} must be a finite number, got {number}.")
     return number

@@ -2,8 +2,8 @@
 
 Endpoints (protocol version 1; see the README):
 
-- ``GET /health``: versions, status, the sliding window, device, precision and what the CPU supports, the
-  feature cache (hits, misses, memory); with the token (or when the server has none) also the loaded
+- ``GET /health``: versions, status, the sliding window, device, precision and what the CPU supports, the feature
+  cache (hits, misses, memory); with the token (or when the server has none) also the loaded
   weights and the load error.
 - ``POST /segment``: a bundle (``params.json``, ``image.npy``, ``valid.npy``)
   in, a bundle (``meta.json``, ``labels.npy``, ``probabilities.npy``) out.
@@ -15,7 +15,10 @@ Inference runs on an engine behind a bounded queue (:mod:`.engine_base`): one
 worker thread in this process (:mod:`.local_engine`), or the replicas of a Ray Serve
 application (:mod:`.ray_engine`, ``serve --ray``); the routes, guards and
 answers are the same for both. :mod:`.guards` keeps out web pages, foreign hosts, wrong content types and
-oversized bodies before any work is done.
+oversized bodies before any work is done; :mod:`.connections` times out silent connections and bounds how
+many are open. A request takes its place in the queue only once its whole body has arrived. When the
+service stops (SIGTERM, SIGINT, its parent gone), running work has a grace period (:mod:`.stopping`) to finish; what
+does not is cancelled and answered 503 ``shutting_down`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
@@ -43,9 +46,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..config import EngineConfig
 from ..errors import ApiError, ConfigError
+from .connections import ConnectionLimits
 from .engine_base import EngineBase
 from .guards import (
     RequestGuard,
+    UploadBudget,
     error_response,
     is_loopback,
 )
@@ -54,6 +59,7 @@ from .progress import JobBoard
 from .protocol import PROTOCOL_VERSION
 from .ray_settings import RaySettings
 from .routes import EXCEPTION_HANDLERS, Routes
+from .stopping import GRACEFUL_SHUTDOWN_SECONDS, Stopping
 
 __all__ = ["ServiceSettings", "create_app", "serve", "is_loopback", "ApiError", "LocalEngine", "ENV_TOKEN"]
 
@@ -62,6 +68,8 @@ log = logging.getLogger(__name__)
 ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 DEFAULT_MAX_REQUEST_MB = 512
 DEFAULT_MAX_QUEUE = 4
+#: Seconds a client may take to send a request body (a slow body holds a connection, not a queue place).
+DEFAULT_BODY_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class ServiceSettings:
         max_request_bytes: largest request body.
         max_queue: requests that may wait while one runs (more get 503 + Retry-After).
         body_timeout: seconds a client may take to send its body.
+        connections: how long a connection may idle or take to send a request head, how many may be open.
         oom_recover_after: successful requests after a CUDA out-of-memory
             error before the configured batch size is tried again.
         ray: serve through a Ray Serve application (replicas, cluster) instead of this process.
@@ -83,7 +92,8 @@ class ServiceSettings:
     token: Optional[str] = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
     max_queue: int = DEFAULT_MAX_QUEUE
-    body_timeout: float = 300.0
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     oom_recover_after: int = 20
     ready_file: Optional[Path] = None
     warmup: bool = True
@@ -95,8 +105,10 @@ class ServiceSettings:
             raise ConfigError("--max-request-mb must be positive.")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue must be 0 or more, got {self.max_queue}.")
-        if self.body_timeout <= 0 or self.oom_recover_after < 1:
-            raise ConfigError("body_timeout must be positive and oom_recover_after at least 1.")
+        if not self.body_timeout > 0:
+            raise ConfigError(f"--body-timeout must be a positive number of seconds, got {self.body_timeout}.")
+        if self.oom_recover_after < 1:
+            raise ConfigError("oom_recover_after must be at least 1.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}.")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
@@ -107,12 +119,16 @@ def read_token_file(path: Path) -> str:
     """The token stored in ``path`` (surrounding whitespace removed).
 
     Raises:
-        ConfigError: unreadable or empty file.
+        ConfigError: unreadable or empty file, or (POSIX) one that other users may read or change.
     """
     try:
+        mode = path.stat().st_mode
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Cannot read the token file {path}: {error}.") from None
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(f"The token file {path} may be read or changed by other users (mode "
+                          f"{stat.S_IMODE(mode):o}): run `chmod 600 {path}` and start again.")
     if not token:
         raise ConfigError(f"The token file {path} is empty: write the token into it.")
     return token
@@ -167,9 +183,13 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
             raise ValueError("create_app needs a segmenter factory or an engine")
         engine = LocalEngine(factory, settings.warmup, settings.max_queue, settings.oom_recover_after)
     board = JobBoard()
+    stop = Stopping(engine, board)
+    # Bodies being received, all together: as much as the queue could hold.
+    uploads = UploadBudget((engine.slots + engine.max_queue) * settings.max_request_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop.start()
         loader = threading.Thread(target=_load_then_signal, name="segearth-loader", daemon=True)
         loader.start()
         yield
@@ -181,13 +201,14 @@ def create_app(settings: ServiceSettings, factory: Optional[Callable[[], Any]] =
             on_ready(engine)
 
     app = Starlette(
-        routes=Routes(settings, engine, board).table(),
+        routes=Routes(settings, engine, board, stop, uploads).table(),
         middleware=[Middleware(FaultBarrier), Middleware(RequestGuard, loopback_only=is_loopback(settings.host))],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.board = board
+    app.state.stop = stop
     return app
 
 
@@ -254,10 +275,16 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
     """Listen, load the model, announce readiness, serve until SIGINT / SIGTERM. Returns the exit code."""
     import uvicorn
 
+    from .connections import QueryOmitted, protocol_class, usable_connections
+
     if settings.token is None and not is_loopback(settings.host):
         log.error("refusing to listen on %s without a token: anyone on the network could use this machine. "
-                  "Set SEGEARTH_BACKEND_TOKEN (or --token), or listen on 127.0.0.1.", settings.host)
+                  "Set SEGEARTH_BACKEND_TOKEN (or --token-file), or listen on 127.0.0.1.", settings.host)
         return 2
+    if settings.token is None:
+        log.warning("no token: any local user of this machine can use this backend (its model, its device and "
+                    "the paths it names). Give it one with --token-file (or SEGEARTH_BACKEND_TOKEN) unless you are "
+                    "this machine's only user.")
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -302,11 +329,26 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
                 server.should_exit = True
 
     app = create_app(settings, factory, on_ready, engine)
+    limits = settings.connections
+    fitting = usable_connections(limits.max_connections)
+    if fitting < limits.max_connections:
+        log.warning("this process may open too few files for --max-connections %d: serving at most %d connections",
+                    limits.max_connections, fitting)
+        limits = replace(limits, max_connections=fitting)
+    logging.getLogger("uvicorn.access").addFilter(QueryOmitted())
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+            app.state.stop.begin()  # refuse new work; what runs gets the grace period, then 503 shutting_down
+            await super().shutdown(sockets)
+
     # h11 and the asyncio loop whatever else is installed (uvicorn[standard], which Ray brings, would
-    # switch to httptools and uvloop): the same HTTP behaviour everywhere.
-    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
-                            limit_concurrency=256, http="h11", loop="asyncio")
-    server = uvicorn.Server(config)
+    # switch to httptools and uvloop): the same HTTP behaviour everywhere. Connections are bounded and timed
+    # out by the protocol class (connections.py), not by uvicorn's concurrency limit (which counted idle ones).
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                            timeout_keep_alive=int(max(1, limits.idle_timeout)), limit_concurrency=None,
+                            http=protocol_class(limits), loop="asyncio")
+    server = Server(config)
     if settings.exit_with_parent:
         _watch_parent(server)
     server.run(sockets=[sock])

@@ -5,9 +5,11 @@ only, so the same routes, guards and answers serve the single-process engine
 (:class:`~segearth_backend.serve.local_engine.LocalEngine`) and the Ray Serve one
 (:class:`~segearth_backend.serve.ray_engine.RayEngine`).
 
-Requests are admitted (:meth:`EngineBase.admit`) before their body is read;
-``slots`` run at once (1 in one process, one per replica on Ray) and at most
-``max_queue`` more wait, the rest get 503 with ``Retry-After``.
+Requests are admitted (:meth:`EngineBase.admit`) once their whole body has
+arrived and been read (a slow client holds no place); ``slots`` run at once
+(1 in one process, one per replica on Ray) and at most ``max_queue`` more
+wait, the rest get 503 with a ``Retry-After`` estimated from the running work.
+A full queue is also answered before the body is read (:meth:`EngineBase.check_room`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from __future__ import annotations
 import math
 import threading
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import ApiError
+from .guards import shutting_down
 from .inference import SegmentAnswer, SegmentRequest
-from .progress import Job
+from .progress import Job, seconds_until_free
+
+#: The longest ``Retry-After`` a busy answer asks for.
+MAX_RETRY_AFTER = 60
 
 
 class Admission:
-    """A place in the queue, held from before the body is read until the answer is ready."""
+    """A place in the queue, held from when the body has been read until the answer is ready."""
 
     def __init__(self, engine: EngineBase) -> None:
         self.engine = engine
@@ -52,6 +58,8 @@ class EngineBase:
         self.admitted = 0  # requests between admission and answer (reading, waiting or running)
         self.seconds_per_megapixel: Optional[float] = None
         self.last_seconds = 1.0
+        #: Set when the service begins to shut down: new work is refused with 503 ``shutting_down``.
+        self.stopping = False
 
     # ------------------------------------------------------------------ subclass interface
     @property
@@ -88,16 +96,31 @@ class EngineBase:
             raise ApiError(503, "model_failed", "The model failed to load; the backend log (or /health with the "
                            "token) says why. Fix the weights or settings and restart the backend.")
 
-    def admit(self) -> Admission:
-        """A place in the queue, or the 503 answer when ``max_queue`` requests already wait."""
+    def check_room(self, jobs: Sequence[Job] = ()) -> None:
+        """Raise the 503 answer unless a request may be admitted now (``jobs``: the active ones, for
+        ``Retry-After``): while loading, after a failed load, when shutting down or when the queue is full."""
         self.require_ready()
+        if self.stopping:
+            raise shutting_down()
         if self.admitted >= self.slots + self.max_queue:
             waiting = self.admitted - self.slots
-            retry = max(1, min(60, math.ceil(self.last_seconds * waiting / self.slots)))
+            retry = self.retry_after(jobs)
             raise ApiError(503, "busy", f"The backend is busy: {waiting} requests are waiting (at most "
                            f"{self.max_queue}). Retry in about {retry} s.", {"Retry-After": str(retry)})
+
+    def admit(self, jobs: Sequence[Job] = ()) -> Admission:
+        """A place in the queue, or the 503 answer of :meth:`check_room`."""
+        self.check_room(jobs)
         self.admitted += 1
         return Admission(self)
+
+    def retry_after(self, jobs: Sequence[Job]) -> int:
+        """Whole seconds until a place should be free: when the first running job should end (from its
+        windows so far), else the last request's time for each request ahead."""
+        waiting = max(1, self.admitted - self.slots + 1)
+        fallback = self.last_seconds * waiting / self.slots
+        seconds = seconds_until_free(jobs, self.seconds_per_megapixel, fallback)
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
 
     def record_speed(self, seconds: float, pixels: int) -> None:
         """Remember how long a request took (for ``Retry-After`` and ``seconds_per_megapixel``)."""

@@ -95,7 +95,7 @@ class LocalEngine(EngineBase):
         if job is not None:
             if job.cancel.is_set():
                 raise PredictionCancelledError("The request was cancelled before it started.")
-            job.state = "running"
+            job.update("running", job.windows_done, job.windows_total)
         while True:
             try:
                 result = function(self.segmenter, job)

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 #: A client-chosen request id: 1 to 64 letters, digits, '.', '_' or '-'.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -23,7 +23,12 @@ ACTIVE_STATES = ("queued", "running")
 
 @dataclass
 class Job:
-    """One request in the service. ``cancel`` is set when its client goes away."""
+    """One request in the service. ``cancel`` is set when its client goes away (or the service stops).
+
+    Attributes:
+        pixels: the image's pixel count (to estimate how long it runs).
+        running_since: ``time.monotonic()`` when its work began (None while it waits).
+    """
 
     request_id: str
     state: str = "queued"  # queued, running, done, failed, cancelled
@@ -31,10 +36,32 @@ class Job:
     windows_total: int = 0
     started: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    pixels: int = 0
+    running_since: Optional[float] = None
+
+    def update(self, state: str, done: int, total: int) -> None:
+        """The state and windows done / total, as the engine reports them."""
+        if state == "running" and self.running_since is None:
+            self.running_since = time.monotonic()
+        self.state, self.windows_done, self.windows_total = state, done, total
 
     def progress(self, done: int, total: int) -> None:
         """``Segmenter.predict``'s progress callback (called on the inference thread)."""
-        self.state, self.windows_done, self.windows_total = "running", done, total
+        self.update("running", done, total)
+
+    def seconds_left(self, seconds_per_megapixel: Optional[float], now: float) -> Optional[float]:
+        """The seconds its work should still take, from its windows so far (else from the measured speed);
+        None when it is not running or nothing is known yet."""
+        if self.state != "running" or self.running_since is None:
+            return None
+        elapsed = now - self.running_since
+        if self.windows_done > 0 and self.windows_total > 0:
+            total = elapsed * self.windows_total / self.windows_done
+        elif seconds_per_megapixel is not None and self.pixels:
+            total = seconds_per_megapixel * self.pixels / 1e6
+        else:
+            return None
+        return max(0.0, total - elapsed)
 
     def document(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "state": self.state, "windows_done": self.windows_done,
@@ -66,6 +93,18 @@ class JobBoard:
         with self._lock:
             return self._jobs.get(request_id)
 
+    def active(self) -> list[Job]:
+        """The jobs queued or running now."""
+        with self._lock:
+            return [job for job in self._jobs.values() if job.state in ACTIVE_STATES]
+
+    def cancel_active(self) -> int:
+        """Ask every queued or running job to stop (the service is shutting down); returns how many."""
+        jobs = self.active()
+        for job in jobs:
+            job.cancel.set()
+        return len(jobs)
+
     def close(self, job: Job, state: str) -> None:
         with self._lock:
             job.state = state
@@ -75,3 +114,12 @@ class JobBoard:
         finished = [name for name, job in self._jobs.items() if job.state not in ACTIVE_STATES]
         for name in finished[:max(0, len(finished) - self.keep_finished)]:
             del self._jobs[name]
+
+
+def seconds_until_free(jobs: Sequence[Job], seconds_per_megapixel: Optional[float], fallback: float,
+                       now: Optional[float] = None) -> float:
+    """Seconds until the first of the running ``jobs`` should finish (and free its place): from each one's
+    windows so far, else the measured speed; ``fallback`` when none of them tells."""
+    now = time.monotonic() if now is None else now
+    left = [seconds for job in jobs if (seconds := job.seconds_left(seconds_per_megapixel, now)) is not None]
+    return min(left) if left else fallback

@@ -231,13 +231,16 @@ class RayEngine(EngineBase):
         try:
             async for event in stream:
                 if event[0] == "progress":
-                    job.state, job.windows_done, job.windows_total = event[1:]
+                    job.update(*event[1:])
                 elif event[0] == "error":
                     raise ApiError(*event[1:])
                 else:
                     answer = event[1]
         except RequestCancelledError:
             raise PredictionCancelledError("The request was cancelled.") from None
+        except asyncio.CancelledError:  # the service answered without waiting (it is stopping): stop the replica
+            stream.cancel()
+            raise
         except Exception as error:
             if job.cancel.is_set():
                 raise PredictionCancelledError("The request was cancelled.") from None

@@ -4,11 +4,11 @@ the answers to the errors they raise; :func:`~.app.create_app` puts them togethe
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, cast
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -20,20 +20,24 @@ from ..pipeline.classes import parse_classes
 from ..request_rules import WINDOW_SIZE, WINDOW_STRIDE
 from .engine_base import EngineBase
 from .guards import (
+    UploadBudget,
     check_content_type,
     check_token,
     error_response,
     input_error_answer,
     read_body,
+    shutting_down,
     token_matches,
     wait_for_disconnect,
 )
 from .inference import SegmentAnswer, SegmentRequest
 from .progress import REQUEST_ID, Job, JobBoard
-from .protocol import BUNDLE_TYPE, JSON_TYPE, PROTOCOL_VERSION, read_bundle, write_bundle
+from .protocol import BUNDLE_TYPE, JSON_TYPE, MAX_JSON_BYTES, PROTOCOL_VERSION, load_json, read_bundle, write_bundle
+from .stopping import Stopping
 
 log = logging.getLogger(__name__)
 
+SEGMENT_MEMBERS = {"params.json", "image.npy", "valid.npy"}
 SEGMENT_PARAMS = {"classes", "prob_threshold", "background_index", "bias_lambda", "return_probabilities",
                   "protocol", "request_id"}
 #: The sliding window every engine uses, published in /health (the plugin plans its blocks with it).
@@ -43,10 +47,12 @@ PRIVATE_HEALTH_FIELDS = ("clip_weights", "upsampler_weights", "upsampler_reason"
 
 
 class Routes:
-    """The endpoints, bound to the service's settings (a ``ServiceSettings``), its engine and its request board."""
+    """The endpoints, bound to the service's settings (a ``ServiceSettings``), its engine, its request board,
+    its graceful stop and the budget of request bodies being received."""
 
-    def __init__(self, settings: Any, engine: EngineBase, board: JobBoard) -> None:
-        self.settings, self.engine, self.board = settings, engine, board
+    def __init__(self, settings: Any, engine: EngineBase, board: JobBoard, stop: Stopping,
+                 uploads: UploadBudget) -> None:
+        self.settings, self.engine, self.board, self.stop, self.uploads = settings, engine, board, stop, uploads
 
     def table(self) -> list[Route]:
         return [Route("/health", self.health, methods=["GET"]), Route("/segment", self.segment, methods=["POST"]),
@@ -70,35 +76,39 @@ class Routes:
         return JSONResponse(body)
 
     async def segment(self, request: Request) -> Response:
-        check_token(request, self.settings.token)
+        settings, engine, board = self.settings, self.engine, self.board
+        check_token(request, settings.token)
         check_content_type(request, BUNDLE_TYPE)
-        with self.engine.admit():  # before reading a large body
-            body = await read_body(request, self.settings.max_request_bytes, self.settings.body_timeout)
-            members = read_bundle(body, {"params.json", "image.npy", "valid.npy"})
-            del body
-            if "image.npy" not in members or "params.json" not in members:
-                raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
-            params = _segment_params(members["params.json"])
-            parse_classes(params["classes"])  # validate before queueing
-            work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
-            del members
-            job = self.board.open(params.get("request_id"))
+        engine.check_room(board.active())  # a full queue is answered before the body is read
+        body = await read_body(request, settings.max_request_bytes, settings.body_timeout, self.uploads,
+                               self.stop.begun)
+        members = await run_in_threadpool(read_bundle, body, SEGMENT_MEMBERS)  # off the event loop
+        del body
+        if "image.npy" not in members or "params.json" not in members:
+            raise ApiError(400, "bad_request", "The bundle needs params.json and image.npy.")
+        params = _segment_params(members["params.json"])
+        parse_classes(params["classes"])  # validate before queueing
+        work = SegmentRequest.from_params(params, members["image.npy"], members.get("valid.npy"))
+        del members
+        with engine.admit(board.active()):  # a place in the queue only once the whole body is in
+            job = board.open(params.get("request_id"))
             if job is None:
                 raise ApiError(409, "request_id_in_use", f"A request named {params['request_id']!r} is still "
                                "running: give each request its own request_id.")
+            job.pixels = work.pixels
             start = time.perf_counter()
-            answer = await _run_watched(request, self.engine, work, job, self.board)
+            answer = await self.stop.unless_expired(_run_watched(request, engine, work, job, board))
             seconds = time.perf_counter() - start
-            self.engine.record_speed(seconds, work.pixels)
-            out: dict[str, Any] = {
-                "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
-                              "names": list(answer.names), "timings": answer.timings,
-                              "server_seconds": seconds, "request_id": job.request_id},
-                "labels.npy": answer.labels,
-            }
-            if answer.probabilities is not None:
-                out["probabilities.npy"] = answer.probabilities
-            return Response(write_bundle(out), media_type=BUNDLE_TYPE)
+            engine.record_speed(seconds, work.pixels)
+        out: dict[str, Any] = {
+            "meta.json": {"protocol": PROTOCOL_VERSION, "classes": list(answer.lines),
+                          "names": list(answer.names), "timings": answer.timings,
+                          "server_seconds": seconds, "request_id": job.request_id},
+            "labels.npy": answer.labels,
+        }
+        if answer.probabilities is not None:
+            out["probabilities.npy"] = answer.probabilities
+        return Response(await run_in_threadpool(write_bundle, out), media_type=BUNDLE_TYPE)
 
     async def progress(self, request: Request) -> JSONResponse:
         check_token(request, self.settings.token)
@@ -112,26 +122,20 @@ class Routes:
     async def embed(self, request: Request) -> JSONResponse:
         check_token(request, self.settings.token)
         check_content_type(request, JSON_TYPE)
-        with self.engine.admit():
-            body = await read_body(request, self.settings.max_request_bytes, self.settings.body_timeout)
-            try:
-                payload = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ApiError(400, "bad_request", f"The body is not JSON: {error}.") from None
-            except RecursionError:
-                raise ApiError(400, "bad_request", "The body is nested too deeply; send {\"classes\": [...]}.") \
-                    from None
-            if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
-                raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
-            parse_classes(payload["classes"])  # validate before queueing
+        self.engine.check_room(self.board.active())
+        body = await read_body(request, MAX_JSON_BYTES, self.settings.body_timeout, self.uploads, self.stop.begun,
+                               what="The /classes/embed body", hint="Send a shorter class list.")
+        payload = load_json(body, "The /classes/embed body")
+        if not isinstance(payload, dict) or set(payload) - {"classes"} or "classes" not in payload:
+            raise ApiError(422, "bad_parameter", 'The body must be {"classes": [class lines]}.')
+        parse_classes(payload["classes"])  # validate before queueing
+        with self.engine.admit(self.board.active()):
             start = time.perf_counter()
-            classes, queries = await self.engine.embed(payload["classes"])
-            return JSONResponse({"classes": classes, "queries": queries,
-                                 "seconds": round(time.perf_counter() - start, 3)})
+            classes, queries = await self.stop.unless_expired(self.engine.embed(payload["classes"]))
+        return JSONResponse({"classes": classes, "queries": queries,
+                             "seconds": round(time.perf_counter() - start, 3)})
 
     async def models(self, request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
         from ..model.listing import model_status
 
         check_token(request, self.settings.token)  # the list names local paths
@@ -157,6 +161,10 @@ async def client_gone(request: Request, error: Exception) -> JSONResponse:
     return error_response(400, "client_disconnected", "The client closed the connection.")
 
 async def cancelled(request: Request, error: Exception) -> JSONResponse:
+    if request.app.state.engine.stopping:
+        log.info("%s %s: not finished before the service stopped", request.method, request.url.path)
+        answer = shutting_down()
+        return error_response(answer.status, answer.code, answer.message, answer.headers)
     log.info("%s %s: %s", request.method, request.url.path, error)
     return error_response(409, "cancelled", str(error))
 
@@ -200,7 +208,7 @@ async def _run_watched(request: Request, engine: EngineBase, work: SegmentReques
     watcher = asyncio.ensure_future(watch())
     try:
         result = await engine.segment(work, job)
-    except PredictionCancelledError:
+    except (PredictionCancelledError, asyncio.CancelledError):
         board.close(job, "cancelled")
         raise
     except BaseException:

@@ -26,6 +26,7 @@ from tests.backend.service_helpers import (
     server_args,
     tiny_server_args,
 )
+from tests.helpers import zip_with_flag
 
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)
@@ -78,6 +79,7 @@ def _with_image(npy: bytes) -> bytes:
 
 
 NESTED = b"[" * 100000 + b"]" * 100000
+DIGITS = "7" * 5000
 
 # name, method, path, body factory, headers, expected status, expected code
 Case = tuple[str, str, str, Callable[[], Optional[bytes]], dict[str, str], int, str]
@@ -211,6 +213,68 @@ CASES: list[Case] = [
 ]
 
 
+# Malformed input the backend once answered with a 500 (issue 20): now a 400 / 413 / 422 naming the member.
+# name, path, body factory, headers, expected status, expected code, what the message must name
+Malformed = tuple[str, str, Callable[[], bytes], dict[str, str], int, str, str]
+MALFORMED: list[Malformed] = [
+    ("encrypted member", "/segment", lambda: zip_with_flag(_with_params(_params()), "image.npy", 0x01), BUNDLE, 400,
+     "bad_request", "image.npy"),
+    ("strongly encrypted member (flag 0x40)", "/segment",
+     lambda: zip_with_flag(_with_params(_params()), "params.json", 0x40), BUNDLE, 400, "bad_request", "params.json"),
+    ("npy shape (2**63, 0, 3)", "/segment", lambda: _with_image(_npy_header((2**63, 0, 3), "u1", b"")), BUNDLE,
+     400, "bad_request", "image.npy"),
+    ("npy shape (-1, -1, 3)", "/segment", lambda: _with_image(_npy_header((-1, -1, 3), "u1", b"\0" * 3)), BUNDLE,
+     400, "bad_request", "image.npy"),
+    ("5000-digit integer in params.json", "/segment",
+     lambda: _with_params(b'{"classes": ["a", "b"], "background_index": ' + DIGITS.encode() + b"}"), BUNDLE, 400,
+     "bad_request", "params.json"),
+    ("5000-digit integer in the embed body", "/classes/embed",
+     lambda: b'{"classes": ["a", ' + DIGITS.encode() + b"]}", JSON, 400, "bad_request", "/classes/embed"),
+    ("30-digit background index", "/segment",
+     lambda: _with_params(_params(background_index=10**29)), BUNDLE, 422, "bad_parameter", "background_index"),
+    ("params.json of 2 MB", "/segment", lambda: _with_params(_params(pad="x" * 2_000_000)), BUNDLE, 413,
+     "too_large", "params.json"),
+    ("embed body of 2 MB", "/classes/embed", lambda: json.dumps({"classes": ["a" * 2_000_000]}).encode(), JSON, 413,
+     "too_large", "/classes/embed"),
+    ("2000 members", "/segment",
+     lambda: _zip([("params.json", _params()), *[(f"extra-{i}.npy", b"") for i in range(2000)]]), BUNDLE, 400,
+     "bad_request", "members"),
+]
+
+
+@pytest.mark.parametrize("name, path, make_body, headers, status, code, named", MALFORMED,
+                         ids=[c[0] for c in MALFORMED])
+def test_malformed_input_is_refused_naming_the_member(server, name, path, make_body, headers, status, code, named):
+    got_status, body, _ = call(server.url, path, make_body(), content_type=None, headers=headers)
+    assert got_status == status, body[:300]
+    got_code, message = error_of(body)
+    assert got_code == code and named in message, message
+    assert len(message) < 600
+    assert health(server.url)["status"] == "ready"
+
+
+# Input a message once echoed whole (issue 20): a message quotes at most a few dozen characters of it.
+ECHOED: list[tuple[str, str, Callable[[], bytes], dict[str, str]]] = [
+    ("threshold a 1 MB string", "/segment", lambda: _with_params(_params(prob_threshold="q" * 1_000_000)), BUNDLE),
+    ("lambda a long list", "/segment", lambda: _with_params(_params(bias_lambda=["q" * 50] * 5000)), BUNDLE),
+    ("background a long string", "/segment", lambda: _with_params(_params(background_index="q" * 100_000)), BUNDLE),
+    ("2000 unknown members", "/segment",
+     lambda: _zip([("params.json", _params()), *[(f"{'q' * 150}-{i}.npy", b"") for i in range(2000)]]), BUNDLE),
+    ("2000 unknown parameters", "/segment",
+     lambda: _with_params(_params(**{f"{'q' * 150}{i}": 1 for i in range(2000)})), BUNDLE),
+    ("a 5000-character class", "/classes/embed", lambda: json.dumps({"classes": ["q" * 5000]}).encode(), JSON),
+    ("a long content type", "/segment", lambda: b"x", {**AUTH, "Content-Type": "text/" + "q" * 5000}),
+]
+
+
+@pytest.mark.parametrize("name, path, make_body, headers", ECHOED, ids=[c[0] for c in ECHOED])
+def test_messages_quote_at_most_a_few_dozen_characters(server, name, path, make_body, headers):
+    status, body, _ = call(server.url, path, make_body(), content_type=None, headers=headers)
+    assert 400 <= status < 500, body[:300]
+    message = error_of(body)[1]
+    assert len(message) < 600 and "q" * 80 not in message, message[:1000]
+
+
 @pytest.mark.parametrize("name, method, path, make_body, headers, status, code", CASES, ids=[c[0] for c in CASES])
 def test_hostile_request(server, name, method, path, make_body, headers, status, code):
     got_status, body, _ = call(server.url, path, make_body(), content_type=None, method=method, headers=headers)
@@ -222,7 +286,7 @@ def test_hostile_request(server, name, method, path, make_body, headers, status,
 
 
 def test_enough_cases():
-    assert len(CASES) >= 40
+    assert len(CASES) + len(MALFORMED) + len(ECHOED) >= 55
 
 
 @pytest.mark.parametrize("head, status, code", [

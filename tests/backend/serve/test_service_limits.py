@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -153,6 +154,57 @@ def test_a_dropped_connection_stops_the_work_and_frees_the_worker(server):
     assert "client went away" in log and "Traceback" not in log and "internal error" not in log
 
 
+def _slow_upload(port: int, stop: threading.Event) -> socket.socket:
+    """A /segment request with the token whose 1 MB body comes one byte per second (in a thread)."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.sendall((f"POST /segment HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Type: {BUNDLE_TYPE}\r\nContent-Length: 1000000\r\n\r\n").encode())
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            try:
+                conn.sendall(b"\0")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    return conn
+
+
+def test_slow_uploads_hold_no_place_in_the_queue(server):
+    """Clients sending their body at 1 byte/s, as many as the queue has places and more, once kept every
+    real /segment at 503 busy for up to 300 s: a request takes its place only once its body is in."""
+    info = health(server.url)
+    places = info["replicas"]["total"] + info["max_queue"]
+    port = int(server.url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    slow = [_slow_upload(port, stop) for _ in range(places + 1)]
+    try:
+        small = segment_body(np.zeros((40, 40, 3), np.uint8))
+        status, body, _ = call(server.url, "/segment", small, TOKEN, timeout=120)
+        assert status == 200, body[:300]
+        assert health(server.url)["queued"] == 0  # the uploads hold no place...
+        assert all(_still_sending(conn) for conn in slow)  # ...and were neither answered nor cut off
+    finally:
+        stop.set()
+        for conn in slow:
+            conn.close()
+
+
+def _still_sending(conn: socket.socket) -> bool:
+    """True while the server has neither answered nor closed ``conn`` (it is still reading the body)."""
+    conn.setblocking(False)
+    try:
+        conn.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.setblocking(True)
+    return False
+
+
 def test_a_client_gone_while_sending_is_not_an_internal_error(server):
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -160,6 +212,59 @@ def test_a_client_gone_while_sending_is_not_an_internal_error(server):
                       f"Content-Type: {BUNDLE_TYPE}\r\nContent-Length: 1000000\r\n\r\n").encode() + b"\0" * 1000)
     assert wait_for(lambda: "before sending its whole request" in server.log(), 20)
     assert "Traceback" not in server.log() and health(server.url)["status"] == "ready"
+
+
+# ------------------------------------------------------------------ a stopping backend, a full queue (own servers)
+
+LONG_IMAGE = np.random.default_rng(6).integers(0, 256, size=(1000, 1000, 3), dtype=np.uint8)  # 81 windows
+
+
+def _post_in_thread(url: str, body: bytes, answers: list) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.append(call(url, "/segment", body, TOKEN, timeout=300)))
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_sigterm_during_a_job_answers_503_shutting_down_with_retry_after(kind, parity_dir, tmp_path):
+    """A stopping backend once cut the running request off with a plain-text 500 after 10 s."""
+    server = ServerProcess([*tiny_server_args(parity_dir, tmp_path / "cache"), *server_args(kind)], tmp_path / "s",
+                           env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
+    answers: list = []
+    try:
+        thread = _post_in_thread(server.url, segment_body(LONG_IMAGE, {"request_id": "stopped"}), answers)
+        assert wait_for(lambda: (_progress(server, "stopped") or {}).get("state") == "running", 120)
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(120)
+        assert answers, "no answer"
+        status, body, headers = answers[0]
+        assert status == 503 and error_of(body)[0] == "shutting_down", body[:300]
+        assert headers["retry-after"].isdigit() and "again" in error_of(body)[1]
+        assert server.process.wait(60) is not None
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log() and "Exception in ASGI application" not in server.log()
+
+
+def test_retry_after_of_a_full_queue_follows_the_running_work(parity_dir, tmp_path):
+    """A full queue once answered Retry-After: 1 while the running request needed seconds more."""
+    server = ServerProcess([*tiny_server_args(parity_dir, tmp_path / "cache"), "--max-queue", "0"], tmp_path / "s",
+                           env_extra={"SEGEARTH_BACKEND_TOKEN": TOKEN})
+    answers: list = []
+    try:
+        thread = _post_in_thread(server.url, segment_body(LONG_IMAGE, {"request_id": "long"}), answers)
+        assert wait_for(lambda: (_progress(server, "long") or {}).get("windows_done", 0) > 0, 300)
+        document = _progress(server, "long")
+        status, body, headers = call(server.url, "/segment", segment_body(np.zeros((20, 20, 3), np.uint8)), TOKEN)
+        assert status == 503 and error_of(body)[0] == "busy"
+        done, total = document["windows_done"], document["windows_total"]
+        left = document["seconds"] * (total - done) / done  # what the progress so far says
+        retry = int(headers["retry-after"])
+        assert min(60, left) / 4 - 1 <= retry <= 4 * left + 2, (retry, left, document)
+        assert retry >= 2  # the running request needs seconds more
+    finally:
+        server.stop()
+        thread.join(60)
 
 
 # ------------------------------------------------------------------ out of memory
@@ -237,6 +342,7 @@ def test_internal_fault_is_a_generic_500_with_one_logged_traceback(shared_segmen
 def test_token_file(parity_dir, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("file-token-123\n")
+    token_file.chmod(0o600)
     server = ServerProcess([*tiny_server_args(parity_dir, tmp_path / "cache", "none"), "--no-warmup",
                             "--token-file", str(token_file)], tmp_path / "s")
     try:
@@ -257,11 +363,16 @@ def test_token_on_the_command_line_is_warned_about(parity_dir, tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("content, fragment", [("", "is empty"), (None, "Cannot read the token file")])
-def test_bad_token_file_stops_at_start(tmp_path, content, fragment):
+@pytest.mark.parametrize("content, mode, fragment", [
+    ("", 0o600, "is empty"), (None, 0o600, "Cannot read the token file"),
+    ("secret-for-everyone", 0o644, "may be read or changed by other users"),
+    ("secret-for-the-group", 0o640, "chmod 600"),
+])
+def test_bad_token_file_stops_at_start(tmp_path, content, mode, fragment):
     token_file = tmp_path / "token"
     if content is not None:
         token_file.write_text(content)
+        token_file.chmod(mode)
     result = subprocess.run([sys.executable, "-m", "segearth_backend", "serve", "--port", "0", "--token-file",
                              str(token_file)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and fragment in result.stderr

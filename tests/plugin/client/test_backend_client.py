@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,22 +148,60 @@ def test_backend_exits_when_its_parent_dies(tiny_backend_args, tmp_path):
             os.kill(pid, 9)
 
 
-def test_working_folder_is_removed_on_stop_and_kept_when_the_start_failed(tiny_backend_args, tmp_path, monkeypatch):
-    """No /tmp/segearth-backend-* folder piles up; the log of a failure stays for the user to read."""
+def test_working_folder_is_removed_and_a_failed_start_keeps_its_log_in_the_logs_folder(tiny_backend_args, tmp_path,
+                                                                                       monkeypatch):
+    """No /tmp/segearth-backend-* folder piles up; the log of a failure is moved to the logs folder (the
+    most recent KEEP_LOGS are kept) and the error says where."""
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's folders only (other runs share /tmp)
+    from segearth_qgis.client.backend_client import KEEP_LOGS
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # this test's folders only (others share /tmp)
+    (tmp_path / "tmp").mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for index in range(KEEP_LOGS + 3):  # older logs of failed backends
+        (logs / f"backend-20240101-0000{index:02d}-1.log").write_text("old\n")
+    env = {**os.environ, "SEGEARTH_LOG_DIR": str(logs)}
     backend = start_local_backend(sys.executable, [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"],
-                                  timeout=120)
-    folder = backend.log_path.parent
-    assert folder.parent == tmp_path and folder.name.startswith("segearth-backend-") and folder.is_dir()
+                                  env=env, timeout=120)
+    folder = backend.workdir
+    assert folder.parent == tmp_path / "tmp" and folder.name.startswith("segearth-backend-") and folder.is_dir()
     backend.stop()
-    assert not folder.exists()
+    assert not folder.exists() and len(list(logs.iterdir())) == KEEP_LOGS + 3  # stopped on purpose: no log kept
     with pytest.raises(BackendStartError) as caught:
-        start_local_backend(sys.executable, [*tiny_backend_args, "--clip-weights", "/no/such/file.pt"], timeout=120)
+        start_local_backend(sys.executable, [*tiny_backend_args, "--clip-weights", "/no/such/file.pt"], env=env,
+                            timeout=120)
     assert "missing" in caught.value.message
-    leftovers = list(tmp_path.glob("segearth-backend-*"))
-    assert len(leftovers) == 1 and "missing" in (leftovers[0] / "backend.log").read_text()
+    assert not list((tmp_path / "tmp").iterdir())  # nothing left in the temporary folder
+    kept = sorted(logs.iterdir())
+    assert len(kept) == KEEP_LOGS and "backend-20240101-000000-1.log" not in {p.name for p in kept}  # oldest gone
+    newest = kept[-1]
+    assert "missing" in newest.read_text() and str(newest) in caught.value.message
+
+
+def test_a_local_backend_gets_a_fresh_token_in_a_private_file(tiny_backend_args, tmp_path):
+    """Never on the command line, never in the environment (where the plugin once put it), never the
+    token of a remote backend set for the plugin."""
+    env = {**os.environ, "SEGEARTH_BACKEND_TOKEN": "the-remote-backends-token"}
+    backend = start_local_backend(sys.executable, [*tiny_backend_args, "--no-warmup", "--upsampler-weights", "none"],
+                                  env=env, timeout=120)
+    try:
+        pid = backend.process.pid
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        assert backend.token.encode() not in b" ".join(command) and b"SEGEARTH_BACKEND_TOKEN" not in environment
+        token_file = Path(command[command.index(b"--token-file") + 1].decode())
+        assert token_file.read_text() == backend.token and token_file.stat().st_mode & 0o777 == 0o600
+        assert backend.token != "the-remote-backends-token" and len(backend.token) >= 24
+        client = backend.client()
+        with pytest.raises(BackendError) as refused:
+            BackendClient(backend.url, "the-remote-backends-token").embed_classes(["a", "b"])
+        assert refused.value.status == 401
+        assert client.embed_classes(["a", "b"])["classes"] == 2
+    finally:
+        backend.stop()
+    assert not token_file.exists()
 
 
 def test_the_backend_never_sees_qgis_python_settings():

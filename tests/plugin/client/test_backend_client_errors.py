@@ -18,6 +18,7 @@ import pytest
 from segearth_qgis.client import protocol
 from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for
 from segearth_qgis.client.local_backend import start_local_backend
+from tests.helpers import zip_with_flag
 from tests.plugin.helpers import read_http_request
 
 CLASSES = ["background", "building,roof", "road", "water"]
@@ -108,6 +109,8 @@ SEGMENT_ANSWERS = [  # name, answer body, code, message fragment
      "bad_answer", "uint8"),
     ("other protocol", bundle({"meta.json": {"protocol": 2}, "labels.npy": np.zeros((4, 4), np.uint8)}),
      "protocol_mismatch", "protocol 2"),
+    ("encrypted member", zip_with_flag(bundle({"meta.json": GOOD_META, "labels.npy": np.zeros((4, 4), np.uint8)}),
+                                       "labels.npy", 0x01), "bad_answer", "encrypted"),
 ]
 
 

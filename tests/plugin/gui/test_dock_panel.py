@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from qgis.core import (
@@ -323,14 +324,16 @@ def test_status_follows_a_backend_killed_while_idle(dock, tiny_backend_args, mon
                120)
     assert "CPU" in dock.backend_box.status_label.text()
     local = dock.backend.local
-    log_folder = local.log_path.parent
+    workdir = local.workdir
     os.kill(local.process.pid, signal.SIGKILL)
     wait_until(lambda: "failed" in dock.backend_box.title(), 10)  # the panel notices within seconds
     status = dock.backend.status()
     assert "stopped unexpectedly (killed by signal 9)" in status.summary and str(local.log_path) in status.details
     dock._backend_action("stop")
     wait_until(lambda: dock.backend.status().state == "stopped", 30)
-    assert log_folder.is_dir()  # a failed backend's log is kept for the user
+    # A failed backend's log is kept for the user, where such logs go; nothing stays in the temporary folder.
+    assert local.log_path.is_file() and local.log_path.parent == Path(os.environ["SEGEARTH_LOG_DIR"])
+    assert not workdir.exists()
     shared_manager().stop()
 
 
