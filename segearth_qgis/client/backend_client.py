@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import ipaddress
 import json
 import os
 import secrets
@@ -24,7 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from ..core.request_rules import DEFAULT_BIAS_LAMBDA
 from ..errors import BackendError
 from . import protocol
 from .retry import RetryPolicy, with_retries
+from .target import Target, proxy_for
 
 __all__ = ["BackendClient", "BackendError", "BackendSettings", "SegmentResult"]
 
@@ -40,10 +40,6 @@ ENV_TOKEN = "SEGEARTH_BACKEND_TOKEN"
 ENV_PYTHON = "SEGEARTH_BACKEND_PYTHON"
 #: Extra ``serve`` arguments for a backend the plugin starts, e.g. ``--ray --replicas 2`` (several GPUs).
 ENV_ARGS = "SEGEARTH_BACKEND_ARGS"
-#: Where the logs of local backends that failed are kept (default: ``logs`` in the plugin's data folder).
-ENV_LOG_DIR = "SEGEARTH_LOG_DIR"
-#: Logs of failed local backends kept in that folder; the oldest beyond this number are removed.
-KEEP_LOGS = 20
 #: Seconds to wait for a local backend that announced its stop to end before a request goes to a fresh one.
 STOPPED_BACKEND_WAIT = 20.0
 #: The answer of a backend that stopped before it finished a request (503, with Retry-After).
@@ -104,53 +100,6 @@ def _is_busy(error: BackendError) -> bool:
 
 def _never() -> bool:
     return False
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses: requests to them never go through a proxy."""
-    name = host.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def proxy_for(url: str) -> Optional[str]:
-    """The proxy URL to use for ``url``: never one for loopback, else the environment's unless ``no_proxy`` says no."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if is_loopback_host(host):
-        return None
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy:
-        return None
-    where = f"{host}:{parts.port}" if parts.port else host
-    if urllib.request.proxy_bypass(where) or urllib.request.proxy_bypass(host):
-        return None
-    return proxy
-
-
-class Target(NamedTuple):
-    """Where requests go: a backend URL, its token and the URL's parts."""
-
-    url: str
-    token: Optional[str]
-    scheme: str
-    host: str
-    port: int
-    base_path: str
-
-    @classmethod
-    def parse(cls, url: str, token: Optional[str]) -> Target:
-        url = url.rstrip("/")
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(f"The backend URL {url!r} is not an http:// or https:// URL: fix it in the "
-                               "plugin settings (for example http://127.0.0.1:8765).", "bad_url")
-        return cls(url, token, parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                   parts.path.rstrip("/"))
 
 
 #: ``relocate(url, cancelled)``: the (url, token) to use after the backend at ``url`` stopped or went away.

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from ..errors import BackendStartError
-from .backend_client import ENV_ARGS, ENV_LOG_DIR, ENV_PYTHON, ENV_TOKEN, KEEP_LOGS, BackendClient, Relocate
+from .backend_client import ENV_ARGS, ENV_PYTHON, ENV_TOKEN, BackendClient, Relocate
 from .backend_setup import FOREIGN_PYTHON_VARIABLES, NO_WINDOW, data_folder
+
+#: Where the logs of local backends that failed are kept (default: ``logs`` in the plugin's data folder).
+ENV_LOG_DIR = "SEGEARTH_LOG_DIR"
+#: Logs of failed local backends kept in that folder; the oldest beyond this number are removed.
+KEEP_LOGS = 20
 
 __all__ = ["LocalBackend", "backend_environment", "log_folder", "split_arguments", "start_local_backend"]
 
@@ -229,6 +234,12 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
     backend = LocalBackend(process, "", token, workdir, args, log_folder(environment))
     if on_started is not None:
         on_started(backend)
+    return _wait_until_ready(backend, ready_file, timeout, cancelled)
+
+
+def _wait_until_ready(backend: LocalBackend, ready_file: Path, timeout: float,
+                      cancelled: Optional[Callable[[], bool]]) -> LocalBackend:
+    """Poll ``ready_file`` until ``backend`` announces its URL; every way it can fail is a BackendStartError."""
     deadline = time.monotonic() + timeout
     while True:
         if ready_file.is_file():
@@ -239,11 +250,11 @@ def start_local_backend(python: Optional[str] = None, args: Sequence[str] = (),
             backend.stop(keep_log=True)
             raise BackendStartError(f"The backend could not load the model: {document.get('error')}\n"
                                     f"Its log is {backend.log_path}.", "model_failed")
-        if process.poll() is not None:
+        if backend.process.poll() is not None:
             tail = backend.log_tail()
             backend.stop(keep_log=True)
             raise BackendStartError(
-                f"The backend exited during start-up (exit code {process.returncode}). Its last output:\n"
+                f"The backend exited during start-up (exit code {backend.process.returncode}). Its last output:\n"
                 f"{tail}\nThe full log is {backend.log_path}.", "exited")
         if cancelled is not None and cancelled():
             backend.stop()

@@ -271,6 +271,22 @@ def _watch_parent(server: Any, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="segearth-parent-watch", daemon=True).start()
 
 
+def _listen(host: str, port: int) -> Optional[tuple[socket.socket, str]]:
+    """A listening socket on ``host``:``port`` (0: a free port) and its URL, or None (logged) when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        log.error("cannot listen on %s:%s (%s): pick another --port, or 0 for a free one.", host, port, error.strerror)
+        sock.close()
+        return None
+    sock.listen(64)
+    bound = sock.getsockname()[1]
+    return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound}"
+
+
 def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None) -> int:
     """Listen, load the model, announce readiness, serve until SIGINT / SIGTERM. Returns the exit code."""
     import uvicorn
@@ -285,18 +301,10 @@ def serve(settings: ServiceSettings, factory: Optional[Callable[[], Any]] = None
         log.warning("no token: any local user of this machine can use this backend (its model, its device and "
                     "the paths it names). Give it one with --token-file (or SEGEARTH_BACKEND_TOKEN) unless you are "
                     "this machine's only user.")
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as error:
-        log.error("cannot listen on %s:%s (%s): pick another --port, or 0 for a free one.",
-                  settings.host, settings.port, error.strerror)
+    listening = _listen(settings.host, settings.port)
+    if listening is None:
         return 2
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    url = f"http://{'[' + settings.host + ']' if family == socket.AF_INET6 else settings.host}:{port}"
+    sock, url = listening
     log.info("listening on %s; loading the model", url)
 
     engine: Optional[EngineBase] = None

@@ -154,7 +154,7 @@ def test_working_folder_is_removed_and_a_failed_start_keeps_its_log_in_the_logs_
     most recent KEEP_LOGS are kept) and the error says where."""
     import tempfile
 
-    from segearth_qgis.client.backend_client import KEEP_LOGS
+    from segearth_qgis.client.local_backend import KEEP_LOGS
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # this test's folders only (others share /tmp)
     (tmp_path / "tmp").mkdir()

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from segearth_qgis.client import protocol
-from segearth_qgis.client.backend_client import BackendClient, BackendError, proxy_for
+from segearth_qgis.client.backend_client import BackendClient, BackendError
 from segearth_qgis.client.local_backend import start_local_backend
+from segearth_qgis.client.target import proxy_for
 from tests.helpers import zip_with_flag
 from tests.plugin.helpers import read_http_request
 
