@@ -7,7 +7,7 @@ import logging
 import os
 import platform
 import sys
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager, Mapping, Optional
 
 import torch
 
@@ -89,13 +89,30 @@ def cast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.
     return None
 
 
+def cpu_precision(precision: str, capabilities: Mapping[str, object]) -> tuple[str, str]:
+    """The precision the CPU really runs for the requested ``precision``, and why it differs (else "").
+
+    ``bf16`` pays only on CPUs with AVX512-BF16 or AMX-BF16; elsewhere PyTorch emulates it and a
+    first run was measured 2.3x *slower* than float32 (Intel Xeon with AVX-512 but neither), so it
+    falls back to ``fp32``. When the CPU's flags are unknown (no ``/proc/cpuinfo``) the request stands.
+
+    Args:
+        precision: a normalised precision name (``auto``, ``fp32``, ``fp16``, ``bf16``).
+        capabilities: :func:`cpu_capabilities`'s answer.
+    """
+    if precision != "bf16" or capabilities.get("bf16_fast") or not capabilities.get("flags_known"):
+        return precision, ""
+    return "fp32", (f"bfloat16 was asked for, but this CPU ({capabilities.get('model')}) has neither "
+                    "AVX512-BF16 nor AMX-BF16, where bfloat16 is slower than float32: running float32.")
+
+
 def cpu_capabilities(cpuinfo: str = "/proc/cpuinfo") -> dict[str, object]:
     """The CPU's model and the instruction sets that matter for bfloat16 (Linux ``/proc/cpuinfo`` flags).
 
     Returns:
-        ``{"model", "bf16_instructions": [...], "bf16_fast": bool}``; ``bf16_fast`` is True with
-        AVX512-BF16 or AMX-BF16. On other systems the model is ``platform.processor()`` and the
-        flags are unknown (an empty list).
+        ``{"model", "bf16_instructions": [...], "bf16_fast": bool, "flags_known": bool}``;
+        ``bf16_fast`` is True with AVX512-BF16 or AMX-BF16. On other systems the model is
+        ``platform.processor()`` and the flags are unknown (an empty list, ``flags_known`` False).
     """
     import platform
 
@@ -114,7 +131,7 @@ def cpu_capabilities(cpuinfo: str = "/proc/cpuinfo") -> dict[str, object]:
         pass
     wanted = [name for name in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2") if name in flags]
     return {"model": model, "bf16_instructions": wanted,
-            "bf16_fast": "avx512_bf16" in flags or "amx_bf16" in flags}
+            "bf16_fast": "avx512_bf16" in flags or "amx_bf16" in flags, "flags_known": bool(flags)}
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager[object]:

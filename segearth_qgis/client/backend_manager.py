@@ -49,6 +49,10 @@ def describe_health(health: dict[str, Any]) -> str:
     parts = [label, str(health.get("upsampler", "?"))]
     if health.get("model"):
         parts.insert(1, str(health["model"]))
+    if health.get("precision_note"):
+        parts.append("float32: this CPU has no fast bfloat16")
+    elif health.get("precision") not in (None, "float32"):
+        parts.append(str(health["precision"]))
     return " — ".join(parts)
 
 

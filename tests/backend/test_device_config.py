@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segearth_backend.config import EngineConfig, default_cache_dir, offline
-from segearth_backend.device import autocast_dtype, resolve_device
+from segearth_backend.device import autocast_dtype, cpu_capabilities, cpu_precision, resolve_device
 from segearth_backend.errors import DeviceError
 
 
@@ -45,3 +45,35 @@ def test_defaults_and_offline_flags():
     assert offline({"SEGEARTH_OFFLINE": "1"}) and offline({"HF_HUB_OFFLINE": "true"}) and not offline({})
     with pytest.raises(ValueError, match="batch_size"):
         EngineConfig(batch_size=0)
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> str:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: Test Xeon\nflags\t\t: {flags}\n", encoding="utf-8")
+    return str(path)
+
+
+def test_bfloat16_falls_back_to_float32_on_a_cpu_without_bf16_instructions(tmp_path):
+    slow = cpu_capabilities(_cpuinfo(tmp_path, "fpu sse avx2 avx512f"))
+    precision, note = cpu_precision("bf16", slow)
+    assert precision == "fp32" and "Test Xeon" in note and "float32" in note
+    fast = cpu_capabilities(_cpuinfo(tmp_path, "fpu avx512f avx512_bf16"))
+    assert cpu_precision("bf16", fast) == ("bf16", "")
+    assert cpu_precision("fp32", slow) == ("fp32", "")
+    unknown = cpu_capabilities(str(tmp_path / "no-such-cpuinfo"))
+    assert unknown["flags_known"] is False and cpu_precision("bf16", unknown) == ("bf16", "")
+
+
+def test_a_segmenter_asked_for_bfloat16_on_such_a_cpu_runs_float32_and_says_why(tmp_path, tiny_segmenter,
+                                                                                   monkeypatch, caplog):
+    from segearth_backend.pipeline import segmenter as segmenter_module
+
+    no_bf16 = cpu_capabilities(_cpuinfo(tmp_path, "fpu avx2 avx512f"))
+    monkeypatch.setattr(segmenter_module, "cpu_capabilities", lambda: no_bf16)
+    with caplog.at_level("WARNING"):
+        engine = segmenter_module.Segmenter(tiny_segmenter.clip, tiny_segmenter.upsampler, torch.device("cpu"),
+                                            precision="bf16", feature_cache_mb=0)
+    info = engine.describe()
+    assert engine.cast is None and info["precision"] == "float32"
+    assert "neither AVX512-BF16 nor AMX-BF16" in str(info["precision_note"])
+    assert any("running float32" in record.getMessage() for record in caplog.records)

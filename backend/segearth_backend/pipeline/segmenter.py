@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..config import DEFAULT_FEATURE_CACHE_MB, EngineConfig
-from ..device import autocast_dtype, cast_dtype, cpu_capabilities, describe, resolve_device, synchronize
+from ..device import autocast_dtype, cast_dtype, cpu_capabilities, cpu_precision, describe, resolve_device, synchronize
 from ..model.clip_loader import LoadedClip, load_clip
 from ..model.resolve import choose_upsampler, require_preset_file, resolve_model
 from ..model.simfeatup_weights import SIMFEATUP_SHA256, resolve_upsampler_weights
@@ -126,6 +126,11 @@ class Segmenter:
         self.upsampler_source = upsampler_source
         self.model_preset = model_preset
         self.upsampler_reason = upsampler_reason
+        self.precision_note = ""
+        if device.type == "cpu":
+            precision, self.precision_note = cpu_precision(precision, cpu_capabilities())
+            if self.precision_note:
+                log.warning(self.precision_note)
         self.dtype = autocast_dtype(device, precision)
         self.cast = cast_dtype(device, precision)
         self.batch_size = batch_size or 16
@@ -157,6 +162,7 @@ class Segmenter:
             "upsampler_reason": self.upsampler_reason,
             "device": describe(self.device),
             "precision": self.precision,
+            "precision_note": self.precision_note,
             "cpu": cpu_capabilities(),
             "batch_size": self.batch_size,
             "feature_cache": self.feature_cache.stats(),

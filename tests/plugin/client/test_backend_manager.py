@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from segearth_qgis.client.backend_client import BackendSettings
-from segearth_qgis.client.backend_manager import FAILED, NOT_SET_UP, BackendManager, BackendStatus
+from segearth_qgis.client.backend_manager import FAILED, NOT_SET_UP, BackendManager, BackendStatus, describe_health
 from segearth_qgis.client.retry import DEFAULT_RETRY, with_retries
 from segearth_qgis.errors import BackendError
 from tests.helpers import ROOT, processes_with, tree_pythonpath, wait_for
@@ -115,3 +115,11 @@ def test_a_headless_run_leaves_nothing_in_the_temporary_folder(tmp_path, parity_
     assert not list(temporary.glob("segearth-backend-*"))
     logs = home / ".local" / "share" / "segearth-ov" / "logs"
     assert not logs.exists() or not list(logs.iterdir())  # it worked: no log kept
+
+
+def test_the_status_line_says_when_the_backend_ran_float32_instead_of_bfloat16():
+    health = {"device": {"type": "cpu", "name": "cpu"}, "model": "ViT-B-16", "upsampler": "bilinear",
+              "precision": "float32", "precision_note": "bfloat16 was asked for, but this CPU (X) has neither ..."}
+    assert describe_health(health).endswith("float32: this CPU has no fast bfloat16")
+    assert describe_health({**health, "precision_note": "", "precision": "bfloat16"}).endswith("bfloat16")
+    assert "float32" not in describe_health({**health, "precision_note": ""})
