@@ -12,12 +12,14 @@ working folders of local backends (a failed backend keeps its log there for
 the user: many tests make backends fail on purpose) and the empty
 ``QGIS3-*`` folders QGIS leaves behind, and the session folders (logs) of the
 local Ray instances the Ray tests start. Only folders that appeared during
-the session are touched.
+the session and that no live process uses are touched: another test session
+running beside this one (another worktree, `make test-qgis`) keeps its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,12 +72,34 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"QGIS profile: {_PROFILE.get('root', 'pytest-qgis default')}"
 
 
+def _paths_in_use() -> set[str]:
+    """Every path a live process has open or works in (Linux ``/proc``; empty elsewhere).
+
+    Another test session running at the same time (a second worktree, a chroot run) starts backends
+    and Ray in the same temporary folder: their folders are new to this session too, but alive.
+    """
+    used: set[str] = set()
+    for process in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            used.add(os.readlink(process / "cwd"))
+            for handle in (process / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    used.add(os.readlink(handle))
+    return used
+
+
+def _in_use(folder: Path, used: set[str]) -> bool:
+    prefix = f"{folder}{os.sep}"
+    return any(path == str(folder) or path.startswith(prefix) for path in used)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = _PROFILE.pop("root", None)
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
+    used = _paths_in_use()
     for entry, only_if_empty in _leftover_candidates().items():
-        if entry in _BEFORE:
+        if entry in _BEFORE or _in_use(entry, used):  # older than this session, or another session's, alive
             continue
         if only_if_empty:
             with contextlib.suppress(OSError):  # not empty: in use by a QGIS outside the tests
