@@ -31,7 +31,7 @@ from ..core.speed import device_key, estimate_seconds, format_duration, records_
 from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
 from ..job.outputs import normalise_output
-from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside
+from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside, refuse_inputs_as_outputs
 from ..job.source_plan import SourcePlan, plan_grid, plan_source
 from .backend_controls import BackendControls
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
@@ -237,7 +237,8 @@ class SegEarthDock(BackendControls, QDockWidget):
                 if self.options_box.probabilities_check.isChecked():
                     targets.append(normalise_output(probabilities_beside(output)))
                 existing = [str(path) for path in targets if path.exists()]
-                if existing:
+                if existing:  # what no answer can change is refused before the question
+                    refuse_inputs_as_outputs(self.job_inputs(overwrite=True))
                     overwrite = self.confirm(f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}. "
                                              "Overwrite?")
             inputs = self.job_inputs(overwrite)
@@ -248,6 +249,7 @@ class SegEarthDock(BackendControls, QDockWidget):
                 ready = planned, inputs
         except (ValueError, OutputError) as error:
             self.report(str(error), Qgis.MessageLevel.Warning)
+            self.run_box.set_text(f"Not started: {error}")
         finally:
             self._asking = False
         if ready is None:  # refused: an update that waited for the question runs now

@@ -324,13 +324,17 @@ def test_output_equal_to_the_layer_file_is_refused(dock, tmp_path, messages):
     path = write_geotiff(tmp_path / "own.tif", smooth_image(60, 60), 32633, UTM)
     before = path.read_bytes()
     layer = load(path, "own")
-    dock.confirm = lambda question: True  # even a user who says "overwrite" does not lose the input
+    asked = []
+    dock.confirm = lambda question: asked.append(question) or True  # a user who would say "overwrite"
     try:
         assert run(dock, layer, path) is None
     finally:
         dock.confirm = lambda question: False
     assert path.read_bytes() == before
+    assert asked == []  # refused at once: no "Overwrite?" that cannot be acted on
     assert any("would overwrite the input" in m for m in messages.get_messages(Qgis.Warning))
+    status = dock.run_box.progress_label.toolTip()
+    assert status.startswith("Not started: ") and "would overwrite the input" in status
 
 
 def test_writing_beside_the_input_twice_leaves_its_side_files_alone(dock, tmp_path):
