@@ -27,7 +27,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QMessageBox, QScrollArea, Q
 from .. import settings
 from ..client.backend_manager import READY, REMOTE, shared_manager
 from ..core.grid import estimate
-from ..core.speed import device_key, estimate_seconds, format_duration, records_from_json
+from ..core.speed import cpu_load, device_key, estimate_range, format_duration, format_estimate, records_from_json
 from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
 from ..job.outputs import normalise_output
@@ -47,6 +47,7 @@ from .widgets.raster_box import RasterBox
 from .widgets.run_box import RunBox
 
 STATUS_INTERVAL_MS = 1000
+
 ESTIMATE_DELAY_MS = 250
 
 
@@ -206,11 +207,11 @@ class SegEarthDock(BackendControls, QDockWidget):
         key = device_key(health)
         record = records_from_json(settings.load_json(settings.SPEED_HISTORY)).get(key)
         running = status.state in (READY, REMOTE)
-        seconds = estimate_seconds(megapixels, key, record, running)
+        low, high = estimate_range(megapixels, key, record, running, cpu_load())
         text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP), {int(numbers['blocks'])} block(s), "
-                f"about {format_duration(seconds)}")
+                f"{format_estimate(low, high)}")
         if not running:
-            text += " (including the backend's start)"
+            text += " (with the backend's start)"
         if record is None:
             text += f" — a first guess for {key.split('/')[0].upper()}; it learns from each run"
         label.setText(text)

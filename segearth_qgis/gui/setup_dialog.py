@@ -38,6 +38,7 @@ from .. import settings
 from ..client import backend_setup
 from ..client.backend_manager import shared_manager
 from ..client.backend_setup import Cancellation, Plan, SetupCancelledError, SetupError
+from ..qgis_compat import OWN_MESSAGE_TASK
 
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
 
@@ -83,7 +84,7 @@ class SetupTask(QgsTask):
     """Runs :func:`backend_setup.set_up` for ``plan``; ``record`` or ``error`` when it ends."""
 
     def __init__(self, plan: Plan, lines: _Lines) -> None:
-        super().__init__("SegEarth-OV backend set-up", QgsTask.Flag.CanCancel)
+        super().__init__("SegEarth-OV backend set-up", OWN_MESSAGE_TASK)
         self.plan, self.lines = plan, lines
         self.cancellation = Cancellation()
         self.record: Optional[dict[str, Any]] = None

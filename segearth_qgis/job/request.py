@@ -78,16 +78,16 @@ class JobPlan:
 
 
 def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
-    """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
-    and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing folder is made by the run
-    (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
+    """A fresh file name in ``folder``: ``<stem>_segearth.tif``, then ``<stem>_segearth_2.tif``..., free together
+    with its style, side files and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing
+    folder is made by the run (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")
     base = Path(folder).expanduser()
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
     for number in range(1, 100000):
-        candidate = base / f"{safe}_segearth_{number}.tif"
+        candidate = base / (f"{safe}_segearth_{number}.tif" if number > 1 else f"{safe}_segearth.tif")
         taken = [candidate, candidate.with_suffix(".qml"), *raster_side_files(candidate)]
         if probabilities:
             taken.append(Path(probabilities_beside(str(candidate))))
