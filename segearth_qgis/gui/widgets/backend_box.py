@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ... import settings
 from ...client.backend_manager import FAILED, NOT_SET_UP, BackendStatus
+from .model_combo import ModelCombo
 
 TITLE = "Backend"
 
@@ -53,6 +54,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.token_edit.setPlaceholderText("for a remote backend")
         self.token_edit.setToolTip("The remote backend's token (or $SEGEARTH_BACKEND_TOKEN)")
+        self.model_combo = ModelCombo()
         self.python_edit = QLineEdit()
         self.python_edit.setPlaceholderText("python with segearth-backend installed")
         self.python_edit.setToolTip("The Python interpreter of the environment where the backend is installed "
@@ -67,6 +69,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         setup_row.addWidget(self.setup_button)
         setup_row.addStretch(1)
         form = QFormLayout()
+        form.addRow("Model", self.model_combo)
         form.addRow("URL", self.url_edit)
         form.addRow("Token", self.token_edit)
         form.addRow("Python", self.python_edit)
@@ -113,6 +116,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.url_edit.setText(settings.BACKEND_URL.load())
         self.token_edit.setText(settings.backend_token() if settings.BACKEND_URL.load() else "")
         self.python_edit.setText(settings.BACKEND_PYTHON.load())
+        self.model_combo.restore()
 
     def save(self) -> None:
         settings.BACKEND_URL.save(self.url_edit.text().strip())
