@@ -398,6 +398,25 @@ def test_a_finished_set_up_is_what_the_panel_uses_afterwards(dock, tmp_path, mon
     apply_record(record)
     dock._set_up_done(record)
     assert dock.backend_box.python_edit.text() == record["python"] and started == ["restart"]
+
+
+def test_a_set_up_with_the_weights_for_later_starts_nothing_and_says_when_they_come(dock, messages, tmp_path):
+    """Found in the walkthrough: right after "Done" the panel turned red: the backend was started and failed
+    on the weights the user had chosen to fetch later."""
+    import sys
+
+    from segearth_qgis.client.backend_manager import shared_manager
+    from segearth_qgis.gui.setup_dialog import apply_record
+
+    shared_manager().stop()
+    record = {"python": sys.executable, "weights": "skip"}
+    apply_record(record)
+    dock._set_up_done(record)
+    process_events(1.0)  # a start would begin now
+    assert dock.backend.local is None and dock.backend.status().state == "stopped"
+    assert "failed" not in dock.backend_box.title() and "first job" in dock.backend_box.status_label.toolTip()
+    assert any("downloaded at the first job" in m for m in messages.get_messages(Qgis.Info))
+    assert not messages.get_messages(Qgis.Critical)
     dock.save_state()  # as the next Segment click does
     assert settings.BACKEND_PYTHON.load() == record["python"]
 
