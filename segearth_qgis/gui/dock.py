@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QMessageBox, QScrollArea, Q
 from .. import settings
 from ..client.backend_manager import READY, REMOTE, shared_manager
 from ..core.grid import estimate
+from ..core.messages import bar_parts
 from ..core.speed import cpu_load, device_key, estimate_range, format_duration, format_estimate, records_from_json
 from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
@@ -349,15 +350,15 @@ class SegEarthDock(BackendControls, QDockWidget):
     # ------------------------------------------------------------- helpers
     def report(self, text: str, level: Any) -> None:
         """Message bar and log panel, never a traceback dialog. A long message (a list of missing files, a
-        log tail) shows its first line in the bar and the rest behind the bar's "more" button."""
+        log tail, a line longer than the bar shows) shows its start in the bar and the whole text behind the
+        bar's "Show more" button (see :func:`~segearth_qgis.core.messages.bar_parts`)."""
         QgsMessageLog.logMessage(text, LOG_TAG, level)
         duration = 0 if level == Qgis.MessageLevel.Critical else 12
-        lines = text.strip().splitlines()
-        if len(lines) > 1:
-            self.iface.messageBar().pushMessage("SegEarth-OV", lines[0].rstrip(":"), text, level=level,
-                                                duration=duration)
+        short, whole = bar_parts(text)
+        if whole is not None:
+            self.iface.messageBar().pushMessage("SegEarth-OV", short, whole, level=level, duration=duration)
         else:
-            self.iface.messageBar().pushMessage("SegEarth-OV", text, level=level, duration=duration)
+            self.iface.messageBar().pushMessage("SegEarth-OV", short, level=level, duration=duration)
 
     def _ask(self, question: str) -> bool:
         return QMessageBox.question(self, "SegEarth-OV", question) == QMessageBox.StandardButton.Yes

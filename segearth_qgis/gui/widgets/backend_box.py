@@ -31,7 +31,9 @@ class BackendBox(QgsCollapsibleGroupBox):
         super().__init__(TITLE, parent)
         self.setObjectName("SegEarthOVBackend")
         self.status_label = QLabel()
-        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        # Wrapped, never elided: the instruction is at the end ("...: click Set up backend…").
+        self.status_label.setWordWrap(True)
+        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details_button = QPushButton("Details…")
         self.details_button.setToolTip("The whole message and the backend's log")
@@ -90,9 +92,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         where = "remote" if self.url_edit.text().strip() else "local"
         self.setTitle(f"{TITLE} ({where}): {status.state}")
         text = status.summary
-        metrics = self.status_label.fontMetrics()
-        self.status_label.setText(metrics.elidedText(text, Qt.TextElideMode.ElideRight,
-                                                     max(self.status_label.width(), 200)))
+        self.status_label.setText(text)
         tooltip = status.details or text
         if status.log_path is not None:
             tooltip += f"\nLog: {status.log_path}"

@@ -162,6 +162,20 @@ def test_background_is_one_choice_that_follows_the_classes(dock):
     assert box.background_index() is None and box.background.currentText() == "None"
 
 
+def test_a_long_message_shows_its_start_and_the_whole_behind_show_more(dock, monkeypatch):
+    """Found in the walkthrough: bar texts were cut after two lines, some without a "more" button."""
+    from qgis.gui import QgsMessageBar
+
+    bar = QgsMessageBar()  # QGIS's own bar (the test interface's only records texts)
+    monkeypatch.setattr(dock.iface, "messageBar", lambda: bar)
+    text = ("The backend could not start: its log says the weights are missing. " * 3 +
+            "Choose them with Weights… in the Backend box.")
+    dock.report(text, Qgis.MessageLevel.Critical)
+    item = bar.currentItem()
+    assert item.text() == "The backend could not start: its log says the weights are missing."
+    assert [button.text() for button in item.findChildren(QAbstractButton)].count("Show more") == 1
+
+
 def test_a_list_typed_from_scratch_gets_its_background_class(dock):
     """Found in the walkthrough: emptying the box and typing "background, ..." left Background at None."""
     box = dock.classes_box
@@ -380,6 +394,14 @@ def test_without_any_backend_the_panel_offers_to_set_one_up(qgis_iface, monkeypa
         assert status.state == NOT_SET_UP and "Set up backend" in status.summary
         assert panel.backend_box.title() == "Backend (local): not set up" and not panel.backend_box.isCollapsed()
         assert panel.backend_box.setup_button.isDefault()
+        # Found in the walkthrough: at the dock's default width the line was cut where the instruction is
+        # ("...: click Set up bac…"). It wraps; the whole of it is on the panel.
+        panel.resize(panel.minimumSizeHint().width(), 700)
+        panel.show()
+        process_events()
+        label = panel.backend_box.status_label
+        assert label.text() == status.summary and label.height() >= label.heightForWidth(label.width())
+        panel.hide()
         dialog = panel.open_setup()
         wait_until(lambda: dialog.plan is not None or "Cannot set up" in dialog.plan_label.text(), 60)
         assert dialog.plan is None or "Python" in dialog.plan_label.text()
