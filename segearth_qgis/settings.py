@@ -177,7 +177,7 @@ def save_backend_token(token: str) -> None:
     if not stored:
         QgsMessageLog.logMessage("The backend token could not be stored in QGIS's authentication database (no "
                                  "master password?); it is kept in the plugin settings instead.", "SegEarth-OV",
-                                 Qgis.Warning)
+                                 Qgis.MessageLevel.Warning)
         BACKEND_TOKEN.save(token)
         return
     BACKEND_TOKEN_AUTHCFG.save(config.id())

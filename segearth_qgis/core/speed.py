@@ -25,6 +25,9 @@ STARTUP_RANGE_SECONDS = (8.0, 40.0)
 #: A run takes from this much less to this much more than the average speed says (scenes, windows and what
 #: else the computer does differ); the upper factor grows with the CPU's load (see :func:`estimate_range`).
 SPEED_RANGE_FACTORS = (0.7, 1.8)
+#: The most the machine's load may stretch that upper end (a load average counts every waiting process, not all
+#: of which slow the backend down).
+MAX_LOAD_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def estimate_range(megapixels: float, key: str, record: Optional[SpeedRecord], b
     runs yet. ``load``: how many runnable processes per core the machine has (1: none waiting); above 1 a CPU
     job gets that much slower, so the upper end grows with it (a GPU's is left alone)."""
     work = megapixels * seconds_per_megapixel(key, record)
-    slower = max(1.0, load) if key.split("/", 1)[0] == "cpu" else 1.0
+    slower = min(max(1.0, load), MAX_LOAD_FACTOR) if key.split("/", 1)[0] == "cpu" else 1.0
     low, high = work * SPEED_RANGE_FACTORS[0], work * SPEED_RANGE_FACTORS[1] * slower
     if not backend_running:
         low, high = low + STARTUP_RANGE_SECONDS[0], high + STARTUP_RANGE_SECONDS[1]

@@ -73,7 +73,7 @@ class BackendControls:
             if exception is not None:
                 message = f"The backend {action} failed: {exception}"
             if message:
-                self.report(message, Qgis.Critical)
+                self.report(message, Qgis.MessageLevel.Critical)
             self._helper_done(None)
 
         self.save_state()

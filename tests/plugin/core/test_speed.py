@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segearth_qgis.core.speed import (
+    MAX_LOAD_FACTOR,
     PRIOR_SECONDS_PER_MEGAPIXEL,
     PRIOR_WEIGHT_MEGAPIXELS,
     SPEED_RANGE_FACTORS,
@@ -63,6 +64,7 @@ def test_the_estimate_is_a_range_that_holds_the_start_and_a_busy_cpu():
     assert starting == pytest.approx((low + STARTUP_RANGE_SECONDS[0], high + STARTUP_RANGE_SECONDS[1]))
     busy = estimate_range(2.0, "cpu/x", None, backend_running=True, load=3.0)  # 3 runnable processes per core
     assert busy == pytest.approx((low, high * 3.0))
+    assert estimate_range(2.0, "cpu/x", None, True, load=40.0)[1] == pytest.approx(high * MAX_LOAD_FACTOR)
     assert estimate_range(2.0, "cuda/x", None, True, load=3.0)[1] == pytest.approx(
         2.0 * PRIOR_SECONDS_PER_MEGAPIXEL["cuda"] * SPEED_RANGE_FACTORS[1])  # a GPU does not wait for the CPU
     # The walkthrough: "about 35 s" for a run of 62 s (20 s of it the start); the range holds it.
