@@ -38,7 +38,7 @@ def check_command(backend: BackendSettings) -> list[str]:
     return [backend.python, "-m", "segearth_backend", "check-weights", *backend.serve_args()]
 
 
-def run_check(command: list[str], timeout: float = 120.0) -> tuple[bool, str]:
+def run_check(command: list[str], timeout: float = 300.0) -> tuple[bool, str]:
     """(all present, what the backend said); never raises."""
     if not command:
         return False, "No Python is set for the backend (Backend ▸ Python, or set up the backend first)."

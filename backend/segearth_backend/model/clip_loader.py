@@ -197,11 +197,14 @@ def check_clip_file(model: str, weights: Path) -> None:
     """
     import open_clip
 
-    if _is_config_path(model):
-        built, _ = _build_from_config(Path(model).expanduser())
-    else:
-        _check_model_name(model)
-        built = open_clip.create_model(model, pretrained=None)
+    # On the meta device: the model's keys and shapes without allocating or initialising its tensors (a ViT-L/14
+    # built on a busy CPU took minutes).
+    with torch.device("meta"):
+        if _is_config_path(model):
+            built, _ = _build_from_config(Path(model).expanduser())
+        else:
+            _check_model_name(model)
+            built = open_clip.create_model(model, pretrained=None, device="meta")
     state = load_state_dict_file(weights, what="CLIP weights")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     _raise_unless_fits(built, state, weights)
