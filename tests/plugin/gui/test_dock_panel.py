@@ -30,7 +30,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from segearth_qgis import settings
-from segearth_qgis.client.backend_manager import FAILED, READY
+from segearth_qgis.client.backend_manager import FAILED, READY, BackendStatus
 from segearth_qgis.gui import user_presets
 from segearth_qgis.gui.dock import SegEarthDock
 from segearth_qgis.gui.user_presets import UserPreset
@@ -401,6 +401,10 @@ def test_without_any_backend_the_panel_offers_to_set_one_up(qgis_iface, monkeypa
         process_events()
         label = panel.backend_box.status_label
         assert label.text() == status.summary and label.height() >= label.heightForWidth(label.width())
+        missing = BackendStatus(FAILED, "weights missing: choose them with Weights… (Details… lists them)")
+        panel.backend_box.show_status(missing)  # the walkthrough's other cut line
+        process_events()
+        assert label.text() == missing.summary and label.height() >= label.heightForWidth(label.width())
         panel.hide()
         dialog = panel.open_setup()
         wait_until(lambda: dialog.plan is not None or "Cannot set up" in dialog.plan_label.text(), 60)
