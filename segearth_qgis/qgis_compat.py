@@ -77,5 +77,5 @@ def renderer_band(renderer: Any) -> int:
 
 #: The flags of a task whose outcome the plugin reports itself: QGIS then adds no "Task complete" notice of its
 #: own on top of the plugin's message (``Silent``: QGIS 3.26 on; 3.22 has no way to ask for that).
-OWN_MESSAGE_TASK: Any = (QgsTask.Flag.CanCancel | QgsTask.Flag.Silent if hasattr(QgsTask.Flag, "Silent")
-                         else QgsTask.Flag.CanCancel)
+_SILENT = getattr(QgsTask.Flag, "Silent", None)
+OWN_MESSAGE_TASK: Any = QgsTask.Flag.CanCancel if _SILENT is None else QgsTask.Flag.CanCancel | _SILENT
