@@ -11,8 +11,9 @@ BAR_TEXT_CHARS = 180
 def bar_parts(text: str, limit: int = BAR_TEXT_CHARS) -> tuple[str, Optional[str]]:
     """(what the bar shows, the whole text for "Show more" or None when the bar shows it all).
 
-    A text of several lines shows its first line; a line longer than ``limit`` its first sentence, else its first
-    words up to ``limit`` with "…". The whole text is always the second part then.
+    A text of several lines shows its first line; a line longer than ``limit`` as many of its first sentences as
+    fit in ``limit`` (the problem, and its cause when it fits), else its first words with "…". The whole text is
+    always the second part then.
     """
     text = text.strip()
     lines = text.splitlines()
@@ -20,10 +21,9 @@ def bar_parts(text: str, limit: int = BAR_TEXT_CHARS) -> tuple[str, Optional[str
         return text, None
     short = lines[0].rstrip().rstrip(":") if lines else ""
     if len(short) > limit:
-        end = short.find(". ")
-        if 0 < end < limit:
-            short = short[:end + 1]
+        ends = [index + 1 for index in range(len(short)) if short.startswith(". ", index) and index < limit]
+        if ends:
+            short = short[:ends[-1]]
         else:
-            words = short[:limit].rsplit(" ", 1)[0].rstrip(",;:")
-            short = words + "…"
+            short = short[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
     return short, text

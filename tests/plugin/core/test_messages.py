@@ -15,11 +15,13 @@ def test_several_lines_show_the_first_and_keep_everything():
     assert bar_parts(text) == ("These weight files are missing", text)
 
 
-def test_a_long_line_shows_its_first_sentence_or_words_and_keeps_the_whole():
+def test_a_long_line_shows_the_sentences_that_fit_or_its_first_words_and_keeps_the_whole():
     first = "The backend could not start because its Python environment is incomplete."
-    text = first + " " + "Click Set up backend… in the Backend box to make it again; " * 3
+    second = "Its log names the missing package."
+    text = f"{first} {second} " + "Click Set up backend… in the Backend box to make it again; " * 3
     short, whole = bar_parts(text)
-    assert short == first and whole == text.strip()
+    assert short == f"{first} {second}" and whole == text.strip()
+    assert bar_parts(text, limit=len(first) + 5)[0] == first
     words = "word " * 60
     short, whole = bar_parts(words)
     assert short.endswith("word…") and len(short) <= BAR_TEXT_CHARS + 1 and whole == words.strip()

@@ -12,6 +12,7 @@ import pytest
 from osgeo import gdal
 from qgis.core import (
     Qgis,
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -421,7 +422,8 @@ def test_large_jobs_ask_first_and_estimate_uses_measured_speed(dock, tmp_path):
     assert "CPU" in dock.backend_box.status_label.text() and "SimFeatUp" in dock.backend_box.status_label.text()
     assert dock.backend_box.title() == "Backend (local): ready"  # visible even when the box is collapsed
     dock.update_estimate()
-    assert "200 x 200 px" in dock.area_box.estimate_label.text() and "about" in dock.area_box.estimate_label.text()
+    text = dock.area_box.estimate_label.text()
+    assert "200 x 200 px" in text and "estimate " in text and "backend's start" not in text  # it runs
 
 
 def test_map_view_aoi(dock, qgis_iface, tmp_path):
@@ -502,10 +504,18 @@ def test_results_are_named_translucent_and_report_their_class_shares(dock, tmp_p
 
 def test_a_result_that_is_all_background_says_why(dock, tmp_path, messages):
     layer = load(write_geotiff(tmp_path / "empty.tif", smooth_image(80, 80), 32633, UTM), "empty")
-    task = run(dock, layer, tmp_path / "empty_out.tif", threshold=1.0, background=0)
+    logged = []
+    log = QgsApplication.messageLog()
+    collect = lambda message, tag, level: logged.append(message) if tag == "SegEarth-OV" else None  # noqa: E731
+    log.messageReceived.connect(collect)
+    try:
+        task = run(dock, layer, tmp_path / "empty_out.tif", threshold=1.0, background=0)
+    finally:
+        log.messageReceived.disconnect(collect)
     assert task.result is not None
-    warning = " ".join(messages.get_messages(Qgis.Warning))
-    assert "the whole area is 'background'" in warning and "threshold 1" in warning and "lower it" in warning
+    warning = " ".join(messages.get_messages(Qgis.Warning))  # the bar: the problem and its cause
+    assert "the whole area is 'background'" in warning and "threshold 1" in warning
+    assert any("the whole area is 'background'" in m and "lower it" in m for m in logged)  # all of it: Show more
     assert not messages.get_messages(Qgis.Success)
 
 
