@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-#: Characters QGIS's message bar shows whole (it cuts a text after about two lines at a common window width).
-BAR_TEXT_CHARS = 180
+#: Characters QGIS's message bar shows on its one visible line beside the map at 1366 x 768 with the panel open
+#: (a longer text wraps into a line the bar only scrolls to).
+BAR_TEXT_CHARS = 100
 
 
 def bar_parts(text: str, limit: int = BAR_TEXT_CHARS) -> tuple[str, Optional[str]]:

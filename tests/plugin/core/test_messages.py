@@ -19,9 +19,9 @@ def test_a_long_line_shows_the_sentences_that_fit_or_its_first_words_and_keeps_t
     first = "The backend could not start because its Python environment is incomplete."
     second = "Its log names the missing package."
     text = f"{first} {second} " + "Click Set up backend… in the Backend box to make it again; " * 3
-    short, whole = bar_parts(text)
+    short, whole = bar_parts(text, limit=len(first) + len(second) + 5)
     assert short == f"{first} {second}" and whole == text.strip()
-    assert bar_parts(text, limit=len(first) + 5)[0] == first
+    assert bar_parts(text, limit=len(first) + 5) == (first, text.strip())
     words = "word " * 60
     short, whole = bar_parts(words)
     assert short.endswith("word…") and len(short) <= BAR_TEXT_CHARS + 1 and whole == words.strip()
