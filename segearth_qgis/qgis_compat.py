@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingParameterNumber,
     QgsRaster,
+    QgsTask,
     QgsUnitTypes,
     QgsWkbTypes,
 )
@@ -72,3 +73,9 @@ def renderer_band(renderer: Any) -> int:
     if hasattr(renderer, "inputBand"):
         return int(renderer.inputBand())
     return int(renderer.grayBand() if renderer.type() == "singlebandgray" else renderer.band())
+
+
+#: The flags of a task whose outcome the plugin reports itself: QGIS then adds no "Task complete" notice of its
+#: own on top of the plugin's message (``Silent``: QGIS 3.26 on; 3.22 has no way to ask for that).
+_SILENT = getattr(QgsTask.Flag, "Silent", None)
+OWN_MESSAGE_TASK: Any = QgsTask.Flag.CanCancel if _SILENT is None else QgsTask.Flag.CanCancel | _SILENT

@@ -66,6 +66,7 @@ BACKEND_URL = Setting("backend_url", "", "a running backend's URL (empty: start 
 BACKEND_TOKEN = Setting("backend_token", "", "the remote backend's token (before 0.3: moved to QGIS's auth database)")
 BACKEND_TOKEN_AUTHCFG = Setting("backend_token_authcfg", "", "the QGIS authentication configuration holding the token")
 BACKEND_PYTHON = Setting("backend_python", "", "the Python that runs the local backend")
+MODEL = Setting("model", "", "the CLIP model: a preset name or an open_clip JSON config (empty: the backend's default)")
 CLIP_WEIGHTS = Setting("clip_weights", "", "CLIP weights file (empty: the backend's default)")
 UPSAMPLER_WEIGHTS = Setting("upsampler_weights", "", "SimFeatUp checkpoint file (empty: the backend's default)")
 SETUP_PYTHON = Setting("setup_python", "", "the base Python the backend set-up uses (empty: found automatically)")
@@ -176,7 +177,7 @@ def save_backend_token(token: str) -> None:
     if not stored:
         QgsMessageLog.logMessage("The backend token could not be stored in QGIS's authentication database (no "
                                  "master password?); it is kept in the plugin settings instead.", "SegEarth-OV",
-                                 Qgis.Warning)
+                                 Qgis.MessageLevel.Warning)
         BACKEND_TOKEN.save(token)
         return
     BACKEND_TOKEN_AUTHCFG.save(config.id())
@@ -192,7 +193,7 @@ def backend_settings() -> BackendSettings:
     token = backend_token() if saved else None  # local-only users never open the authentication database
     found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=token or None,
                                      python=BACKEND_PYTHON.load() or None,
-                                     clip_weights=CLIP_WEIGHTS.load() or None,
+                                     model=MODEL.load() or None, clip_weights=CLIP_WEIGHTS.load() or None,
                                      upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)
     if found.python is None:
         python = BACKEND_PYTHON_FILE.read_text(encoding="utf-8").strip() if BACKEND_PYTHON_FILE.is_file() else ""

@@ -145,11 +145,17 @@ def _fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _check_weights(args: argparse.Namespace) -> int:
-    from .model.weights_check import describe_missing, missing_weights
+    """3: files are missing; 4: the CLIP weights file does not fit the model (its keys loaded and compared)."""
+    from .model.weights_check import clip_file_problem, describe_missing, missing_weights
 
-    missing = missing_weights(_engine_config(args))
-    print(describe_missing(missing) if missing else "All weight files are present.")
-    return 3 if missing else 0
+    config = _engine_config(args)
+    missing = missing_weights(config)
+    if missing:
+        print(describe_missing(missing))
+        return 3
+    problem = clip_file_problem(config)
+    print(problem or "All weight files are present and fit the model.")
+    return 4 if problem else 0
 
 
 def _models(args: argparse.Namespace) -> int:

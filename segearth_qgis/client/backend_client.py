@@ -57,10 +57,12 @@ class BackendSettings:
     #: Weight files for a local backend (None: the backend's own configuration / SEGEARTH_* variables).
     clip_weights: Optional[str] = None
     upsampler_weights: Optional[str] = None
+    #: The CLIP model: a preset name or an open_clip JSON config (None: the backend's own / SEGEARTH_MODEL).
+    model: Optional[str] = None
 
     def serve_args(self) -> tuple[str, ...]:
         """``segearth-backend serve`` arguments for these settings (a local backend)."""
-        args: list[str] = []
+        args: list[str] = ["--model", self.model] if self.model else []
         if self.clip_weights:
             args += ["--clip-weights", self.clip_weights]
         if self.upsampler_weights:

@@ -55,6 +55,8 @@ MACOS_PYTHONS = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3",
                  "/Library/Frameworks/Python.framework/Versions/Current/bin/python3")
 #: Approximate downloads in MB (PyTorch and its libraries dominate; the rest is about 60 MB).
 DOWNLOAD_MB = {"cpu": 260, "cuda-linux": 3300, "cuda-windows": 2600, "mps": 140, "pypi-linux": 3300}
+#: How each --weights choice is said, in the plan, the log and the set-up dialog's list alike.
+WEIGHTS_WORDS = {"download": "download now", "skip": "later (at the first job)"}
 CLIP_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 SIMFEATUP_FILE = "xclip_jbu_one_million_aid.ckpt"
 
@@ -106,6 +108,14 @@ class Plan:
     steps: list[str] = field(default_factory=list)
     #: What the PyTorch step asks pip for (pinned where PyTorch's newest builds do not serve the machine).
     torch_packages: list[str] = field(default_factory=lambda: ["torch", "torchvision"])
+    #: MB PyTorch from PyPI would download instead when the wheel index cannot be reached (0: no such fallback):
+    #: on Linux PyPI's build is the CUDA one, many times the CPU build, so the plan says it before Set up.
+    pypi_fallback_mb: int = 0
+
+
+def weights_wording(weights: str) -> str:
+    """``--weights`` in words: "download now", "later (at the first job)" or "from the folder F"."""
+    return WEIGHTS_WORDS.get(weights, f"from the folder {weights}")
 
 
 # ----------------------------------------------------------------------------- facts about this machine
@@ -332,7 +342,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
     target = Path(args.target).expanduser().resolve()
     steps = ["Python", "virtual environment", f"PyTorch ({label})", "SegEarth-OV backend", "weights", "check"]
     return Plan(base, version, str(target), str(venv_python(target)), device, why, label, index, megabytes,
-                args.weights, str(source), backend_version(source), args.wheelhouse, steps, torch_packages())
+                args.weights, str(source), backend_version(source), args.wheelhouse, steps, torch_packages(),
+                pypi_fallback_mb=pypi_download_mb() if index and not args.wheelhouse else 0)
+
+
+def pypi_download_mb() -> int:
+    """Approximate MB of PyTorch from PyPI here: the CUDA build on Linux, the CPU build elsewhere."""
+    if sys.platform.startswith("linux"):
+        return DOWNLOAD_MB["pypi-linux"]
+    return DOWNLOAD_MB["mps"] if sys.platform == "darwin" else DOWNLOAD_MB["cpu"]
+
+
+def fallback_words(plan: Plan) -> str:
+    """What happens when the PyTorch index cannot be reached, for the plan ('' when nothing would change)."""
+    if not plan.pypi_fallback_mb:
+        return ""
+    return (f"if the PyTorch index cannot be reached: PyTorch from PyPI instead, about {plan.pypi_fallback_mb} MB"
+            + (" (PyPI's Linux build includes CUDA)" if sys.platform.startswith("linux") else ""))
 
 
 # ----------------------------------------------------------------------------- running the steps
@@ -474,8 +500,8 @@ def set_up(plan: Plan, echo: Say = say, cancel: Cancellation = _NO_CANCEL) -> di
     else:
         pip_install(python, [plan.backend_source], plan, "backend", echo=echo, cancel=cancel)
     record: dict[str, object] = {"python": str(python), "version": plan.backend_version, "device": plan.device,
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    step(5, f"Weights: {plan.weights}")
+                                 "weights": plan.weights, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    step(5, f"Weights: {weights_wording(plan.weights)}")
     record.update(_get_weights(plan, python, echo, cancel))
     step(6, "Check")
     info = run("check", [str(python), "-m", "segearth_backend", "info", "--environment"],
@@ -500,8 +526,8 @@ def _install_torch(plan: Plan, python: Path, echo: Say, cancel: Cancellation) ->
         return
     index = plan.torch_index
     if index and not plan.wheelhouse and not reachable(index):
-        echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead "
-             "(on Linux that is the larger CUDA build)")
+        echo(f"    the PyTorch wheel index ({index}) cannot be reached: installing from PyPI instead, about "
+             f"{plan.pypi_fallback_mb or pypi_download_mb()} MB to download (as the plan said)")
         index = None
     try:
         pip_install(python, plan.torch_packages, plan, "PyTorch", index, echo=echo, cancel=cancel)
@@ -511,7 +537,8 @@ def _install_torch(plan: Plan, python: Path, echo: Say, cancel: Cancellation) ->
         if index is None or plan.wheelhouse:
             raise
         # e.g. a proxy that lets PyPI through but not the PyTorch index (the probe above cannot tell)
-        echo(f"    installing from {index} failed: trying PyPI instead")
+        echo(f"    installing from {index} failed: trying PyPI instead, about "
+             f"{plan.pypi_fallback_mb or pypi_download_mb()} MB to download (as the plan said)")
         pip_install(python, plan.torch_packages, plan, "PyTorch", None, echo=echo, cancel=cancel)
     error = torch_error(python)
     if error is not None:
@@ -525,7 +552,8 @@ def _install_torch(plan: Plan, python: Path, echo: Say, cancel: Cancellation) ->
 def _get_weights(plan: Plan, python: Path, echo: Say, cancel: Cancellation) -> dict[str, str]:
     """Step 5: download the weights, find them in a folder, or skip; the files found, for the record."""
     if plan.weights == "skip":
-        echo("    skipped: the backend fetches them at the first job, or choose files in the panel (Weights…)")
+        echo("    not now: the backend downloads them at the first job (without internet: choose the files in the "
+             "panel, Weights…)")
         return {}
     if plan.weights == "download":
         run("weights", [str(python), "-m", "segearth_backend", "fetch-weights"],
@@ -559,7 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         say(f"Setting up the SegEarth-OV backend {plan.backend_version} in {plan.target}")
         say(f"  device: {plan.device} ({plan.device_reason}); PyTorch: {plan.torch_build}; about "
-            f"{plan.download_mb} MB to download")
+            f"{plan.download_mb} MB to download" + (f"; {fallback_words(plan)}" if fallback_words(plan) else ""))
         if not args.yes and sys.stdin.isatty() and input("Continue? [Y/n] ").strip().lower() not in ("", "y", "yes"):
             return 1
         set_up(plan)

@@ -84,6 +84,18 @@ def check_class_lines(lines: list[str]) -> None:
         raise ClassesError(str(error)) from None
 
 
+#: The synonym that marks a class line as the background class when the user has not chosen one.
+BACKGROUND_WORD = "background"
+
+
+def background_line(lines: list[str]) -> int | None:
+    """The first line (0-based) with a synonym "background" (any case), or None."""
+    for index, line in enumerate(lines):
+        if any(part.strip().casefold() == BACKGROUND_WORD for part in line.split(",")):
+            return index
+    return None
+
+
 def class_name(line: str) -> str:
     """A class line's display name: its synonyms joined with ', '."""
     return ", ".join(part.strip() for part in line.split(",") if part.strip())

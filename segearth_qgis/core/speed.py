@@ -9,6 +9,7 @@ barely moves the estimate while a large one counts in proportion.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,6 +20,14 @@ PRIOR_SECONDS_PER_MEGAPIXEL = {"cuda": 1.0, "mps": 6.0, "cpu": 20.0}
 PRIOR_WEIGHT_MEGAPIXELS = 0.5
 #: A local backend that is not running yet takes about this long to start (Python, torch, the model).
 STARTUP_SECONDS = 15.0
+#: ... and between these many seconds (20 s was measured on a 2-core CPU; a warm disk cache starts faster).
+STARTUP_RANGE_SECONDS = (8.0, 40.0)
+#: A run takes from this much less to this much more than the average speed says (scenes, windows and what
+#: else the computer does differ); the upper factor grows with the CPU's load (see :func:`estimate_range`).
+SPEED_RANGE_FACTORS = (0.7, 1.8)
+#: The most the machine's load may stretch that upper end (a load average counts every waiting process, not all
+#: of which slow the backend down).
+MAX_LOAD_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,33 @@ def seconds_per_megapixel(key: str, record: Optional[SpeedRecord]) -> float:
 def estimate_seconds(megapixels: float, key: str, record: Optional[SpeedRecord], backend_running: bool) -> float:
     """Seconds for a job of ``megapixels``, plus start-up when no backend runs yet."""
     return megapixels * seconds_per_megapixel(key, record) + (0.0 if backend_running else STARTUP_SECONDS)
+
+
+def estimate_range(megapixels: float, key: str, record: Optional[SpeedRecord], backend_running: bool,
+                   load: float = 1.0) -> tuple[float, float]:
+    """(fewest, most) seconds a job of ``megapixels`` should take, the backend's start included when no backend
+    runs yet. ``load``: how many runnable processes per core the machine has (1: none waiting); above 1 a CPU
+    job gets that much slower, so the upper end grows with it (a GPU's is left alone)."""
+    work = megapixels * seconds_per_megapixel(key, record)
+    slower = min(max(1.0, load), MAX_LOAD_FACTOR) if key.split("/", 1)[0] == "cpu" else 1.0
+    low, high = work * SPEED_RANGE_FACTORS[0], work * SPEED_RANGE_FACTORS[1] * slower
+    if not backend_running:
+        low, high = low + STARTUP_RANGE_SECONDS[0], high + STARTUP_RANGE_SECONDS[1]
+    return low, high
+
+
+def cpu_load() -> float:
+    """Runnable processes per core over the last minute (1.0 where the system does not say: Windows)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return 1.0
+
+
+def format_estimate(low: float, high: float) -> str:
+    """"estimate 20 s to 1 min 10 s" (one duration when both ends read the same)."""
+    first, last = format_duration(low), format_duration(high)
+    return f"estimate {first}" if first == last else f"estimate {first} to {last}"
 
 
 def records_from_json(data: dict[str, Any]) -> dict[str, SpeedRecord]:

@@ -73,7 +73,7 @@ class BackendControls:
             if exception is not None:
                 message = f"The backend {action} failed: {exception}"
             if message:
-                self.report(message, Qgis.Critical)
+                self.report(message, Qgis.MessageLevel.Critical)
             self._helper_done(None)
 
         self.save_state()
@@ -118,8 +118,15 @@ class BackendControls:
         return dialog
 
     def _set_up_done(self, record: dict[str, Any]) -> None:
-        """A set-up finished: its interpreter is in the settings; show it and start the backend with it."""
+        """A set-up finished: its interpreter is in the settings; show it and start the backend with it. With
+        the weights left for later, nothing starts now (a start would fetch them, or fail without them): the
+        first job starts it and downloads them."""
         self.backend_box.restore()
+        if record.get("weights") == "skip":
+            self.show_backend_status()
+            self.report("The backend is set up. The model weights will be downloaded at the first job (about "
+                        "600 MB); without internet, choose the files with Weights…", Qgis.MessageLevel.Info)
+            return
         self._backend_action("restart")
 
     def show_backend_details(self) -> None:

@@ -27,11 +27,12 @@ from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QMessageBox, QScrollArea, Q
 from .. import settings
 from ..client.backend_manager import READY, REMOTE, shared_manager
 from ..core.grid import estimate
-from ..core.speed import device_key, estimate_seconds, format_duration, records_from_json
+from ..core.messages import bar_parts
+from ..core.speed import cpu_load, device_key, estimate_range, format_duration, format_estimate, records_from_json
 from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
 from ..job.outputs import normalise_output
-from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside
+from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside, refuse_inputs_as_outputs
 from ..job.source_plan import SourcePlan, plan_grid, plan_source
 from .backend_controls import BackendControls
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
@@ -47,6 +48,7 @@ from .widgets.raster_box import RasterBox
 from .widgets.run_box import RunBox
 
 STATUS_INTERVAL_MS = 1000
+
 ESTIMATE_DELAY_MS = 250
 
 
@@ -206,11 +208,11 @@ class SegEarthDock(BackendControls, QDockWidget):
         key = device_key(health)
         record = records_from_json(settings.load_json(settings.SPEED_HISTORY)).get(key)
         running = status.state in (READY, REMOTE)
-        seconds = estimate_seconds(megapixels, key, record, running)
+        low, high = estimate_range(megapixels, key, record, running, cpu_load())
         text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP), {int(numbers['blocks'])} block(s), "
-                f"about {format_duration(seconds)}")
+                f"{format_estimate(low, high)}")
         if not running:
-            text += " (including the backend's start)"
+            text += " (with the backend's start)"
         if record is None:
             text += f" — a first guess for {key.split('/')[0].upper()}; it learns from each run"
         label.setText(text)
@@ -237,7 +239,8 @@ class SegEarthDock(BackendControls, QDockWidget):
                 if self.options_box.probabilities_check.isChecked():
                     targets.append(normalise_output(probabilities_beside(output)))
                 existing = [str(path) for path in targets if path.exists()]
-                if existing:
+                if existing:  # what no answer can change is refused before the question
+                    refuse_inputs_as_outputs(self.job_inputs(overwrite=True))
                     overwrite = self.confirm(f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}. "
                                              "Overwrite?")
             inputs = self.job_inputs(overwrite)
@@ -248,6 +251,7 @@ class SegEarthDock(BackendControls, QDockWidget):
                 ready = planned, inputs
         except (ValueError, OutputError) as error:
             self.report(str(error), Qgis.MessageLevel.Warning)
+            self.run_box.set_text(f"Not started: {error}")
         finally:
             self._asking = False
         if ready is None:  # refused: an update that waited for the question runs now
@@ -346,15 +350,15 @@ class SegEarthDock(BackendControls, QDockWidget):
     # ------------------------------------------------------------- helpers
     def report(self, text: str, level: Any) -> None:
         """Message bar and log panel, never a traceback dialog. A long message (a list of missing files, a
-        log tail) shows its first line in the bar and the rest behind the bar's "more" button."""
+        log tail, a line longer than the bar shows) shows its start in the bar and the whole text behind the
+        bar's "Show more" button (see :func:`~segearth_qgis.core.messages.bar_parts`)."""
         QgsMessageLog.logMessage(text, LOG_TAG, level)
         duration = 0 if level == Qgis.MessageLevel.Critical else 12
-        lines = text.strip().splitlines()
-        if len(lines) > 1:
-            self.iface.messageBar().pushMessage("SegEarth-OV", lines[0].rstrip(":"), text, level=level,
-                                                duration=duration)
+        short, whole = bar_parts(text)
+        if whole is not None:
+            self.iface.messageBar().pushMessage("SegEarth-OV", short, whole, level=level, duration=duration)
         else:
-            self.iface.messageBar().pushMessage("SegEarth-OV", text, level=level, duration=duration)
+            self.iface.messageBar().pushMessage("SegEarth-OV", short, level=level, duration=duration)
 
     def _ask(self, question: str) -> bool:
         return QMessageBox.question(self, "SegEarth-OV", question) == QMessageBox.StandardButton.Yes

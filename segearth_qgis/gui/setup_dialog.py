@@ -38,6 +38,7 @@ from .. import settings
 from ..client import backend_setup
 from ..client.backend_manager import shared_manager
 from ..client.backend_setup import Cancellation, Plan, SetupCancelledError, SetupError
+from ..qgis_compat import OWN_MESSAGE_TASK
 
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
 
@@ -83,7 +84,7 @@ class SetupTask(QgsTask):
     """Runs :func:`backend_setup.set_up` for ``plan``; ``record`` or ``error`` when it ends."""
 
     def __init__(self, plan: Plan, lines: _Lines) -> None:
-        super().__init__("SegEarth-OV backend set-up", QgsTask.Flag.CanCancel)
+        super().__init__("SegEarth-OV backend set-up", OWN_MESSAGE_TASK)
         self.plan, self.lines = plan, lines
         self.cancellation = Cancellation()
         self.record: Optional[dict[str, Any]] = None
@@ -144,9 +145,9 @@ class SetupDialog(QDialog):
         self.device_combo.setToolTip("Which PyTorch to install: automatic looks for an NVIDIA GPU (nvidia-smi) "
                                      "and Apple Silicon, else the smaller CPU build")
         self.weights_combo = QComboBox()
-        for text, value in (("Download now", "download"), ("Later (at the first job)", "skip"),
-                            ("From a folder…", "folder")):
-            self.weights_combo.addItem(text, value)
+        for value, words in backend_setup.WEIGHTS_WORDS.items():  # the plan says the same words
+            self.weights_combo.addItem(words[0].upper() + words[1:], value)
+        self.weights_combo.addItem("From a folder…", "folder")
         self.weights_combo.setToolTip("The model weights (about 600 MB): downloaded now, at the first job, or found "
                                       "in a folder where you copied them")
         self.weights_folder = QgsFileWidget()
@@ -239,10 +240,14 @@ class SetupDialog(QDialog):
             self.start_button.setEnabled(False)
             return
         size = f"about {plan.download_mb} MB to download" if plan.download_mb else "from the wheel folder"
+        fallback = backend_setup.fallback_words(plan)
+        if fallback:
+            size += f"; {fallback}"
         self.plan_label.setText(
             f"Python {plan.python_version}: {plan.base_python}\n"
             f"Device: {plan.device} ({plan.device_reason}); PyTorch: {plan.torch_build}, {size}\n"
-            f"Backend {plan.backend_version} from {plan.backend_source}\nWeights: {plan.weights}\n"
+            f"Backend {plan.backend_version} from {plan.backend_source}\n"
+            f"Weights: {backend_setup.weights_wording(plan.weights)}\n"
             f"Steps: {', '.join(plan.steps)}. Running it again later continues where it stopped.")
         self.start_button.setEnabled(self.task is None)
 

@@ -14,6 +14,7 @@ from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.engine import JobResult, execute
 from ..job.request import JobPlan
 from ..map.styling import class_style_text
+from ..qgis_compat import OWN_MESSAGE_TASK
 
 LOG_TAG = "SegEarth-OV"
 
@@ -34,7 +35,7 @@ class SegmentTask(QgsTask):
 
     def __init__(self, description: str, manager: BackendManager, planned: JobPlan,
                  on_done: Callable[[SegmentTask], None]) -> None:
-        super().__init__(description, QgsTask.Flag.CanCancel)
+        super().__init__(description, OWN_MESSAGE_TASK)
         self.manager, self.planned, self.on_done = manager, planned, on_done
         self.result: Optional[JobResult] = None
         self.error: Optional[str] = None

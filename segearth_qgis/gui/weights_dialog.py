@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any, Optional
 
@@ -20,12 +21,14 @@ from qgis.PyQt.QtWidgets import (
 
 from .. import settings
 from ..client.backend_client import BackendSettings
+from ..client.local_backend import backend_environment
 
 INTRO = (
-    "SegEarth-OV needs two weight files: CLIP ViT-B/16 (OpenAI, about 600 MB) and the authors' SimFeatUp "
-    "upsampler (xclip_jbu_one_million_aid.ckpt). With internet the backend downloads them on first use. "
-    "Without, download them on another machine and choose them here; leave a field empty to use the "
-    "backend's default (its cache or $SEGEARTH_CLIP_WEIGHTS / $SEGEARTH_UPSAMPLER_WEIGHTS).")
+    "SegEarth-OV needs the CLIP weights of the model chosen in the panel (Backend ▸ Model; the default, CLIP "
+    "ViT-B/16 of OpenAI, is about 600 MB) and, for that model, the authors' SimFeatUp upsampler "
+    "(xclip_jbu_one_million_aid.ckpt). With internet the backend downloads them on first use. Without, download "
+    "them on another machine and choose them here; leave a field empty to use the backend's default (its cache "
+    "or $SEGEARTH_CLIP_WEIGHTS / $SEGEARTH_UPSAMPLER_WEIGHTS). Check loads the files' keys against the model.")
 
 
 def check_command(backend: BackendSettings) -> list[str]:
@@ -35,13 +38,13 @@ def check_command(backend: BackendSettings) -> list[str]:
     return [backend.python, "-m", "segearth_backend", "check-weights", *backend.serve_args()]
 
 
-def run_check(command: list[str], timeout: float = 120.0) -> tuple[bool, str]:
+def run_check(command: list[str], timeout: float = 300.0) -> tuple[bool, str]:
     """(all present, what the backend said); never raises."""
     if not command:
         return False, "No Python is set for the backend (Backend ▸ Python, or set up the backend first)."
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, env=backend_environment(os.environ))
     except (OSError, subprocess.TimeoutExpired) as error:
         return False, f"Could not run {command[0]}: {error}"
     text = (result.stdout + result.stderr).strip()

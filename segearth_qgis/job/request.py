@@ -78,16 +78,16 @@ class JobPlan:
 
 
 def default_output_path(folder: str, stem: str, probabilities: bool = False) -> str:
-    """A fresh file name in ``folder``: ``<stem>_segearth_<n>.tif``, free together with its style, side files
-    and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing folder is made by the run
-    (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
+    """A fresh file name in ``folder``: ``<stem>_segearth.tif``, then ``<stem>_segearth_2.tif``..., free together
+    with its style, side files and (``probabilities``) its ``_probabilities.tif``. Nothing is created: a missing
+    folder is made by the run (:func:`~segearth_qgis.job.staging.prepare_targets`)."""
     if not folder:
         raise InputError("No output file and no default output folder: choose an output file, or set the default "
                          "folder in the panel's options.")
     base = Path(folder).expanduser()
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "layer"
     for number in range(1, 100000):
-        candidate = base / f"{safe}_segearth_{number}.tif"
+        candidate = base / (f"{safe}_segearth_{number}.tif" if number > 1 else f"{safe}_segearth.tif")
         taken = [candidate, candidate.with_suffix(".qml"), *raster_side_files(candidate)]
         if probabilities:
             taken.append(Path(probabilities_beside(str(candidate))))
@@ -118,6 +118,26 @@ def _check_numbers(inputs: JobInputs, classes: int) -> None:
         raise InputError(f"The block size must be positive, got {inputs.block_size}.")
 
 
+def refuse_inputs_as_outputs(inputs: JobInputs) -> None:
+    """Only the output checks that no answer to "Overwrite?" can change (an output that is one of the files
+    the job reads, a folder in place of a file): run before asking, so such a job is refused at once.
+
+    Raises:
+        OutputError: with the reason and what to do.
+    """
+    if inputs.layer is None or not inputs.layer.isValid() or not inputs.output.strip():
+        return
+    plan_outputs(inputs.output, _probabilities_path(inputs, inputs.output),
+                 [*layer_files(inputs.layer), *inputs.other_inputs], overwrite=True)
+
+
+def _probabilities_path(inputs: JobInputs, output: str) -> Optional[str]:
+    """Where the probabilities go: the path given, beside ``output`` (True), or None."""
+    if isinstance(inputs.probabilities, str) and inputs.probabilities.strip():
+        return inputs.probabilities
+    return probabilities_beside(output) if inputs.probabilities is True else None
+
+
 def plan_job(inputs: JobInputs) -> JobPlan:
     """Check everything and build the job; cheap except for a 16-bit layer's stretch statistics.
 
@@ -133,13 +153,9 @@ def plan_job(inputs: JobInputs) -> JobPlan:
     source = plan_source(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
     output = inputs.output.strip() or default_output_path(inputs.output_folder, source.layer_name,
                                                           inputs.probabilities is True)
-    probabilities: Optional[str] = None
-    if isinstance(inputs.probabilities, str) and inputs.probabilities.strip():
-        probabilities = inputs.probabilities
-    elif inputs.probabilities is True:
-        probabilities = probabilities_beside(output)
-    outputs = plan_outputs(output, probabilities, [*layer_files(inputs.layer), *inputs.other_inputs],
-                           inputs.overwrite, create_folder=not inputs.output.strip())
+    outputs = plan_outputs(output, _probabilities_path(inputs, output),
+                           [*layer_files(inputs.layer), *inputs.other_inputs], inputs.overwrite,
+                           create_folder=not inputs.output.strip())
     params = JobParams(tuple(lines), outputs, inputs.threshold, inputs.background_index, inputs.bias_lambda,
                        inputs.block_size)
     return JobPlan(source, params)

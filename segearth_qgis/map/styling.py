@@ -50,6 +50,10 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
         group = root.insertGroup(0, GROUP_NAME)
     project.addMapLayer(layer, False)
     group.insertLayer(0, layer)
+    # A group made empty is shown collapsed by the Layers panel (a tree view does not expand an item without
+    # children) while the node says expanded, so setExpanded(True) alone would change nothing there: the
+    # round trip makes every view expand it.
+    group.setExpanded(False)
     group.setExpanded(True)
     return layer
 

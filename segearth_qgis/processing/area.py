@@ -17,6 +17,8 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
+from ..qgis_compat import METERS, SQUARE_METERS
+
 #: The ellipsoid of a geographic CRS that names none.
 FALLBACK_ELLIPSOID = "EPSG:7030"
 
@@ -35,7 +37,7 @@ def area_measure(crs: QgsCoordinateReferenceSystem, context: QgsProcessingContex
 
 def area_m2(measure: QgsDistanceArea, geometry: QgsGeometry) -> float:
     """The area of ``geometry`` in square metres."""
-    return measure.convertAreaMeasurement(measure.measureArea(geometry), QgsUnitTypes.AreaSquareMeters)
+    return measure.convertAreaMeasurement(measure.measureArea(geometry), SQUARE_METERS)
 
 
 def pixel_area_m2(crs: QgsCoordinateReferenceSystem, extent: QgsRectangle, columns: int, rows: int,
@@ -45,7 +47,7 @@ def pixel_area_m2(crs: QgsCoordinateReferenceSystem, extent: QgsRectangle, colum
     width, height = extent.width() / columns, extent.height() / rows
     measure = area_measure(crs, context)
     if not measure.willUseEllipsoid():
-        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+        factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), METERS)
         return width * height * factor * factor
     x, y = extent.center().x(), extent.center().y()
     ring = [QgsPointXY(x, y), QgsPointXY(x + width, y), QgsPointXY(x + width, y + height), QgsPointXY(x, y + height)]

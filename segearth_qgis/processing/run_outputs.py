@@ -40,8 +40,10 @@ from qgis.core import (
     QgsVectorFileWriter,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QMetaType
 
 from ..errors import OutputError
+from ..job.csv_tables import rewrite_with_types
 from ..job.layer_input import layer_files
 from ..job.leftovers import recover_leftovers
 from ..job.outputs import check_folder
@@ -123,6 +125,8 @@ class _StagedSink:
     file: Path
     sink: Any
     written: int = 0
+    #: The type name of each field (for a CSV's ``.csvt``).
+    type_names: tuple[str, ...] = ()
 
 
 class RunOutputs:
@@ -216,7 +220,8 @@ class RunOutputs:
                                                            str(error)))) from None
         if sink is None:
             raise QgsProcessingException(f"{name}: {target.describe()} could not be created: check the destination.")
-        self.sinks[name] = _StagedSink(target, folder, file, sink)
+        self.sinks[name] = _StagedSink(target, folder, file, sink,
+                                       type_names=tuple(QMetaType.typeName(int(field.type())) for field in fields))
 
     def add(self, name: str, feature: QgsFeature) -> None:
         """Write ``feature`` to the sink of ``name``; a failure (a full disk) raises QgsProcessingException."""
@@ -279,6 +284,11 @@ class RunOutputs:
             key = Path(os.path.realpath(target.path))
             into.setdefault(key, LayersIntoGeoPackage(target.path)).add(str(target.layer), staged.file)
             return f"{target.path}|layername={target.layer}"
+        if target.path.suffix.lower() == ".csv":
+            try:
+                rewrite_with_types(staged.file, staged.type_names)
+            except OSError as error:
+                raise writing_error(target.path.parent, f"Writing {target.describe()}", str(error)) from None
         self.staged.attach_folder(staged.folder, target.path.parent, new_only=target.geopackage)
         if target.path.suffix.lower() == ".shp":
             for suffix in SHAPEFILE_INDEXES:

@@ -29,10 +29,10 @@ from qgis.PyQt.QtCore import Qt
 
 from .. import settings
 from ..client.backend_manager import shared_manager
-from ..core.classes import PRESETS
+from ..core.classes import PRESETS, check_class_lines, class_lines
 from ..core.report import shares_message, shares_warning
 from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
-from ..errors import BackendError, JobCancelledError, OutputError
+from ..errors import BackendError, ClassesError, JobCancelledError, OutputError
 from ..job.aoi import AoiKind, AreaOfInterest
 from ..job.engine import JobResult, execute
 from ..job.request import JobInputs, plan_job
@@ -82,7 +82,8 @@ class _SegmentBase(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
         self.addParameter(QgsProcessingParameterString(
             self.CLASSES, "Classes (one per line, synonyms separated by commas)", multiLine=True,
-            defaultValue="\n".join(PRESETS[0].classes)))
+            defaultValue="\n".join(PRESETS[0].classes),
+            optional=True))  # "optional" to QGIS only: checkParameterValues refuses no classes with our words
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (one, or R, G, B)", None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area of interest (extent)", optional=True))
@@ -101,6 +102,15 @@ class _SegmentBase(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, DEFAULT_BIAS_LAMBDA,
             minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS's name
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """The class list is checked as the dock checks it (QGIS would only say "Incorrect parameter value")."""
+        try:
+            check_class_lines(class_lines(self.parameterAsString(parameters, self.CLASSES, context) or ""))
+        except ClassesError as error:
+            return False, str(error)
+        return super().checkParameterValues(parameters, context)
 
     def output_description(self, name: str) -> str:
         """The description of output parameter ``name``: the name Processing gives its layer by default."""

@@ -27,6 +27,18 @@ def test_info_prints_what_was_loaded(tiny_paths, tmp_path):
     assert info["model"] == "tiny-clip" and info["upsampler"] == "SimFeatUp (JBU-One)"
 
 
+def test_check_weights_loads_the_files_keys_against_the_model(tiny_paths, tmp_path):
+    """Exit 0 when the files fit the model, 4 (with the keys that do not fit) when they are another model's."""
+    weights = ("--clip-weights", tiny_paths["clip_weights"], "--upsampler-weights", tiny_paths["upsampler_weights"],
+               "--cache-dir", str(tmp_path))
+    fits = run("check-weights", "--model", tiny_paths["model"], *weights)
+    assert fits.returncode == 0 and "present and fit the model" in fits.stdout, fits.stderr
+    other = run("check-weights", "--model", "clip-vit-b16", *weights)
+    assert other.returncode == 4 and "Traceback" not in other.stderr
+    assert "do not fit the model" in other.stdout and "missing keys" in other.stdout
+    assert "ln_final.weight (64,) instead of (512,)" in other.stdout and "clip-vit-b16" in other.stdout
+
+
 def test_missing_weights_offline_fail_at_once_naming_every_file(tmp_path):
     start = time.monotonic()
     result = run("info", "--cache-dir", str(tmp_path), "--device", "cpu", env_extra={"SEGEARTH_OFFLINE": "1"})

@@ -187,7 +187,35 @@ def load_clip(model: str, weights: str, cache_dir: Optional[Path] = None) -> Loa
     return LoadedClip(built, tokenizer, model_name, source)
 
 
+def check_clip_file(model: str, weights: Path) -> None:
+    """Load the checkpoint ``weights`` and compare its keys and shapes with the model ``model`` (an open_clip
+    name or JSON config) without loading it: what *Check* and ``check-weights`` do before any job.
+
+    Raises:
+        ModelConfigError: unknown model name, bad JSON config.
+        CheckpointError: the file is unreadable or does not fit the model (which keys, which shapes).
+    """
+    import open_clip
+
+    # On the meta device: the model's keys and shapes without allocating or initialising its tensors (a ViT-L/14
+    # built on a busy CPU took minutes).
+    with torch.device("meta"):
+        if _is_config_path(model):
+            built, _ = _build_from_config(Path(model).expanduser())
+        else:
+            _check_model_name(model)
+            built = open_clip.create_model(model, pretrained=None, device="meta")
+    state = load_state_dict_file(weights, what="CLIP weights")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    _raise_unless_fits(built, state, weights)
+
+
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    _raise_unless_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def _raise_unless_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -208,4 +236,3 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
             f"CLIP weights '{path}' do not fit the model: {'; '.join(problems)}. "
             "Check that the model name or config matches the checkpoint."
         )
-    model.load_state_dict(state, strict=True)

@@ -106,6 +106,24 @@ def missing_weights(config: EngineConfig) -> list[MissingWeight]:
     return [item for item in items if item is not None]
 
 
+def clip_file_problem(config: EngineConfig) -> Optional[str]:
+    """Why the CLIP weights file of ``config`` does not fit its model (its keys and shapes loaded and compared
+    with the model's), or None: it fits, or the weights are an open_clip tag (made for their model)."""
+    from ..errors import CheckpointError, ModelConfigError
+    from .clip_loader import check_clip_file
+
+    resolved = resolve_model(config)
+    path = Path(resolved.clip_weights).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        check_clip_file(resolved.model, path)
+    except (CheckpointError, ModelConfigError) as error:
+        return f"{error} The model is {config.model or resolved.model}: choose the weights of that model, or " \
+               "the model these weights belong to (SegEarth-OV panel, Backend, Model)."
+    return None
+
+
 def describe_missing(items: list[MissingWeight]) -> str:
     lines = ["These weight files are missing (download them on a machine with internet):"]
     for item in items:

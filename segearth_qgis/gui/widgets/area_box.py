@@ -17,6 +17,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDoubleSpinBox, QgsMapLayerComboBox, QgsMapToolExtent, QgsRubberBand
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QWidget
@@ -170,13 +171,15 @@ class AreaBox(QGroupBox):
         self.stop_drawing()
 
     def stop_drawing(self) -> None:
+        """Give the map its previous tool back. Unsetting ours unchecks the Draw button, which calls this again
+        before the first call ends: the previous tool is taken first, so that inner call cannot lose it."""
         canvas = self.iface.mapCanvas()
+        previous, self.previous_tool = self.previous_tool, None
         if self.map_tool is not None and canvas.mapTool() is self.map_tool:
             self.map_tool.clearRubberBand()
             canvas.unsetMapTool(self.map_tool)
-            if self.previous_tool is not None:
-                canvas.setMapTool(self.previous_tool)
-        self.previous_tool = None
+            if previous is not None and not sip.isdeleted(previous):
+                canvas.setMapTool(previous)
         if self.draw_button.isChecked():
             self.draw_button.setChecked(False)
 

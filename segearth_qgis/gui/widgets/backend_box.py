@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ... import settings
 from ...client.backend_manager import FAILED, NOT_SET_UP, BackendStatus
+from .model_combo import ModelCombo
 
 TITLE = "Backend"
 
@@ -30,7 +31,9 @@ class BackendBox(QgsCollapsibleGroupBox):
         super().__init__(TITLE, parent)
         self.setObjectName("SegEarthOVBackend")
         self.status_label = QLabel()
-        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        # Wrapped, never elided: the instruction is at the end ("...: click Set up backend…").
+        self.status_label.setWordWrap(True)
+        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details_button = QPushButton("Details…")
         self.details_button.setToolTip("The whole message and the backend's log")
@@ -53,6 +56,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.token_edit.setPlaceholderText("for a remote backend")
         self.token_edit.setToolTip("The remote backend's token (or $SEGEARTH_BACKEND_TOKEN)")
+        self.model_combo = ModelCombo()
         self.python_edit = QLineEdit()
         self.python_edit.setPlaceholderText("python with segearth-backend installed")
         self.python_edit.setToolTip("The Python interpreter of the environment where the backend is installed "
@@ -67,6 +71,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         setup_row.addWidget(self.setup_button)
         setup_row.addStretch(1)
         form = QFormLayout()
+        form.addRow("Model", self.model_combo)
         form.addRow("URL", self.url_edit)
         form.addRow("Token", self.token_edit)
         form.addRow("Python", self.python_edit)
@@ -87,9 +92,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         where = "remote" if self.url_edit.text().strip() else "local"
         self.setTitle(f"{TITLE} ({where}): {status.state}")
         text = status.summary
-        metrics = self.status_label.fontMetrics()
-        self.status_label.setText(metrics.elidedText(text, Qt.TextElideMode.ElideRight,
-                                                     max(self.status_label.width(), 200)))
+        self.status_label.setText(text)
         tooltip = status.details or text
         if status.log_path is not None:
             tooltip += f"\nLog: {status.log_path}"
@@ -113,6 +116,7 @@ class BackendBox(QgsCollapsibleGroupBox):
         self.url_edit.setText(settings.BACKEND_URL.load())
         self.token_edit.setText(settings.backend_token() if settings.BACKEND_URL.load() else "")
         self.python_edit.setText(settings.BACKEND_PYTHON.load())
+        self.model_combo.restore()
 
     def save(self) -> None:
         settings.BACKEND_URL.save(self.url_edit.text().strip())

@@ -21,7 +21,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ... import settings
-from ...core.classes import PRESETS, class_lines, class_name
+from ...core.classes import PRESETS, background_line, class_lines, class_name
 from ...core.request_rules import DEFAULT_BIAS_LAMBDA
 from ...qt_compat import QAction
 from .. import user_presets
@@ -77,6 +77,9 @@ class ClassesBox(QGroupBox):
         layout.addLayout(row)
         layout.addWidget(self.preset_label)
         self.preset: Optional[UserPreset] = None
+        #: The user picked "None" in the list: no class named background is picked for them.
+        self.none_chosen = False
+        self.background.activated.connect(lambda _: setattr(self, "none_chosen", self.background_index() is None))
         self.edit.textChanged.connect(self._text_changed)
 
     # ------------------------------------------------------------ values
@@ -99,7 +102,8 @@ class ClassesBox(QGroupBox):
         self.background.setCurrentIndex(position if position >= 0 else 0)
 
     def _refill_background(self) -> None:
-        """One entry per class line (and None), keeping the chosen line when it still exists."""
+        """One entry per class line (and None), keeping the chosen line when it still exists; without one (the
+        list was emptied, then typed), the line named "background" unless the user picked None."""
         current = self.background_index()
         self.background.blockSignals(True)
         self.background.clear()
@@ -107,7 +111,10 @@ class ClassesBox(QGroupBox):
         for index, line in enumerate(self.lines()):
             self.background.addItem(f"{index + 1}: {class_name(line)}", index)
         self.background.blockSignals(False)
-        self.set_background(current if current is not None and current < len(self.lines()) else None)
+        lines = self.lines()
+        if current is None or current >= len(lines):  # none chosen yet: the class called background, if any
+            current = None if self.none_chosen else background_line(lines)
+        self.set_background(current)
 
     def _text_changed(self) -> None:
         self._refill_background()

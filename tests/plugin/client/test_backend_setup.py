@@ -26,6 +26,7 @@ def test_the_plan_as_json_names_python_device_build_size_and_weights(tmp_path):
     assert plan["python_version"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert plan["device"] == "cpu" and plan["torch_build"] == "CPU" and plan["download_mb"] > 100
     assert plan["torch_index"] == "https://download.pytorch.org/whl/cpu"
+    assert plan["pypi_fallback_mb"] == backend_setup.DOWNLOAD_MB["pypi-linux"]  # said before anything happens
     assert plan["torch_packages"] == ["torch", "torchvision"]  # pinned only on Intel Macs
     assert plan["venv_python"] == str(tmp_path / "env" / "venv" / "bin" / "python")
     assert plan["backend_source"] == str(ROOT / "backend") and plan["weights"] == "skip"

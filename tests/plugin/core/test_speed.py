@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 
 from segearth_qgis.core.speed import (
+    MAX_LOAD_FACTOR,
     PRIOR_SECONDS_PER_MEGAPIXEL,
     PRIOR_WEIGHT_MEGAPIXELS,
+    SPEED_RANGE_FACTORS,
+    STARTUP_RANGE_SECONDS,
     STARTUP_SECONDS,
     SpeedRecord,
+    cpu_load,
     device_key,
+    estimate_range,
     estimate_seconds,
     format_duration,
+    format_estimate,
     records_from_json,
     records_to_json,
     seconds_per_megapixel,
@@ -48,6 +54,24 @@ def test_the_estimate_adds_the_start_up_only_when_no_backend_runs():
     running = estimate_seconds(2.0, "cuda/x", None, backend_running=True)
     assert running == pytest.approx(2.0 * PRIOR_SECONDS_PER_MEGAPIXEL["cuda"])
     assert estimate_seconds(2.0, "cuda/x", None, backend_running=False) == pytest.approx(running + STARTUP_SECONDS)
+
+
+def test_the_estimate_is_a_range_that_holds_the_start_and_a_busy_cpu():
+    work = 2.0 * PRIOR_SECONDS_PER_MEGAPIXEL["cpu"]
+    low, high = estimate_range(2.0, "cpu/x", None, backend_running=True)
+    assert (low, high) == pytest.approx((work * SPEED_RANGE_FACTORS[0], work * SPEED_RANGE_FACTORS[1]))
+    starting = estimate_range(2.0, "cpu/x", None, backend_running=False)
+    assert starting == pytest.approx((low + STARTUP_RANGE_SECONDS[0], high + STARTUP_RANGE_SECONDS[1]))
+    busy = estimate_range(2.0, "cpu/x", None, backend_running=True, load=3.0)  # 3 runnable processes per core
+    assert busy == pytest.approx((low, high * 3.0))
+    assert estimate_range(2.0, "cpu/x", None, True, load=40.0)[1] == pytest.approx(high * MAX_LOAD_FACTOR)
+    assert estimate_range(2.0, "cuda/x", None, True, load=3.0)[1] == pytest.approx(
+        2.0 * PRIOR_SECONDS_PER_MEGAPIXEL["cuda"] * SPEED_RANGE_FACTORS[1])  # a GPU does not wait for the CPU
+    # The walkthrough: "about 35 s" for a run of 62 s (20 s of it the start); the range holds it.
+    low, high = estimate_range(1.0, "cpu/x", None, backend_running=False)
+    assert low <= 62 <= high
+    assert format_estimate(22, 76) == "estimate 22 s to 1 min 16 s" and format_estimate(12.2, 12.4) == "estimate 12 s"
+    assert cpu_load() >= 0
 
 
 def test_records_survive_json_and_unreadable_entries_are_skipped():

@@ -37,7 +37,13 @@ def test_the_plan_is_shown_before_anything_happens(dialog, tmp_path):
     wait_until(dialog.start_button.isEnabled, 30)  # the plan for them, once they settle
     text = dialog.plan_label.text()
     assert sys.executable in text and "Device: cpu (as asked)" in text and "PyTorch: CPU" in text
-    assert "MB to download" in text and "Backend " in text and "Weights: skip" in text
+    # One wording: the plan says what the list says ("Later (at the first job)"), not the script's "skip".
+    assert "MB to download" in text and "Backend " in text and "Weights: later (at the first job)" in text
+    assert dialog.weights_combo.currentText() == "Later (at the first job)"
+    # Found in the walkthrough: "PyTorch: CPU, about 260 MB", then PyPI's 5.8 GB CUDA build without a word when
+    # the PyTorch index could not be reached. The plan says so before anything happens.
+    assert "PyTorch: CPU, about 260 MB to download; if the PyTorch index cannot be reached: PyTorch from PyPI " \
+           "instead, about 3300 MB (PyPI's Linux build includes CUDA)" in text
     assert dialog.plan.device == "cpu" and dialog.plan.weights == "skip"
     assert dialog.plan.target == str((tmp_path / "backend").resolve())
     assert dialog.start_button.isEnabled() and not (tmp_path / "backend").exists()

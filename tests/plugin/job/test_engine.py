@@ -161,8 +161,8 @@ def test_a_nearly_full_disk_never_gets_an_empty_style(local_backend, tmp_path, s
 def test_a_default_name_is_free_for_the_probabilities_too(tmp_path):
     from segearth_qgis.job.request import default_output_path
 
-    (tmp_path / "scene_segearth_1_probabilities.tif").write_bytes(b"an earlier run's")
-    assert default_output_path(str(tmp_path), "scene").endswith("scene_segearth_1.tif")
+    (tmp_path / "scene_segearth_probabilities.tif").write_bytes(b"an earlier run's")
+    assert default_output_path(str(tmp_path), "scene").endswith("/scene_segearth.tif")  # the first: no number
     assert default_output_path(str(tmp_path), "scene", probabilities=True).endswith("scene_segearth_2.tif")
 
 

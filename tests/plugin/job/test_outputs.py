@@ -431,7 +431,7 @@ def test_a_missing_default_folder_is_made_by_the_run_not_by_planning(tmp_path):
 
     folder = tmp_path / "results" / "today"
     name = default_output_path(str(folder), "scene")
-    assert name == str(folder / "scene_segearth_1.tif") and not folder.exists()
+    assert name == str(folder / "scene_segearth.tif") and not folder.exists()  # the first: no number
     with pytest.raises(OutputError, match="does not exist"):
         plan_outputs(name)
     plan = plan_outputs(name, create_folder=True)

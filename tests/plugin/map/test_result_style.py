@@ -163,3 +163,35 @@ def test_the_plugin_connects_the_hook_and_unload_disconnects_it(qgis_iface, tmp_
         assert has_default_palette(second)
     finally:
         project.removeMapLayers([first.id(), second.id()])
+
+
+def test_the_results_group_is_expanded_in_the_layers_panel(tmp_path):
+    """A real Layers panel (QgsLayerTreeView on the project's tree) shows the group open after each result,
+    also when the user had collapsed it."""
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
+
+    from segearth_qgis.map.styling import GROUP_NAME, add_result_layer
+
+    project = QgsProject.instance()
+    model = QgsLayerTreeModel(project.layerTreeRoot())
+    view = QgsLayerTreeView()
+    view.setModel(model)
+    view.show()
+    added = []
+    try:
+        added.append(add_result_layer(str(write_class_raster(tmp_path / "a.tif")), "a", CLASS_NAMES,
+                                      class_colours(CLASS_NAMES)))
+        group = project.layerTreeRoot().findGroup(GROUP_NAME)
+        assert group.isExpanded() and view.isExpanded(view.node2index(group))
+        view.collapse(view.node2index(group))
+        added.append(add_result_layer(str(write_class_raster(tmp_path / "b.tif")), "b", CLASS_NAMES,
+                                      class_colours(CLASS_NAMES)))
+        assert group.isExpanded() and view.isExpanded(view.node2index(group))
+    finally:
+        view.hide()
+        for layer in added:
+            project.removeMapLayer(layer.id())
+        group = project.layerTreeRoot().findGroup(GROUP_NAME)
+        if group is not None:
+            project.layerTreeRoot().removeChildNode(group)

@@ -72,6 +72,31 @@ def test_prescribed_matrix_by_class_names(provider, tmp_path):
     assert result["MEAN_IOU"] == pytest.approx(np.mean([20 / 27, 15 / 23, 12 / 21, 18 / 24]))
 
 
+def test_csv_tables_read_back_as_numbers(provider, tmp_path):
+    """Found in the walkthrough: the CSVs quoted every count ("559"), so GDAL read every column as text."""
+    from osgeo import ogr
+
+    classified, reference = prescribed_pair(tmp_path)
+    matrix_csv, metrics_csv = tmp_path / "matrix.csv", tmp_path / "metrics.csv"
+    run(INPUT=str(classified), REFERENCE_RASTER=str(reference), MAPPING="Clutter=ignore",
+        OUTPUT_MATRIX=str(matrix_csv), OUTPUT_METRICS=str(metrics_csv))
+    assert matrix_csv.read_text().splitlines()[1] == "0,background,20,2,1,0,23"  # no quotes around numbers
+    assert '"building, roof"' in matrix_csv.read_text()  # quotes only where a value needs them
+    types = {}
+    for path in (matrix_csv, metrics_csv):
+        dataset = ogr.Open(str(path))
+        definition = dataset.GetLayer(0).GetLayerDefn()
+        types.update({definition.GetFieldDefn(i).GetName(): definition.GetFieldDefn(i).GetTypeName()
+                      for i in range(definition.GetFieldCount())})
+        dataset = None
+    assert types["reference_id"] == "Integer" and types["pred_0"] == "Integer64" and types["total"] == "Integer64"
+    assert types["iou"] == "Real" and types["reference"] == "String" and types["class_name"] == "String"
+    table = QgsVectorLayer(str(matrix_csv), "matrix", "ogr")
+    np.testing.assert_array_equal(_matrix(table), MATRIX)  # read back by QGIS as numbers too
+    assert sorted(p.name for p in tmp_path.glob("m*.csv*")) == ["matrix.csv", "matrix.csvt", "metrics.csv",
+                                                               "metrics.csvt"]
+
+
 def test_unmatched_reference_class_names_what_to_map(provider, tmp_path):
     classified, reference = prescribed_pair(tmp_path)
     with pytest.raises(QgsProcessingException, match=r"5 \(Clutter\) match no class.*'reference=ignore'"):

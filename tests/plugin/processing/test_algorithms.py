@@ -187,6 +187,24 @@ def test_model_chaining_segment_vectorize_statistics(provider, raster, tmp_path)
     assert stats.featureCount() > 0 and {f["zone"] for f in stats.getFeatures()} != {None}
 
 
+@pytest.mark.parametrize("algorithm_id", ["segearth:segment", "segearth:segment_vector"])
+def test_no_classes_is_said_as_the_panel_says_it(provider, raster, tmp_path, algorithm_id):
+    """Found in the walkthrough: an empty class list gave QGIS's 'Incorrect parameter value for CLASSES'."""
+    import processing
+    from qgis.core import QgsProcessingContext
+
+    from segearth_qgis.core.classes import check_class_lines
+
+    with pytest.raises(ValueError) as panel:
+        check_class_lines([])
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+    values = {"INPUT": str(raster), "CLASSES": "", "OUTPUT": str(tmp_path / "x.tif")}
+    assert algorithm.checkParameterValues(values, QgsProcessingContext()) == (False, str(panel.value))
+    with pytest.raises(QgsProcessingException, match="Type at least one class") as raised:
+        processing.run(algorithm_id, values)
+    assert "Incorrect parameter value" not in str(raised.value) and not (tmp_path / "x.tif").exists()
+
+
 @pytest.mark.parametrize("parameters, fragment", [
     ({"CLASSES": "  \n"}, "Type at least one class"),
     ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap"),
