@@ -27,6 +27,10 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     parser.add_argument("--precision", help="auto, float32, float16 or bfloat16 (SEGEARTH_PRECISION; auto: "
                         "bfloat16 autocast on CUDA, float32 on the CPU)")
+    parser.add_argument("--attention", help="training-free attention of the last block(s): auto (the preset's), "
+                        "vanilla, MaskCLIP, ClearCLIP, SCLIP or SegEarth (SEGEARTH_ATTENTION)")
+    parser.add_argument("--last-blocks", type=int, help="how many last blocks use it, their outputs summed "
+                        "(SEGEARTH_LAST_BLOCKS; default: the preset's, 1 for SegEarth-OV, 2 for the SAR model)")
     parser.add_argument("--feature-cache-mb", type=float, help="memory for the class-independent work of recent "
                         "images, so new class lists on them are fast (SEGEARTH_FEATURE_CACHE_MB; default 1024; "
                         "0 disables it)")
@@ -58,7 +62,9 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,
                                  upsampler_weights=args.upsampler_weights, device=args.device,
                                  cache_dir=args.cache_dir, precision=getattr(args, "precision", None),
-                                 feature_cache_mb=getattr(args, "feature_cache_mb", None))
+                                 feature_cache_mb=getattr(args, "feature_cache_mb", None),
+                                 attention=getattr(args, "attention", None),
+                                 last_blocks=getattr(args, "last_blocks", None))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -17,7 +17,16 @@ from typing import Optional
 
 from ..config import EngineConfig
 from ..errors import UpsamplerMismatchError, WeightsNotFoundError
-from .presets import SIMFEATUP, SIMFEATUP_FEATURE_DIM, SIMFEATUP_PATCH, ModelPreset, find_preset, preset_for
+from .presets import (
+    DEFAULT_ATTENTION,
+    DEFAULT_LAST_BLOCKS,
+    SIMFEATUP,
+    SIMFEATUP_FEATURE_DIM,
+    SIMFEATUP_PATCH,
+    ModelPreset,
+    find_preset,
+    preset_for,
+)
 from .simfeatup_weights import BILINEAR_TAGS, SIMFEATUP_TAGS
 
 AUTO = "auto"
@@ -81,6 +90,17 @@ def resolve_model(config: EngineConfig) -> ResolvedModel:
         return ResolvedModel(preset.architecture, weights, preset)
     weights = AUTO_TAG if auto else weights
     return ResolvedModel(config.model, weights, preset_for(config.model, weights))
+
+
+def resolve_attention(config: EngineConfig, preset: Optional[ModelPreset]) -> tuple[str, int]:
+    """``(attention mode, last blocks)``: what ``config`` sets, else the preset's, else SegEarth-OV's (SegEarth, 1)."""
+    mode = preset.attention if preset is not None else DEFAULT_ATTENTION
+    if config.attention.lower() != AUTO:
+        mode = config.attention
+    blocks = preset.last_blocks if preset is not None else DEFAULT_LAST_BLOCKS
+    if config.last_blocks is not None:
+        blocks = config.last_blocks
+    return mode, blocks
 
 
 def missing_preset_file(resolved: ResolvedModel) -> Optional[str]:
