@@ -138,6 +138,10 @@ def test_missing_preset_file_says_where_to_get_it(tmp_path):
         missing_weights(EngineConfig(model="clip-vit-l14", upsampler_weights="simfeatup", cache_dir=tmp_path))
     missing = missing_weights(EngineConfig(model="georsclip-vit-b32", cache_dir=tmp_path))
     assert [m.where for m in missing] == [str(tmp_path / "clip" / "RS5M_ViT-B-32.pt")]  # bilinear: no SimFeatUp
+    sar = missing_weights(EngineConfig(model="alignearth-sar-vit-b16", cache_dir=tmp_path))
+    assert [m.url for m in sar][0] == "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16"
+    assert "about 600 MB" in sar[0].what and sar[0].where == str(tmp_path / "clip" / "AlignEarth-SAR-ViT-B-16.pt")
+    assert len(sar) == 2 and sar[1].what == "SimFeatUp checkpoint"  # the SAR model uses SimFeatUp too
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
@@ -243,3 +247,11 @@ def test_models_command_lists_presets_and_where_files_go(tmp_path):
                                       str(tmp_path)], capture_output=True, text=True, timeout=120).stdout)
     assert {row["name"]: row["ready"] for row in rows}["remoteclip-vit-b32"] is True
     assert Path(rows[0]["simfeatup"]["where"]).name == "xclip_jbu_one_million_aid.ckpt"
+    sar = {row["name"]: row for row in rows}["alignearth-sar-vit-b16"]
+    assert (sar["imagery"], sar["attention"], sar["last_blocks"]) == ("sar", "SCLIP", 2)
+    assert sar["url"] == "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16" and "600 MB" in sar["download_size"]
+    assert Path(sar["simfeatup"]["where"]).name == "xclip_jbu_one_million_aid.ckpt"
+    # The offline list says where the SAR weights come from, their size and where they go.
+    assert "alignearth-sar-vit-b16: https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16" in result.stdout
+    assert "size: about 600 MB" in result.stdout and "size: 3.94 GB" in result.stdout
+    assert str(tmp_path / "clip" / "AlignEarth-SAR-ViT-B-16.pt") in result.stdout
