@@ -178,6 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .pipeline.segmenter import load_segmenter
 
     preset = find_benchmark(args.dataset)
+    if preset.model and not args.model and not os.environ.get("SEGEARTH_MODEL"):
+        args.model = preset.model  # the SAR sets run with the SAR model, as the authors' configs do
     segmenter = load_segmenter(config=_engine_config(args))
 
     def progress(items, total):  # type: ignore[no-untyped-def]
@@ -195,6 +197,22 @@ def _eval(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report: {out}")
     return 0
+
+
+def _eval_arguments(evaluation: argparse.ArgumentParser) -> None:
+    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
+                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
+                            "massachusetts, spacenet, wbs_si; SAR (run with the SAR model unless --model is given): "
+                            "openearthmap_sar, fusar, pie_sar, whu_sar, yeseg_sar, ddhrnet_korea_sar, "
+                            "ddhrnet_shandong_sar, ddhrnet_xian_sar")
+    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
+                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluation.add_argument("--ann-file", help="split file (default: <root>/ the name the authors' config "
+                            "gives, e.g. wbs-si_val.txt, which must then be their file: its SHA-256 is checked; a "
+                            "file given here is used as it is)")
+    evaluation.add_argument("--out", help="write the JSON report here")
+    _engine_arguments(evaluation)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -243,18 +261,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     models.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    evaluation = commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' protocol, "
-                                     "mmseg's mIoU)")
-    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
-                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
-                            "massachusetts, spacenet, wbs_si")
-    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
-                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
-    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
-    evaluation.add_argument("--ann-file", help="split file (WBS-SI: the authors' wbs-si_val.txt; default "
-                            "<root>/wbs-si_val.txt)")
-    evaluation.add_argument("--out", help="write the JSON report here")
-    _engine_arguments(evaluation)
+    _eval_arguments(commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' "
+                                        "protocol, mmseg's mIoU)"))
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
