@@ -29,9 +29,12 @@ BILINEAR = "bilinear"
 SIMFEATUP_FEATURE_DIM = 512
 SIMFEATUP_PATCH = 16
 
-_NOT_CLIP_B16 = ("the authors' SimFeatUp checkpoint was trained on OpenAI CLIP ViT-B/16 features; "
-                 "this model has {what}, so features are upsampled bilinearly (the paper's setting "
-                 "for other backbones)")
+_NOT_CLIP_B16 = ("the authors' SimFeatUp checkpoint fits 512-d features on 16-pixel patches only; this model has "
+                 "{what}, so features are upsampled bilinearly (the authors' code cannot run SimFeatUp on it either)")
+#: For the other 512-d patch-16 towers: ours is bilinear, the paper's (feature_up=True) is SimFeatUp.
+_B16_OTHER_REASON = ("bilinear by default: the authors' SimFeatUp checkpoint was trained on OpenAI CLIP ViT-B/16 "
+                     "features, not this model's; the authors' code applies it anyway (the paper's setting: "
+                     "--upsampler-weights simfeatup)")
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,8 @@ def _tag(name: str, family: str, architecture: str, tag: str, dim: int, patch: i
 
 def _file(name: str, family: str, architecture: str, file: str, url: str, dim: int, patch: int,
           note: Optional[str] = None, size: Optional[str] = None) -> ModelPreset:
-    what = f"{dim}-d features on {patch}-pixel patches" if patch != SIMFEATUP_PATCH else (
-        "features from other weights")
     return ModelPreset(name, family, architecture, None, file, url, None, note, dim, patch, BILINEAR,
-                       _NOT_CLIP_B16.format(what=what), "segearth_segmentor.py (checkpoint file)",
+                       _NOT_CLIP_B16.format(what=f"{dim}-d features on {patch}-pixel patches"), "segearth_segmentor.py (checkpoint file)",
                        download_size=size)
 
 
@@ -115,7 +116,6 @@ ALIGNEARTH_SAR = ModelPreset(
 
 
 _L14 = "768-d features on 14-pixel patches"
-_B16_OTHER = "the same shape (512-d, 16-pixel patches) but another feature space"
 _SKY = "https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/"
 
 #: Every preset; the first is the default model.
@@ -125,11 +125,11 @@ MODEL_PRESETS: tuple[ModelPreset, ...] = (
     _tag("clip-vit-l14", "CLIP (OpenAI)", "ViT-L-14-quickgelu", "openai", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _tag("openclip-vit-b16", "OpenCLIP (LAION-2B)", "ViT-B-16", "laion2b_s34b_b88k", 512, 16, BILINEAR,
-         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+         _B16_OTHER_REASON),
     _tag("openclip-vit-l14", "OpenCLIP (LAION-2B)", "ViT-L-14", "laion2b_s32b_b82k", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _tag("metaclip-vit-b16", "MetaCLIP (fullcc)", "ViT-B-16-quickgelu", "metaclip_fullcc", 512, 16, BILINEAR,
-         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+         _B16_OTHER_REASON),
     _tag("metaclip-vit-l14", "MetaCLIP (fullcc)", "ViT-L-14-quickgelu", "metaclip_fullcc", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _file("remoteclip-vit-b32", "RemoteCLIP", "ViT-B-32", "RemoteCLIP-ViT-B-32.pt",

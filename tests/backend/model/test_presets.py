@@ -72,6 +72,23 @@ def test_sar_preset_is_the_authors_alignearth_setting(tmp_path):
     assert resolve_attention(EngineConfig(model="ViT-B-16"), None) == ("SegEarth", 1)
 
 
+@pytest.mark.parametrize("name", ["openclip-vit-b16", "metaclip-vit-b16"])
+def test_other_b16_backbones_offer_the_papers_simfeatup_setting(name):
+    """Ours is bilinear for them; the authors' code (feature_up=True) runs SimFeatUp on every 512-d B/16 tower."""
+    preset = get_preset(name)
+    default = choose_upsampler("auto", preset.feature_dim, preset.patch_size, preset)
+    assert default.bilinear and "--upsampler-weights simfeatup" in default.reason
+    assert "the paper's setting" in default.reason
+    papers = choose_upsampler("simfeatup", preset.feature_dim, preset.patch_size, preset)
+    assert papers.spec == SIMFEATUP and "the paper's setting" in papers.reason
+    # Where the checkpoint cannot fit, no preset claims bilinear is anything but a necessity.
+    for other in MODEL_PRESETS:
+        if (other.feature_dim, other.patch_size) != (512, 16):
+            assert "cannot run SimFeatUp" in other.upsampler_reason
+            with pytest.raises(UpsamplerMismatchError):
+                choose_upsampler("simfeatup", other.feature_dim, other.patch_size, other)
+
+
 def test_new_backbones_of_the_authors_segmentor():
     h14, alip = get_preset("georsclip-vit-h14"), get_preset("alip-vit-b32")
     assert (h14.architecture, h14.weights_file, h14.feature_dim, h14.patch_size) == (
