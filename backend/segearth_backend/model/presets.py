@@ -96,7 +96,8 @@ def _tag(name: str, family: str, architecture: str, tag: str, dim: int, patch: i
 def _file(name: str, family: str, architecture: str, file: str, url: str, dim: int, patch: int,
           note: Optional[str] = None, size: Optional[str] = None) -> ModelPreset:
     return ModelPreset(name, family, architecture, None, file, url, None, note, dim, patch, BILINEAR,
-                       _NOT_CLIP_B16.format(what=f"{dim}-d features on {patch}-pixel patches"), "segearth_segmentor.py (checkpoint file)",
+                       _NOT_CLIP_B16.format(what=f"{dim}-d features on {patch}-pixel patches"),
+                       "segearth_segmentor.py (checkpoint file)",
                        download_size=size)
 
 

@@ -177,7 +177,8 @@ def choose_upsampler(spec: str, feature_dim: int, patch: int,
         if not fits_authors:
             raise UpsamplerMismatchError(
                 f"The authors' SimFeatUp checkpoint fits 512-d ViT-B/16 features; this model has {shape}. "
-                "Use upsampler_weights 'auto' or 'none' (bilinear; the authors' code cannot run SimFeatUp here either), "
+                "Use upsampler_weights 'auto' or 'none' (bilinear; the authors' code cannot run SimFeatUp here "
+                "either), "
                 "or a SimFeatUp checkpoint trained for this model.")
         reason = "SimFeatUp: the authors' checkpoint, as configured"
         if preset is not None and preset.upsampler != SIMFEATUP:
