@@ -25,7 +25,8 @@ class Preset:
     bias_lambda: float = DEFAULT_BIAS_LAMBDA
     key: str = ""
     task: str = ""
-    #: ``optical`` or ``sar``: the imagery (and model) the class set was made for.
+    #: ``optical`` or ``sar``: the imagery (and model) the class set was made for. A ``background_index``
+    #: of -1 means no background class.
     imagery: str = "optical"
 
 

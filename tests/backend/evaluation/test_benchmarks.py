@@ -55,6 +55,7 @@ def test_sar_class_lists_and_layouts():
     assert (hrsid.prob_threshold, hrsid.model, hrsid.dataset) == (0.6, "clip-vit-b16", None)
     starter = next(p for p in load_benchmarks() if p.key == "sar_starter")
     assert starter.classes[:2] == ("water", "flooded area,flood water") and starter.prob_threshold == 0.0
+    assert starter.background_index == -1  # no background class: water is a class, not transparent background
 
 
 def test_inria_xbd_chn6_follow_the_authors_class_files():

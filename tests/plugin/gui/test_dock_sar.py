@@ -96,3 +96,17 @@ def test_segment_the_sar_sample_from_the_panel(dock, sample_layer, tmp_path, tin
     np.testing.assert_array_equal(labels, expected)
     assert (labels[vv == 0] == 255).all()
     dock.raster_box.mode_combo.setCurrentIndex(0)
+
+
+def test_sar_starter_preset_has_no_background_class(dock):
+    from segearth_qgis.core.classes import PRESETS
+    from segearth_qgis.gui.user_presets import UserPreset
+
+    starter = next(p for p in PRESETS if p.key == "sar_starter")
+    dock.classes_box.set_background(0)
+    dock.classes_box.apply(UserPreset.from_preset(starter))
+    assert dock.classes_box.background_index() is None  # water is a class, not the transparent background
+    assert dock.classes_box.text().splitlines()[0] == "water"
+    dock.classes_box.fill_presets()
+    action = next(a for a in dock.classes_box.presets_menu.actions() if a.text() == starter.name)
+    assert action.toolTip() == "threshold 0, no background class"
