@@ -17,7 +17,7 @@ TESTS ?=
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install system plugin test test-qgis coverage bench stress cluster-bench demo package lint screenshot clean
+.PHONY: help install system plugin test test-qgis coverage bench stress cluster-bench demo demo-sar package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -79,6 +79,9 @@ lint: $(STAMP) ## ruff, mypy on both packages (Python 3.9 rules), the layering c
 demo: $(STAMP) ## segment the Köln sample headless (qgis_process): demo_out/ GeoTIFF, QML, GeoPackage, PNG
 	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --out demo_out
 
+demo-sar: $(STAMP) ## the SAR demo: the synthetic Sentinel-1-like sample with the SAR model, into demo_sar_out/
+	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --sar --out demo_sar_out
+
 package: $(STAMP) ## dist/: the plugin zip (with its backend) and plugins.xml of a custom plugin repository
 	$(PY) tools/package.py --out dist
 
@@ -86,5 +89,5 @@ screenshot: $(STAMP) ## docs/screenshot.png: the dock and a styled result on the
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/screenshot.py
 
 clean: ## remove caches and reports (keeps the venv)
-	rm -rf bench_out demo_out dist coverage_out .pytest_cache .mypy_cache .ruff_cache .qgis-settings
+	rm -rf bench_out demo_out demo_sar_out dist coverage_out .pytest_cache .mypy_cache .ruff_cache .qgis-settings
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

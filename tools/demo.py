@@ -1,5 +1,10 @@
 """`make demo`: segment the OpenEarthMap Köln tile headless with qgis_process, as the paper's demo does.
 
+`make demo-sar` (``--sar``): segment the seeded synthetic Sentinel-1-like sample
+(tests/data/sar_sample.tif, VV band, power in dB) with the SAR model (AlignEarth)
+and the SAR starter classes. Without the AlignEarth weights it says where to get them
+and runs with the tiny random test weights (SCLIP, last 2 blocks) instead.
+
 Writes to ``demo_out/``: the class GeoTIFF with its QML style, a GeoPackage of
 class polygons with its QML style, and ``preview.png`` (the result over the
 image, with a legend). Offline without weights, it lists the files to place
@@ -23,6 +28,11 @@ TINY = ROOT / "tests" / "data" / "parity"
 TINY_NOTE = "Tiny random test weights: the workflow is real, the classes are NOT meaningful"
 TINY_BANNER = ("[demo] " + "=" * 70 + "\n[demo] DEMONSTRATION WITH TINY RANDOM TEST WEIGHTS: the classes are NOT "
                "meaningful.\n[demo] " + "=" * 70)
+SAR_SAMPLE = ROOT / "tests" / "data" / "sar_sample.tif"
+SAR_MODEL = "alignearth-sar-vit-b16"
+TINY_SAR = ROOT / "tests" / "data" / "parity_sar" / "tiny-alignearth.json"
+SAR_CLASSES = ["water", "flooded area,flood water", "urban,building", "vegetation,forest,cropland",
+               "bare soil,barren", "ship,boat"]
 OEM_CLASSES = ["background", "bareland,barren", "grass", "pavement", "road", "tree,forest", "water,river",
                "cropland", "building,roof,house"]
 
@@ -121,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"),
                         help="interpreter with segearth-backend installed")
     parser.add_argument("--sample", type=Path, help="raster to segment (default: the OpenEarthMap Köln tile)")
+    parser.add_argument("--sar", action="store_true", help="the SAR demo: the synthetic SAR sample, the SAR model")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     python = args.python if Path(args.python).exists() else sys.executable
     is_online = online()
 
-    check = subprocess.run([python, "-m", "segearth_backend", "check-weights"], capture_output=True, text=True)
+    model_env = dict(os.environ, SEGEARTH_MODEL=SAR_MODEL) if args.sar else None
+    check = subprocess.run([python, "-m", "segearth_backend", "check-weights"], capture_output=True, text=True,
+                           env=model_env)
     tiny = False
     if check.returncode == 3:
-        if not is_online:
+        if not is_online or args.sar:  # the AlignEarth file is not downloaded automatically
             print(check.stdout, end="")
             print("[demo] No internet here: place those files as shown (or set SEGEARTH_CLIP_WEIGHTS and "
                   "SEGEARTH_UPSAMPLER_WEIGHTS to their paths) and run `make demo` again for real results.")
@@ -140,23 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     elif check.returncode != 0:
         raise SystemExit(f"[demo] checking the weights failed:\n{check.stdout}{check.stderr}")
 
-    image = args.sample or sample_raster(args.out, is_online)
+    image = args.sample or (SAR_SAMPLE if args.sar else sample_raster(args.out, is_online))
     binary = qgis_process()
-    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-               QGIS_PLUGINPATH=str(ROOT), SEGEARTH_BACKEND_PYTHON=python)
-    if tiny:
-        env.update(SEGEARTH_MODEL=str(TINY / "tiny-clip.json"), SEGEARTH_CLIP_WEIGHTS=str(TINY / "tiny-clip.pt"),
-                   SEGEARTH_UPSAMPLER_WEIGHTS=str(TINY / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu")
+    env = demo_environment(python, args.sar, tiny)
     subprocess.run([binary, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True)
-    classes = "\n".join(OEM_CLASSES)
+    classes = "\n".join(SAR_CLASSES if args.sar else OEM_CLASSES)
     raster = args.out / f"{image.stem}_segearth.tif"
     gpkg = args.out / f"{image.stem}_polygons.gpkg"
     for stale in (raster, gpkg, raster.with_suffix(".qml"), gpkg.with_suffix(".qml")):
         if stale.exists():
             stale.unlink()
-    run_algorithm(binary, "segearth:segment", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
+    # SAR: band 1 (VV), linear power -> dB, -25..0 dB, grey; threshold 0 as the AlignEarth configs.
+    extra = ({"BANDS": "1", "SAR_INPUT": "1", "THRESHOLD": "0", "BACKGROUND": "-1"} if args.sar
+             else {"THRESHOLD": "0.1"})
+    run_algorithm(binary, "segearth:segment", {"INPUT": str(image), "CLASSES": classes, **extra,
                                                "OUTPUT": str(raster)}, env)
-    run_algorithm(binary, "segearth:segment_vector", {"INPUT": str(image), "CLASSES": classes, "THRESHOLD": "0.1",
+    run_algorithm(binary, "segearth:segment_vector", {"INPUT": str(image), "CLASSES": classes, **extra,
                                                       "MIN_AREA": "5", "OUTPUT": str(gpkg)}, env)
 
     sys.path.insert(0, str(ROOT))
@@ -171,6 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     if tiny:
         print(TINY_BANNER, flush=True)
     return 0
+
+
+def demo_environment(python: str, sar: bool, tiny: bool) -> dict[str, str]:
+    """qgis_process's environment: the plugin, the backend's Python, and the model (tiny weights offline)."""
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+               QGIS_PLUGINPATH=str(ROOT), SEGEARTH_BACKEND_PYTHON=python)
+    if sar:
+        env["SEGEARTH_MODEL"] = SAR_MODEL
+    if tiny:
+        env.update(SEGEARTH_MODEL=str(TINY_SAR if sar else TINY / "tiny-clip.json"),
+                   SEGEARTH_CLIP_WEIGHTS=str(TINY / "tiny-clip.pt"),
+                   SEGEARTH_UPSAMPLER_WEIGHTS=str(TINY / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu")
+        if sar:  # the SAR model's attention on the tiny GELU model
+            env.update(SEGEARTH_ATTENTION="SCLIP", SEGEARTH_LAST_BLOCKS="2")
+    return env
 
 
 def label_as_demo(raster: Path) -> None:

@@ -27,6 +27,10 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     parser.add_argument("--precision", help="auto, float32, float16 or bfloat16 (SEGEARTH_PRECISION; auto: "
                         "bfloat16 autocast on CUDA, float32 on the CPU)")
+    parser.add_argument("--attention", help="training-free attention of the last block(s): auto (the preset's), "
+                        "vanilla, MaskCLIP, ClearCLIP, SCLIP or SegEarth (SEGEARTH_ATTENTION)")
+    parser.add_argument("--last-blocks", type=int, help="how many last blocks use it, their outputs summed "
+                        "(SEGEARTH_LAST_BLOCKS; default: the preset's, 1 for SegEarth-OV, 2 for the SAR model)")
     parser.add_argument("--feature-cache-mb", type=float, help="memory for the class-independent work of recent "
                         "images, so new class lists on them are fast (SEGEARTH_FEATURE_CACHE_MB; default 1024; "
                         "0 disables it)")
@@ -58,7 +62,9 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig.from_env(model=args.model, clip_weights=args.clip_weights,
                                  upsampler_weights=args.upsampler_weights, device=args.device,
                                  cache_dir=args.cache_dir, precision=getattr(args, "precision", None),
-                                 feature_cache_mb=getattr(args, "feature_cache_mb", None))
+                                 feature_cache_mb=getattr(args, "feature_cache_mb", None),
+                                 attention=getattr(args, "attention", None),
+                                 last_blocks=getattr(args, "last_blocks", None))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -178,6 +184,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .pipeline.segmenter import load_segmenter
 
     preset = find_benchmark(args.dataset)
+    if preset.model and not args.model and not os.environ.get("SEGEARTH_MODEL"):
+        args.model = preset.model  # the SAR sets run with the SAR model, as the authors' configs do
     segmenter = load_segmenter(config=_engine_config(args))
 
     def progress(items, total):  # type: ignore[no-untyped-def]
@@ -195,6 +203,22 @@ def _eval(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report: {out}")
     return 0
+
+
+def _eval_arguments(evaluation: argparse.ArgumentParser) -> None:
+    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
+                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
+                            "massachusetts, spacenet, wbs_si; SAR (run with the SAR model unless --model is given): "
+                            "openearthmap_sar, fusar, pie_sar, whu_sar, yeseg_sar, ddhrnet_korea_sar, "
+                            "ddhrnet_shandong_sar, ddhrnet_xian_sar")
+    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
+                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluation.add_argument("--ann-file", help="split file (default: <root>/ the name the authors' config "
+                            "gives, e.g. wbs-si_val.txt, which must then be their file: its SHA-256 is checked; a "
+                            "file given here is used as it is)")
+    evaluation.add_argument("--out", help="write the JSON report here")
+    _engine_arguments(evaluation)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -243,18 +267,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     models.add_argument("--cache-dir", help="downloads and text-embedding cache (SEGEARTH_CACHE_DIR)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    evaluation = commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' protocol, "
-                                     "mmseg's mIoU)")
-    evaluation.add_argument("--dataset", required=True, help="benchmark: openearthmap, loveda, isaid, potsdam, "
-                            "vaihingen, uavid, udd5, vdd, whu_aerial, whu_sat_ii, inria, xbd, chn6_cug, deepglobe, "
-                            "massachusetts, spacenet, wbs_si")
-    evaluation.add_argument("--root", required=True, help="the dataset folder (what the authors' config calls "
-                            "data/<Dataset>, e.g. data/OpenEarthMap holding img_dir/val and ann_dir/val)")
-    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
-    evaluation.add_argument("--ann-file", help="split file (WBS-SI: the authors' wbs-si_val.txt; default "
-                            "<root>/wbs-si_val.txt)")
-    evaluation.add_argument("--out", help="write the JSON report here")
-    _engine_arguments(evaluation)
+    _eval_arguments(commands.add_parser("eval", help="evaluate on one of the paper's benchmarks (the authors' "
+                                        "protocol, mmseg's mIoU)"))
     commands.add_parser("bench", help="speed and memory benchmark (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from .errors import ConfigError
+from .model.presets import ATTENTION_MODES
 
 #: A model preset name (see :mod:`.model.presets`): OpenAI CLIP ViT-B/16.
 DEFAULT_MODEL = "clip-vit-b16"
@@ -27,6 +28,10 @@ ENV_OFFLINE = "SEGEARTH_OFFLINE"
 ENV_SIMFEATUP_SHA256 = "SEGEARTH_SIMFEATUP_SHA256"
 ENV_FEATURE_CACHE_MB = "SEGEARTH_FEATURE_CACHE_MB"
 ENV_PRECISION = "SEGEARTH_PRECISION"
+ENV_ATTENTION = "SEGEARTH_ATTENTION"
+ENV_LAST_BLOCKS = "SEGEARTH_LAST_BLOCKS"
+#: The preset's attention mode and number of last blocks (SegEarth, 1 for a model that is not a preset).
+DEFAULT_ATTENTION = "auto"
 
 #: Class-independent image work kept for re-queries: about 1.4 megapixels with SimFeatUp's kernels
 #: (~0.7 GB per megapixel), or the windows of about 25 megapixels without them (~40 MB per megapixel).
@@ -58,6 +63,25 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _attention(text: str) -> str:
+    """``auto`` or the canonical spelling of an attention mode."""
+    wanted = text.strip().casefold()
+    if wanted == DEFAULT_ATTENTION:
+        return DEFAULT_ATTENTION
+    for mode in ATTENTION_MODES:
+        if mode.casefold() == wanted:
+            return mode
+    raise ConfigError(f"attention ({ENV_ATTENTION}, --attention) must be auto or one of "
+                      f"{', '.join(ATTENTION_MODES)}, got {text[:40]!r}.")
+
+
+def _whole_number(name: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text[:40]!r}.") from None
+
+
 def offline(env: Mapping[str, str] = os.environ) -> bool:
     """True when downloads must not be attempted (``SEGEARTH_OFFLINE`` or ``HF_HUB_OFFLINE``)."""
     return any(env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
@@ -87,6 +111,9 @@ class EngineConfig:
         simfeatup_sha256: expected sha256 (hex) of the downloaded SimFeatUp
             checkpoint; None: the pinned constant of :mod:`.model.simfeatup_weights`.
         feature_cache_mb: memory for the class-independent work of recent images (0: none kept).
+        attention: ``"auto"`` (the preset's; SegEarth for other models) or one of the authors'
+            training-free attentions (vanilla, MaskCLIP, ClearCLIP, SCLIP, SegEarth; case-insensitive).
+        last_blocks: how many last blocks use that attention, summed (None: the preset's; 1 otherwise).
     """
 
     model: str = DEFAULT_MODEL
@@ -98,6 +125,8 @@ class EngineConfig:
     precision: str = "auto"
     simfeatup_sha256: Optional[str] = None
     feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB
+    attention: str = DEFAULT_ATTENTION
+    last_blocks: Optional[int] = None
 
     def __post_init__(self) -> None:
         for name in ("model", "clip_weights", "upsampler_weights"):
@@ -112,6 +141,11 @@ class EngineConfig:
             raise ConfigError(f"precision must be auto, float32, float16 or bfloat16 (fp32, fp16, bf16), "
                               f"got {str(self.precision)[:40]!r}.")
         object.__setattr__(self, "precision", PRECISIONS[str(self.precision).lower()])
+        object.__setattr__(self, "attention", _attention(str(self.attention)))
+        if self.last_blocks is not None and (isinstance(self.last_blocks, bool) or
+                                             not isinstance(self.last_blocks, int) or self.last_blocks < 1):
+            raise ConfigError(f"last_blocks ({ENV_LAST_BLOCKS}, --last-blocks) must be a whole number of blocks, "
+                              f"at least 1, got {str(self.last_blocks)[:40]!r}.")
         if not isinstance(self.feature_cache_mb, (int, float)) or not 0 <= self.feature_cache_mb < 2**24:
             raise ConfigError(f"{ENV_FEATURE_CACHE_MB} (the feature cache size) must be a number of megabytes, "
                               f"0 to disable it, got {str(self.feature_cache_mb)[:40]!r}.")
@@ -129,6 +163,10 @@ class EngineConfig:
             values["simfeatup_sha256"] = env[ENV_SIMFEATUP_SHA256].strip().lower()
         if env.get(ENV_PRECISION):
             values["precision"] = env[ENV_PRECISION].strip()
+        if env.get(ENV_ATTENTION, "").strip():
+            values["attention"] = env[ENV_ATTENTION].strip()
+        if env.get(ENV_LAST_BLOCKS, "").strip():
+            values["last_blocks"] = _whole_number(ENV_LAST_BLOCKS, env[ENV_LAST_BLOCKS])
         if env.get(ENV_FEATURE_CACHE_MB, "").strip():
             values["feature_cache_mb"] = _megabytes(env[ENV_FEATURE_CACHE_MB])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -25,6 +25,9 @@ class Preset:
     bias_lambda: float = DEFAULT_BIAS_LAMBDA
     key: str = ""
     task: str = ""
+    #: ``optical`` or ``sar``: the imagery (and model) the class set was made for. A ``background_index``
+    #: of -1 means no background class.
+    imagery: str = "optical"
 
 
 #: The benchmark class sets: a copy of the backend's ``segearth_backend/data/benchmarks.json``
@@ -38,13 +41,15 @@ def load_presets(path: Path = BENCHMARKS_FILE) -> tuple[Preset, ...]:
     return tuple(
         Preset(name=str(raw["name"]), classes=tuple(str(c) for c in raw["classes"]),
                threshold=float(raw["prob_threshold"]), background_index=int(raw["background_index"]),
-               bias_lambda=float(raw["bias_lambda"]), key=str(raw["key"]), task=str(raw["task"]))
+               bias_lambda=float(raw["bias_lambda"]), key=str(raw["key"]), task=str(raw["task"]),
+               imagery=str(raw.get("imagery", "optical")))
         for raw in document["presets"]
     )
 
 
 #: The class sets, thresholds, background indices and lambdas SegEarth-OV uses on its 17
-#: benchmarks, plus generic building / road / water sets.
+#: benchmarks and SegEarth-OV-2 on its SAR benchmarks, plus generic building / road / water sets
+#: and a SAR starter set.
 PRESETS: tuple[Preset, ...] = load_presets()
 
 #: Canonical colours by keyword, checked against every synonym of a class.

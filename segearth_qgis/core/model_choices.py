@@ -37,4 +37,7 @@ MODEL_CHOICES: tuple[ModelChoice, ...] = (
     ModelChoice("georsclip-vit-l14", "GeoRSCLIP (RS5M)", "ViT-L/14"),
     ModelChoice("skyclip-vit-b32", "SkyCLIP (SkyScript)", "ViT-B/32"),
     ModelChoice("skyclip-vit-l14", "SkyCLIP (SkyScript)", "ViT-L/14"),
+    ModelChoice("georsclip-vit-h14", "GeoRSCLIP (RS5M)", "ViT-H/14"),
+    ModelChoice("alip-vit-b32", "ALIP (YFCC15M)", "ViT-B/32"),
+    ModelChoice("alignearth-sar-vit-b16", "AlignEarth (SAR)", "ViT-B/16"),
 )

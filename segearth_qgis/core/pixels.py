@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from .sar import SarSettings, sar_to_rgb
+
 
 @dataclass(frozen=True)
 class PixelRecipe:
@@ -26,12 +28,15 @@ class PixelRecipe:
         nodata: per band number, the nodata value (None: none).
         stretch: per RGB channel, ``(low, high)`` mapped to 0 and 255; None
             for uint8 data used as is.
+        sar: SAR input (:mod:`.sar`): the first RGB band, converted to grey and
+            replicated to R = G = B; ``stretch`` is then not used.
     """
 
     rgb_bands: tuple[int, int, int]
     alpha_band: Optional[int] = None
     nodata: tuple[tuple[int, Optional[float]], ...] = ()
     stretch: Optional[tuple[tuple[float, float], ...]] = None
+    sar: Optional[SarSettings] = None
 
     @property
     def bands_needed(self) -> list[int]:
@@ -61,8 +66,14 @@ def to_rgb(bands: dict[int, np.ndarray], recipe: PixelRecipe) -> tuple[np.ndarra
         (False where any RGB band is nodata or non-finite, or alpha is 0).
     """
     first = bands[recipe.rgb_bands[0]]
-    valid = np.ones(first.shape, dtype=bool)
     nodata = dict(recipe.nodata)
+    if recipe.sar is not None:
+        rgb, valid = sar_to_rgb(first, recipe.sar, nodata.get(recipe.rgb_bands[0]))
+        if recipe.alpha_band:
+            valid &= bands[recipe.alpha_band] != 0
+            rgb[~valid] = 0
+        return rgb, valid
+    valid = np.ones(first.shape, dtype=bool)
     for number in dict.fromkeys(recipe.rgb_bands):
         values = bands[number]
         if np.issubdtype(values.dtype, np.floating):

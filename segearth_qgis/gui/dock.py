@@ -180,7 +180,7 @@ class SegEarthDock(BackendControls, QDockWidget):
             bias_lambda=options.lambda_spin.value(), output=options.output_widget.filePath().strip(),
             output_folder=settings.output_folder(), probabilities=options.probabilities_check.isChecked(),
             overwrite=overwrite, block_size=settings.BLOCK_SIZE.load(),
-            other_inputs=(mask,) if mask else ())
+            other_inputs=(mask,) if mask else (), sar=self.raster_box.sar_settings())
 
     def plan(self) -> SourcePlan:
         """Validate the layer, bands, area and resolution (no outputs); raises ValueError with a message."""
@@ -188,7 +188,8 @@ class SegEarthDock(BackendControls, QDockWidget):
         if layer is None:
             raise LayerError("Choose a raster layer to segment.")
         resolution = self.area_box.resolution_in_map_units(layer)
-        return plan_source(layer, self.raster_box.bands(), self.area_box.aoi(), resolution)
+        return plan_source(layer, self.raster_box.bands(), self.area_box.aoi(), resolution,
+                           sar=self.raster_box.sar_settings())
 
     def update_estimate(self) -> None:
         """Pixels, blocks and time for the current choice (follows the map, the selection, the resolution)."""

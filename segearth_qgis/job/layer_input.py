@@ -10,12 +10,13 @@ from qgis.core import Qgis, QgsProviderRegistry, QgsRasterLayer, QgsRectangle
 
 from ..core.grid import Grid, Rect
 from ..core.pixels import PixelRecipe
+from ..core.sar import SarSettings
 from ..errors import LayerError
 from ..qgis_compat import ALPHA_BAND, renderer_band
 from .gdal_errors import collect_errors, opened
 from .raster_io import BandReader, GdalBandReader
 
-_NUMPY_TYPES = {
+NUMPY_TYPES = {
     Qgis.DataType.Byte: np.uint8, Qgis.DataType.UInt16: np.uint16, Qgis.DataType.Int16: np.int16,
     Qgis.DataType.UInt32: np.uint32, Qgis.DataType.Int32: np.int32, Qgis.DataType.Float32: np.float32,
     Qgis.DataType.Float64: np.float64,
@@ -69,12 +70,14 @@ def _renderer_range(layer: QgsRasterLayer, band: int) -> Optional[tuple[float, f
     return (low, high) if high > low else None
 
 
-def build_recipe(layer: QgsRasterLayer, bands: Sequence[int], extent: Optional[Rect] = None) -> PixelRecipe:
+def build_recipe(layer: QgsRasterLayer, bands: Sequence[int], extent: Optional[Rect] = None,
+                 sar: Optional[SarSettings] = None) -> PixelRecipe:
     """How to turn the chosen bands into RGB: nodata, alpha, and a stretch for non-8-bit data.
 
     The stretch of 16-bit and float bands is the layer's contrast enhancement
     (its renderer's min / max) when it has one, else the 2-98 % cumulative cut
-    over the area, computed once for the whole job.
+    over the area, computed once for the whole job. With ``sar`` the first band
+    is a SAR band made grey by :mod:`..core.sar` (no other stretch).
 
     Raises:
         LayerError: a band number that the layer does not have.
@@ -85,6 +88,8 @@ def build_recipe(layer: QgsRasterLayer, bands: Sequence[int], extent: Optional[R
         if not 1 <= band <= count:
             raise LayerError(f"Layer '{layer.name()}' has {count} band(s); band {band} does not exist.")
     rgb = (int(bands[0]), int(bands[1]), int(bands[2]))
+    if sar is not None:
+        rgb = (rgb[0],) * 3
     nodata = []
     for band in dict.fromkeys(rgb):
         if provider.sourceHasNoDataValue(band) and provider.useSourceNoDataValue(band):
@@ -93,6 +98,8 @@ def build_recipe(layer: QgsRasterLayer, bands: Sequence[int], extent: Optional[R
     if alpha in rgb:
         alpha = None
     stretch = None
+    if sar is not None:
+        return PixelRecipe(rgb, alpha, tuple(nodata), None, sar)
     if any(provider.dataType(band) != Qgis.DataType.Byte for band in rgb):
         area = QgsRectangle(*extent) if extent else layer.extent()
         ranges = []
@@ -120,7 +127,7 @@ class ProviderBandReader:
         out = {}
         for band in bands:
             block = self.provider.block(band, extent, width, height)
-            dtype = _NUMPY_TYPES.get(block.dataType())
+            dtype = NUMPY_TYPES.get(block.dataType())
             if dtype is None or not block.isValid():
                 raise LayerError(f"Band {band} could not be read (data type {block.dataType()}).")
             # Nodata values are compared by value later (PixelRecipe.nodata), as for GDAL reads.

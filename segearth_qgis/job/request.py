@@ -18,6 +18,7 @@ from qgis.core import QgsRasterLayer
 from ..core.classes import check_class_lines, class_lines
 from ..core.grid import Rect
 from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA
+from ..core.sar import SarSettings
 from ..errors import ClassesError, InputError, LayerError
 from .aoi import AreaOfInterest
 from .engine import JobParams
@@ -46,6 +47,7 @@ class JobInputs:
         overwrite: replace existing outputs.
         block_size: pixels per block side sent to the backend.
         other_inputs: further files the job reads (a mask layer's file), never to be written.
+        sar: SAR input preparation for the first band (:mod:`..core.sar`), or None for optical bands.
     """
 
     layer: Optional[QgsRasterLayer]
@@ -63,6 +65,7 @@ class JobInputs:
     overwrite: bool = False
     block_size: int = 1024
     other_inputs: tuple[str, ...] = ()
+    sar: Optional[SarSettings] = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def plan_job(inputs: JobInputs) -> JobPlan:
     lines = class_lines(inputs.classes)
     check_class_lines(lines)
     _check_numbers(inputs, len(lines))
-    source = plan_source(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip)
+    source = plan_source(inputs.layer, inputs.bands, inputs.aoi, inputs.resolution, inputs.clip, inputs.sar)
     output = inputs.output.strip() or default_output_path(inputs.output_folder, source.layer_name,
                                                           inputs.probabilities is True)
     outputs = plan_outputs(output, _probabilities_path(inputs, output),

@@ -13,6 +13,7 @@ from qgis.core import QgsRasterLayer
 
 from ..core.grid import Grid, Rect, intersect, processing_grid
 from ..core.pixels import PixelRecipe
+from ..core.sar import SarSettings
 from ..errors import GridError, LayerError
 from .aoi import AreaOfInterest, resolve
 from .layer_input import build_recipe, default_bands, native_grid, reader_factory
@@ -62,10 +63,12 @@ def plan_grid(layer: QgsRasterLayer, aoi: AreaOfInterest, resolution: Optional[f
 
 
 def plan_source(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest,
-                resolution: Optional[float] = None, clip: Optional[Rect] = None) -> SourcePlan:
+                resolution: Optional[float] = None, clip: Optional[Rect] = None,
+                sar: Optional[SarSettings] = None) -> SourcePlan:
     """Grid, pixel recipe and reader for ``layer`` over ``aoi`` at ``resolution`` map units per pixel.
 
-    ``clip`` (in the raster's CRS) further limits the area, e.g. an extent given with a mask.
+    ``clip`` (in the raster's CRS) further limits the area, e.g. an extent given with a mask. ``sar``: the
+    first chosen band is SAR backscatter, made into the SAR model's grey image (:mod:`..core.sar`).
 
     Raises:
         LayerError, AoiError, GridError (all ValueErrors) with a message for the user.
@@ -73,5 +76,5 @@ def plan_source(layer: QgsRasterLayer, bands: Sequence[int], aoi: AreaOfInterest
     grid, polygons = plan_grid(layer, aoi, resolution, clip)
     # The stretch of non-8-bit data comes from the whole layer, so a pixel's colour (and label) does not
     # depend on the area drawn around it.
-    recipe = build_recipe(layer, choose_bands(layer, bands))
+    recipe = build_recipe(layer, choose_bands(layer, bands), sar=sar)
     return SourcePlan(layer.name(), grid, layer.crs().toWkt(), recipe, reader_factory(layer), polygons)

@@ -44,6 +44,8 @@ from ..qt_compat import field_type
 from .area import area_m2, area_measure
 from .post_processing import ResultPostProcessor, attach
 from .run_outputs import RunOutputs, layer_inputs
+from .sar_parameters import HELP as SAR_HELP
+from .sar_parameters import add_sar_parameters, sar_settings
 
 #: The BACKGROUND value that means "no background class".
 NO_BACKGROUND = -1
@@ -64,7 +66,7 @@ HELP_COMMON = (
     f"used). Global-bias lambda weighs the global-bias subtraction ({DEFAULT_BIAS_LAMBDA:g} in the paper, 0 disables "
     "it).\n\n"
     "The log lists the share of each class; a result that is all one class comes with a warning saying what "
-    "to change."
+    "to change.\n\n" + SAR_HELP
 )
 
 
@@ -102,6 +104,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, DEFAULT_BIAS_LAMBDA,
             minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
+        add_sar_parameters(self)
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS's name
                              context: QgsProcessingContext) -> tuple[bool, str]:
@@ -153,14 +156,18 @@ class _SegmentBase(QgsProcessingAlgorithm):
         resolution = None
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        bands = tuple(self.parameterAsInts(parameters, self.BANDS, context))
+        try:
+            sar = sar_settings(self, parameters, context, layer, next((b for b in bands if b > 0), 1))
+        except ValueError as error:
+            raise QgsProcessingException(str(error)) from None
         inputs = JobInputs(
-            layer, self.parameterAsString(parameters, self.CLASSES, context),
-            tuple(self.parameterAsInts(parameters, self.BANDS, context)), aoi, resolution, clip,
+            layer, self.parameterAsString(parameters, self.CLASSES, context), bands, aoi, resolution, clip,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             background_index=self.background_index(parameters, context),
             bias_lambda=self.parameterAsDouble(parameters, self.BIAS_LAMBDA, context),
             output=output, probabilities=probabilities or False, overwrite=True,
-            block_size=settings.load("block_size"), other_inputs=other_inputs)
+            block_size=settings.load("block_size"), other_inputs=other_inputs, sar=sar)
         try:
             planned = plan_job(inputs)
             job = planned.source

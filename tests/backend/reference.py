@@ -62,8 +62,44 @@ def simfeatup(upsampler: Any, features: torch.Tensor, guidance: torch.Tensor) ->
     return features + 0.1 * F.conv2d(features[None], conv.weight, conv.bias)[0]
 
 
-def tower(visual: Any, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS (D) and patch features (D x rows x cols) of one normalised window ``3 x H x W``."""
+def attention_weights(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """L x L weights of one head in the authors' training-free attention ``mode`` (their custom_attn table)."""
+    def soft(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(a @ b.T * scale, dim=-1)
+    if mode == "vanilla":
+        return soft(q, k)
+    if mode == "MaskCLIP":
+        return torch.eye(q.shape[0])
+    if mode == "ClearCLIP":
+        return soft(q, q)
+    if mode == "SCLIP":
+        return soft(q, q) + soft(k, k)
+    if mode == "SegEarth":
+        return soft(q, q) + soft(k, k) + soft(v, v)
+    raise ValueError(mode)
+
+
+def custom_block_attention(block: Any, tokens: torch.Tensor, mode: str) -> torch.Tensor:
+    """L x C: the block's ``mode`` attention on its own ``ln_1`` input, head by head, no residual, no MLP."""
+    y = block.ln_1(tokens)
+    width = y.shape[-1]
+    heads = block.attn.num_heads
+    head_dim = width // heads
+    q, k, v = F.linear(y, block.attn.in_proj_weight, block.attn.in_proj_bias).chunk(3, dim=-1)
+    outputs = []
+    for head in range(heads):
+        part = slice(head * head_dim, (head + 1) * head_dim)
+        weights = attention_weights(mode, q[:, part], k[:, part], v[:, part], head_dim ** -0.5)
+        outputs.append(weights @ v[:, part])
+    return block.attn.out_proj(torch.cat(outputs, dim=-1))
+
+
+def tower(visual: Any, window: torch.Tensor, mode: str = "SegEarth",
+          last_blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS (D) and patch features (D x rows x cols) of one normalised window ``3 x H x W``.
+
+    The last ``last_blocks`` blocks each add ``mode`` attention of their own input; the sum is the output.
+    """
     x = visual.conv1(window[None])
     width, rows, cols = x.shape[1:]
     tokens = torch.cat([visual.class_embedding.reshape(1, 1, width), x.flatten(2).transpose(1, 2)], dim=1)
@@ -79,22 +115,12 @@ def tower(visual: Any, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     tokens = visual.ln_pre(tokens)
     blocks = visual.transformer.resblocks
     sequence_first = not getattr(visual.transformer, "batch_first", False)
-    for block in blocks[:-1]:
+    total = torch.zeros(tokens.shape[1], width)
+    for index, block in enumerate(blocks):
+        if index >= len(blocks) - last_blocks:
+            total = total + custom_block_attention(block, tokens[0], mode)
         tokens = block(tokens.transpose(0, 1)).transpose(0, 1) if sequence_first else block(tokens)
-    last = blocks[-1]
-    y = last.ln_1(tokens)[0]  # L x C
-    heads = last.attn.num_heads
-    head_dim = width // heads
-    q, k, v = F.linear(y, last.attn.in_proj_weight, last.attn.in_proj_bias).chunk(3, dim=-1)
-    outputs = []
-    for head in range(heads):
-        part = slice(head * head_dim, (head + 1) * head_dim)
-        qh, kh, vh = q[:, part], k[:, part], v[:, part]
-        scale = head_dim ** -0.5
-        weights = sum(torch.softmax(a @ a.T * scale, dim=-1) for a in (qh, kh, vh))
-        outputs.append(weights @ vh)
-    attended = last.attn.out_proj(torch.cat(outputs, dim=-1))
-    features = visual.ln_post(attended) @ visual.proj
+    features = visual.ln_post(total) @ visual.proj
     return features[0], features[1:].T.reshape(-1, rows, cols)
 
 

@@ -113,3 +113,24 @@ def test_demo_offline_without_weights_lists_the_files_then_runs_labelled(tmp_pat
     assert red_text.sum() > 100 and not ((preview[0, 60:] > 150) & (preview[1, 60:] < 90)).any(axis=1).all()
     assert "Traceback" not in result.stdout + result.stderr
     del raster
+
+
+def test_sar_demo_without_the_sar_weights_says_where_to_get_them_then_runs_labelled(tmp_path):
+    """`make demo-sar`: the synthetic SAR sample through Processing's SAR input, with the SAR model's settings."""
+    env = minimal_env(tmp_path / "home", SEGEARTH_OFFLINE="1", HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen")
+    out = tmp_path / "sar"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--sar", "--out", str(out),
+                             "--python", sys.executable], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16" in result.stdout
+    assert "AlignEarth-SAR-ViT-B-16.pt" in result.stdout and "NOT meaningful" in result.stdout
+    raster = gdal.Open(str(out / "sar_sample_segearth.tif"))
+    raster.GetMetadata()
+    assert raster.GetRasterBand(1).GetCategoryNames()[:2] == ["water", "flooded area, flood water"]
+    labels = raster.GetRasterBand(1).ReadAsArray()
+    sample = gdal.Open(str(ROOT / "tests" / "data" / "sar_sample.tif"))
+    vv = sample.GetRasterBand(1).ReadAsArray()
+    assert ((labels == 255) == (vv == 0)).all()  # the swath edge is nodata, everything else has a class
+    assert (out / "preview.png").is_file() and (out / "sar_sample_polygons.gpkg").is_file()
+    assert "Traceback" not in result.stdout + result.stderr
+    del raster, sample

@@ -17,6 +17,8 @@ from typing import Any, Optional
 from ..errors import DatasetError
 
 RESOURCE = "benchmarks.json"
+#: The resize side of every optical config (``Resize(scale=(448, 448), keep_ratio=True)``).
+DEFAULT_SCALE = 448
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class DatasetLayout:
         ann_file: a list of file stems (no suffix) selecting the evaluated images,
             or None to take every image under ``img_dir``.
         class_names: the dataset's class names (mmseg ``METAINFO``), one per label value.
+        scale: the config's ``Resize(scale=(s, s), keep_ratio=True)`` side (448; 224 for most SAR sets).
+        slide: True: 224/112 sliding windows; False: one whole-image pass (``slide_crop=0``), which the
+            engine's single 224-pixel window reproduces for images resized to fit 224 x 224.
+        ann_file_sha256: SHA-256 of the authors' split file, checked when known.
     """
 
     root: str
@@ -43,11 +49,18 @@ class DatasetLayout:
     ignore_index: int
     ann_file: Optional[str]
     class_names: tuple[str, ...]
+    scale: int = DEFAULT_SCALE
+    slide: bool = True
+    ann_file_sha256: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class BenchmarkPreset:
-    """A class set with the settings the authors' config uses for it."""
+    """A class set with the settings the authors' config uses for it.
+
+    ``imagery`` is ``optical`` or ``sar``; ``model`` the model preset the authors' config runs it with
+    (``segearth-backend eval`` uses it unless a model is given), None for the default model.
+    """
 
     key: str
     name: str
@@ -60,6 +73,8 @@ class BenchmarkPreset:
     class_file: Optional[str]
     dataset: Optional[DatasetLayout]
     note: Optional[str] = None
+    imagery: str = "optical"
+    model: Optional[str] = None
 
 
 def _layout(raw: dict[str, Any]) -> DatasetLayout:
@@ -68,6 +83,8 @@ def _layout(raw: dict[str, Any]) -> DatasetLayout:
         img_suffix=str(raw["img_suffix"]), seg_map_suffix=str(raw["seg_map_suffix"]),
         reduce_zero_label=bool(raw["reduce_zero_label"]), ignore_index=int(raw["ignore_index"]),
         ann_file=raw.get("ann_file"), class_names=tuple(str(n) for n in raw["class_names"]),
+        scale=int(raw.get("scale", DEFAULT_SCALE)), slide=bool(raw.get("slide", True)),
+        ann_file_sha256=raw.get("ann_file_sha256"),
     )
 
 
@@ -82,6 +99,7 @@ def parse_benchmarks(document: dict[str, Any]) -> tuple[BenchmarkPreset, ...]:
             background_index=int(raw["background_index"]), bias_lambda=float(raw["bias_lambda"]),
             config=raw.get("config"), class_file=raw.get("class_file"),
             dataset=_layout(dataset) if dataset else None, note=raw.get("note"),
+            imagery=str(raw.get("imagery", "optical")), model=raw.get("model"),
         ))
     return tuple(presets)
 

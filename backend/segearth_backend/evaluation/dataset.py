@@ -54,12 +54,26 @@ def _walk(folder: Path, suffix: str) -> list[str]:
     return found
 
 
+def _check_split(split: Path, layout: DatasetLayout) -> None:
+    """Refuse a split file other than the authors' when its SHA-256 is known (another split, other numbers)."""
+    if layout.ann_file_sha256 is None:
+        return
+    import hashlib
+
+    digest = hashlib.sha256(split.read_bytes()).hexdigest()
+    if digest != layout.ann_file_sha256:
+        raise DatasetError(f"{split} is not the authors' {layout.ann_file} (SHA-256 {digest[:12]}..., expected "
+                           f"{layout.ann_file_sha256[:12]}...): use their file, or the results are not comparable "
+                           "with the paper's.")
+
+
 def list_samples(root: Path, layout: DatasetLayout, ann_file: Optional[Path] = None) -> list[Sample]:
     """The dataset's (image, label) pairs.
 
     Args:
         root: the folder the authors' config calls ``layout.root`` (e.g. ``data/OpenEarthMap``).
-        ann_file: the split file when ``layout.ann_file`` names one (default ``root / layout.ann_file``).
+        ann_file: the split file when ``layout.ann_file`` names one (default ``root / layout.ann_file``, which
+            must then be the authors' file when its SHA-256 is recorded; a file given here is taken as it is).
 
     Raises:
         DatasetError: missing folders or split file, no images, or a label file missing.
@@ -75,6 +89,8 @@ def list_samples(root: Path, layout: DatasetLayout, ann_file: Optional[Path] = N
         if not split.is_file():
             raise DatasetError(f"The split file {split} does not exist: this dataset is evaluated on the images "
                                f"the authors list in {layout.ann_file}; put it there or pass --ann-file.")
+        if ann_file is None:  # the default place must hold the authors' file; an explicit one is the user's choice
+            _check_split(split, layout)
         stems = [line.strip() for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
         samples = [Sample(img_dir / (stem + layout.img_suffix), ann_dir / (stem + layout.seg_map_suffix))
                    for stem in stems]

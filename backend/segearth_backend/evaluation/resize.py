@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: The resize scale of every benchmark config of the paper.
-BENCHMARK_SCALE = (448, 448)
+from .benchmarks import DEFAULT_SCALE
+
+#: The resize scale of every optical benchmark config of the paper.
+BENCHMARK_SCALE = (DEFAULT_SCALE, DEFAULT_SCALE)
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int] = BENCHMARK_SCALE) -> tuple[int, int]:

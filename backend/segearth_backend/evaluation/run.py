@@ -1,8 +1,9 @@
 """``segearth-backend eval``: one benchmark, the authors' protocol, mmseg's IoU, a report.
 
-Per image: read it (:mod:`.dataset`), resize it to fit 448 x 448 keeping its
-aspect ratio (:mod:`.resize`), take the engine's window-averaged logits of the
-resized image (:meth:`Segmenter.logits`), resize the logits bilinearly to the
+Per image: read it (:mod:`.dataset`), resize it to fit the config's scale
+(448 x 448; 224 x 224 for most SAR sets) keeping its aspect ratio
+(:mod:`.resize`), take the engine's window-averaged logits of the resized
+image (:meth:`Segmenter.logits`), resize the logits bilinearly to the
 label's size, then the engine's decision (x50 softmax, synonym max,
 threshold, background index) with the benchmark's settings, and count the
 areas (:mod:`.metrics`).
@@ -21,7 +22,7 @@ from ..errors import DatasetError
 from .benchmarks import BenchmarkPreset, DatasetLayout
 from .dataset import Sample, list_samples, read_image, read_label
 from .metrics import IoUAccumulator
-from .resize import BENCHMARK_SCALE, rescale_size, resize_image
+from .resize import rescale_size, resize_image
 
 #: ``predict(image, label_shape) -> labels``: ``H x W x 3`` uint8 RGB at its original size in,
 #: ``h x w`` integer labels at ``label_shape`` out.
@@ -37,9 +38,10 @@ def benchmark_predictor(segmenter: Any, preset: BenchmarkPreset) -> Predictor:
     from ..pipeline.segmenter import decide
 
     class_set = parse_classes(list(preset.classes))
+    scale = _layout(preset).scale
 
     def predict(image: np.ndarray, label_shape: tuple[int, int]) -> np.ndarray:
-        resized = resize_image(image, rescale_size(image.shape[0], image.shape[1], BENCHMARK_SCALE))
+        resized = resize_image(image, rescale_size(image.shape[0], image.shape[1], (scale, scale)))
         logits = torch.from_numpy(segmenter.logits(resized, list(preset.classes), preset.bias_lambda))
         logits = F.interpolate(logits[None], size=label_shape, mode="bilinear", align_corners=False)[0]
         _, labels = decide(logits, class_set, preset.prob_threshold, preset.background_index)
@@ -72,7 +74,8 @@ class EvalResult:
             "images": acc.images,
             "settings": {"classes": list(self.preset.classes), "prob_threshold": self.preset.prob_threshold,
                          "background_index": self.preset.background_index, "bias_lambda": self.preset.bias_lambda,
-                         "resize": list(BENCHMARK_SCALE), "keep_ratio": True, "slide_crop": 224, "slide_stride": 112,
+                         "resize": [layout.scale, layout.scale], "keep_ratio": True,
+                         "slide_crop": 224 if layout.slide else 0, "slide_stride": 112,
                          "reduce_zero_label": layout.reduce_zero_label, "ignore_index": layout.ignore_index},
             "mIoU": _number(summary["mIoU"]), "aAcc": _number(summary["aAcc"]), "mAcc": _number(summary["mAcc"]),
             "mmseg": {key: _percent(summary[key]) for key in ("aAcc", "mIoU", "mAcc")},

@@ -31,6 +31,8 @@ def preset_status(preset: ModelPreset, cache_dir: Path) -> dict[str, Any]:
         "url": url, "sha256": preset.weights_sha256, "note": preset.download_note,
         "feature_dim": preset.feature_dim, "patch_size": preset.patch_size,
         "upsampler": preset.upsampler, "upsampler_reason": preset.upsampler_reason,
+        "download_size": preset.download_size, "attention": preset.attention,
+        "last_blocks": preset.last_blocks, "imagery": preset.imagery,
     }
     ready = installed
     if preset.upsampler == SIMFEATUP:
@@ -48,9 +50,9 @@ def model_status(cache_dir: Path) -> list[dict[str, Any]]:
 
 def format_models(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`model_status` rows, then where to put what is missing."""
-    header = ("preset", "family", "ViT", "weights", "upsampler", "status")
+    header = ("preset", "family", "ViT", "imagery", "weights", "upsampler", "status")
     table = [header] + [
-        (row["name"] + (" *" if row["default"] else ""), row["family"], row["vit"],
+        (row["name"] + (" *" if row["default"] else ""), row["family"], row["vit"], row["imagery"],
          row["weights_file"] or row["weights"],
          "SimFeatUp" if row["upsampler"] == SIMFEATUP else "bilinear",
          "installed" if row["ready"] else "missing")
@@ -66,7 +68,8 @@ def format_models(rows: list[dict[str, Any]]) -> str:
         for row in missing:
             if not row["installed"]:
                 note = f" ({row['note']})" if row["note"] else ""
-                lines.append(f"  - {row['name']}: {row['url']}{note}\n      put it: {row['where']}")
+                size = f"\n      size: {row['download_size']}" if row.get("download_size") else ""
+                lines.append(f"  - {row['name']}: {row['url']}{note}{size}\n      put it: {row['where']}")
             simfeatup = row.get("simfeatup")
             if simfeatup and not simfeatup["installed"]:
                 lines.append(f"  - {row['name']} SimFeatUp: {simfeatup['url']}\n      put it: {simfeatup['where']}")

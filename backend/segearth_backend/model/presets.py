@@ -16,15 +16,25 @@ from typing import Optional
 
 from ..errors import ModelConfigError
 
+#: The training-free attentions of the authors' ``custom_attn`` (SegEarth-OV-2's ``model_type``).
+VANILLA, MASKCLIP, CLEARCLIP, SCLIP, SEGEARTH = "vanilla", "MaskCLIP", "ClearCLIP", "SCLIP", "SegEarth"
+ATTENTION_MODES = (VANILLA, MASKCLIP, CLEARCLIP, SCLIP, SEGEARTH)
+#: SegEarth-OV's setting (every optical config): the SegEarth attention in the last block only.
+DEFAULT_ATTENTION = SEGEARTH
+DEFAULT_LAST_BLOCKS = 1
+
 SIMFEATUP = "simfeatup"
 BILINEAR = "bilinear"
 #: Feature size and patch size the authors' SimFeatUp checkpoint was trained for.
 SIMFEATUP_FEATURE_DIM = 512
 SIMFEATUP_PATCH = 16
 
-_NOT_CLIP_B16 = ("the authors' SimFeatUp checkpoint was trained on OpenAI CLIP ViT-B/16 features; "
-                 "this model has {what}, so features are upsampled bilinearly (the paper's setting "
-                 "for other backbones)")
+_NOT_CLIP_B16 = ("the authors' SimFeatUp checkpoint fits 512-d features on 16-pixel patches only; this model has "
+                 "{what}, so features are upsampled bilinearly (the authors' code cannot run SimFeatUp on it either)")
+#: For the other 512-d patch-16 towers: ours is bilinear, the paper's (feature_up=True) is SimFeatUp.
+_B16_OTHER_REASON = ("bilinear by default: the authors' SimFeatUp checkpoint was trained on OpenAI CLIP ViT-B/16 "
+                     "features, not this model's; the authors' code applies it anyway (the paper's setting: "
+                     "--upsampler-weights simfeatup)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,10 @@ class ModelPreset:
         upsampler: ``"simfeatup"`` or ``"bilinear"`` (what ``upsampler_weights=auto`` picks).
         upsampler_reason: why, for logs, ``describe()`` and ``/health``.
         source: where the choice of model and weights comes from.
+        attention: the training-free attention of the last block(s) (:data:`ATTENTION_MODES`).
+        last_blocks: how many last blocks use it, their outputs summed.
+        download_size: the download's size as published, or an estimate marked as such; None: unknown.
+        imagery: what the model was trained for: ``"optical"`` or ``"sar"``.
     """
 
     name: str
@@ -61,6 +75,10 @@ class ModelPreset:
     upsampler: str
     upsampler_reason: str
     source: str
+    attention: str = DEFAULT_ATTENTION
+    last_blocks: int = DEFAULT_LAST_BLOCKS
+    download_size: Optional[str] = None
+    imagery: str = "optical"
 
     @property
     def vit(self) -> str:
@@ -76,15 +94,29 @@ def _tag(name: str, family: str, architecture: str, tag: str, dim: int, patch: i
 
 
 def _file(name: str, family: str, architecture: str, file: str, url: str, dim: int, patch: int,
-          note: Optional[str] = None) -> ModelPreset:
-    what = f"{dim}-d features on {patch}-pixel patches" if patch != SIMFEATUP_PATCH else (
-        "features from other weights")
+          note: Optional[str] = None, size: Optional[str] = None) -> ModelPreset:
     return ModelPreset(name, family, architecture, None, file, url, None, note, dim, patch, BILINEAR,
-                       _NOT_CLIP_B16.format(what=what), "segearth_segmentor.py (checkpoint file)")
+                       _NOT_CLIP_B16.format(what=f"{dim}-d features on {patch}-pixel patches"),
+                       "segearth_segmentor.py (checkpoint file)",
+                       download_size=size)
+
+
+#: SegEarth-OV-2's SAR model (``configs/cfg_*_sar.py``): AlignEarth, a ViT-B/16 image tower distilled from
+#: optical CLIP onto SAR, in open_clip's plain ``ViT-B-16`` (GELU in both towers), with the same SimFeatUp
+#: checkpoint, the SCLIP attention summed over the last two blocks and lambda -0.3.
+ALIGNEARTH_SAR = ModelPreset(
+    "alignearth-sar-vit-b16", "AlignEarth (SAR)", "ViT-B-16", None, "AlignEarth-SAR-ViT-B-16.pt",
+    "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16", None,
+    "the authors' model page (also Baidu Disk, see SegEarth-OV-2's README); save the ViT-B/16 checkpoint as "
+    "AlignEarth-SAR-ViT-B-16.pt", 512, 16, SIMFEATUP,
+    "SimFeatUp: SegEarth-OV-2 runs its SAR model with the same checkpoint as the optical one",
+    "SegEarth-OV-2 configs/cfg_*_sar.py (earth-insights/SegEarth-OV-2)",
+    attention=SCLIP, last_blocks=2,
+    download_size="about 600 MB (an estimate for a float32 ViT-B/16 CLIP; the size is not published)",
+    imagery="sar")
 
 
 _L14 = "768-d features on 14-pixel patches"
-_B16_OTHER = "the same shape (512-d, 16-pixel patches) but another feature space"
 _SKY = "https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/"
 
 #: Every preset; the first is the default model.
@@ -94,11 +126,11 @@ MODEL_PRESETS: tuple[ModelPreset, ...] = (
     _tag("clip-vit-l14", "CLIP (OpenAI)", "ViT-L-14-quickgelu", "openai", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _tag("openclip-vit-b16", "OpenCLIP (LAION-2B)", "ViT-B-16", "laion2b_s34b_b88k", 512, 16, BILINEAR,
-         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+         _B16_OTHER_REASON),
     _tag("openclip-vit-l14", "OpenCLIP (LAION-2B)", "ViT-L-14", "laion2b_s32b_b82k", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _tag("metaclip-vit-b16", "MetaCLIP (fullcc)", "ViT-B-16-quickgelu", "metaclip_fullcc", 512, 16, BILINEAR,
-         _NOT_CLIP_B16.format(what=_B16_OTHER)),
+         _B16_OTHER_REASON),
     _tag("metaclip-vit-l14", "MetaCLIP (fullcc)", "ViT-L-14-quickgelu", "metaclip_fullcc", 768, 14, BILINEAR,
          _NOT_CLIP_B16.format(what=_L14)),
     _file("remoteclip-vit-b32", "RemoteCLIP", "ViT-B-32", "RemoteCLIP-ViT-B-32.pt",
@@ -116,6 +148,14 @@ MODEL_PRESETS: tuple[ModelPreset, ...] = (
           "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS/epoch_20.pt",
           _SKY + "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS.zip", 768, 14,
           note="unpack the archive; the checkpoint inside is epoch_20.pt"),
+    _file("georsclip-vit-h14", "GeoRSCLIP (RS5M)", "ViT-H-14", "RS5M_ViT-H-14.pt",
+          "https://huggingface.co/Zilun/GeoRSCLIP/resolve/main/ckpt/RS5M_ViT-H-14.pt", 1024, 14,
+          size="3.94 GB"),
+    _file("alip-vit-b32", "ALIP (YFCC15M)", "ViT-B-32", "ALIP_YFCC15M_B32.pt",
+          "https://drive.google.com/file/d/1AqSHisCKZOZ16Q3sYguK6zIZIuwwEriE", 512, 32,
+          note="the link of the ALIP authors' README (deepglint/ALIP; Google Drive or Baidu Disk); save it as "
+               "ALIP_YFCC15M_B32.pt"),
+    ALIGNEARTH_SAR,
 )
 DEFAULT_PRESET = MODEL_PRESETS[0].name
 

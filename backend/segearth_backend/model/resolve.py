@@ -17,7 +17,16 @@ from typing import Optional
 
 from ..config import EngineConfig
 from ..errors import UpsamplerMismatchError, WeightsNotFoundError
-from .presets import SIMFEATUP, SIMFEATUP_FEATURE_DIM, SIMFEATUP_PATCH, ModelPreset, find_preset, preset_for
+from .presets import (
+    DEFAULT_ATTENTION,
+    DEFAULT_LAST_BLOCKS,
+    SIMFEATUP,
+    SIMFEATUP_FEATURE_DIM,
+    SIMFEATUP_PATCH,
+    ModelPreset,
+    find_preset,
+    preset_for,
+)
 from .simfeatup_weights import BILINEAR_TAGS, SIMFEATUP_TAGS
 
 AUTO = "auto"
@@ -81,6 +90,17 @@ def resolve_model(config: EngineConfig) -> ResolvedModel:
         return ResolvedModel(preset.architecture, weights, preset)
     weights = AUTO_TAG if auto else weights
     return ResolvedModel(config.model, weights, preset_for(config.model, weights))
+
+
+def resolve_attention(config: EngineConfig, preset: Optional[ModelPreset]) -> tuple[str, int]:
+    """``(attention mode, last blocks)``: what ``config`` sets, else the preset's, else SegEarth-OV's (SegEarth, 1)."""
+    mode = preset.attention if preset is not None else DEFAULT_ATTENTION
+    if config.attention.lower() != AUTO:
+        mode = config.attention
+    blocks = preset.last_blocks if preset is not None else DEFAULT_LAST_BLOCKS
+    if config.last_blocks is not None:
+        blocks = config.last_blocks
+    return mode, blocks
 
 
 def missing_preset_file(resolved: ResolvedModel) -> Optional[str]:
@@ -149,19 +169,21 @@ def choose_upsampler(spec: str, feature_dim: int, patch: int,
             return UpsamplerChoice(SIMFEATUP, "SimFeatUp: the authors' checkpoint fits this model's "
                                    "512-d features on 16-pixel patches")
         return UpsamplerChoice("none", "the authors' SimFeatUp checkpoint fits 512-d ViT-B/16 features only; "
-                               f"this model has {shape}, so features are upsampled bilinearly (the paper's "
-                               "setting for other backbones)")
+                               f"this model has {shape}, so features are upsampled bilinearly (the authors' "
+                               "code cannot run SimFeatUp on it either)")
     if text.lower() in BILINEAR_TAGS:
         return UpsamplerChoice("none", "bilinear upsampling, as configured (the paper's ablation baseline)")
     if text.lower() in SIMFEATUP_TAGS:
         if not fits_authors:
             raise UpsamplerMismatchError(
                 f"The authors' SimFeatUp checkpoint fits 512-d ViT-B/16 features; this model has {shape}. "
-                "Use upsampler_weights 'auto' or 'none' (bilinear, the paper's setting for other backbones), "
+                "Use upsampler_weights 'auto' or 'none' (bilinear; the authors' code cannot run SimFeatUp here "
+                "either), "
                 "or a SimFeatUp checkpoint trained for this model.")
         reason = "SimFeatUp: the authors' checkpoint, as configured"
         if preset is not None and preset.upsampler != SIMFEATUP:
-            reason += " (it was trained on OpenAI CLIP ViT-B/16 features, not this model's)"
+            reason += (" (it was trained on OpenAI CLIP ViT-B/16 features, not this model's; the authors' code "
+                       "applies it all the same: the paper's setting)")
         return UpsamplerChoice(SIMFEATUP, reason)
     if patch != SIMFEATUP_PATCH:
         raise UpsamplerMismatchError(

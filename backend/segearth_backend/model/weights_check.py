@@ -60,7 +60,8 @@ def _clip_missing(resolved: ResolvedModel, cache_dir: Path) -> Optional[MissingW
     preset = resolved.preset
     if preset is not None and preset.weights_file is not None and str(weights).endswith(preset.weights_file):
         note = f" ({preset.download_note})" if preset.download_note else ""
-        return MissingWeight(f"CLIP weights of preset {preset.name} ({preset.family}){note}",
+        size = f", {preset.download_size}" if preset.download_size else ""
+        return MissingWeight(f"CLIP weights of preset {preset.name} ({preset.family}{size}){note}",
                              str(preset.weights_url), str(weights))
     if weights.suffix or "/" in resolved.clip_weights:
         return MissingWeight(f"CLIP weights file {weights}", "(your own checkpoint)", str(weights))

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..device import autocast
 from ..errors import PredictionCancelledError
 from ..model.image_tower import image_features
+from ..model.presets import DEFAULT_ATTENTION, DEFAULT_LAST_BLOCKS
 from ..upsampler import kernel_store
 from ..upsampler.jbu import JBUOne
 from ..windows import Window
@@ -90,7 +91,8 @@ class ImageTower:
     """What the image work needs from the engine: the models, the device, precision and batch size.
 
     ``dtype`` is the autocast dtype (CUDA), ``cast`` the dtype the image tower's weights were cast
-    to (bfloat16 on a CPU), None for float32.
+    to (bfloat16 on a CPU), None for float32. ``attention`` and ``last_blocks``: the training-free
+    attention of the tower's last blocks (:func:`~segearth_backend.model.image_tower.image_features`).
     """
 
     visual: Any
@@ -99,6 +101,8 @@ class ImageTower:
     dtype: Optional[torch.dtype]
     batch_size: int
     cast: Optional[torch.dtype] = None
+    attention: str = DEFAULT_ATTENTION
+    last_blocks: int = DEFAULT_LAST_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,7 @@ class WindowSource:
         with self.timer.stage("image_tower"), autocast(self.tower.device, self.tower.dtype):
             if self.tower.cast is not None:
                 crops = crops.to(self.tower.cast)
-            cls, patches = image_features(self.tower.visual, crops)
+            cls, patches = image_features(self.tower.visual, crops, self.tower.attention, self.tower.last_blocks)
         for position, i in enumerate(batch):
             self._tower_out[i] = (cls[position].float(), patches[position].float())
 

@@ -31,8 +31,10 @@ import torch
 
 from ..config import DEFAULT_FEATURE_CACHE_MB, EngineConfig
 from ..device import autocast_dtype, cast_dtype, cpu_capabilities, cpu_precision, describe, resolve_device, synchronize
+from ..errors import ModelConfigError
 from ..model.clip_loader import LoadedClip, load_clip
-from ..model.resolve import choose_upsampler, require_preset_file, resolve_model
+from ..model.presets import ATTENTION_MODES, DEFAULT_ATTENTION, DEFAULT_LAST_BLOCKS
+from ..model.resolve import choose_upsampler, require_preset_file, resolve_attention, resolve_model
 from ..model.simfeatup_weights import SIMFEATUP_SHA256, resolve_upsampler_weights
 from ..model.text_embedder import TextEmbedder
 from ..model.weights_check import fail_fast_if_unobtainable
@@ -117,7 +119,8 @@ class Segmenter:
                  cache_dir: Optional[Path] = None, batch_size: Optional[int] = None,
                  precision: str = "auto", upsampler_source: str = "none",
                  query_chunk_elements: int = QUERY_CHUNK_ELEMENTS, model_preset: Optional[str] = None,
-                 upsampler_reason: str = "", feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB) -> None:
+                 upsampler_reason: str = "", feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
+                 attention: str = DEFAULT_ATTENTION, last_blocks: int = DEFAULT_LAST_BLOCKS) -> None:
         self.clip = clip
         self.device = device
         model = clip.model.to(device)
@@ -136,12 +139,13 @@ class Segmenter:
         self.batch_size = batch_size or 16
         self.query_chunk_elements = query_chunk_elements
         self.patch = int(self.visual.conv1.kernel_size[0])
+        self.attention, self.last_blocks = _check_attention(attention, last_blocks, self.visual)
         self.text = TextEmbedder(model, clip.tokenizer, device, cache_dir)
         self.feature_dim = int(self.visual.output_dim)
         if self.upsampler is not None and self.upsampler.feature_dim != self.feature_dim:
             raise ValueError(f"upsampler built for {self.upsampler.feature_dim} channels, model has {self.feature_dim}")
         self.fingerprint = weights_fingerprint(self.visual, self.upsampler,
-                                               extra=f"{self.dtype}/{self.cast}/{self.patch}")
+                                               extra=f"{self.dtype}/{self.cast}/{self.patch}/{self.attention}/{self.last_blocks}")
         if self.cast is not None:  # the image tower runs in this dtype on the CPU (the text tower stays float32)
             self.visual = _cast_copy(self.visual, self.cast)
         self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
@@ -160,6 +164,8 @@ class Segmenter:
             "upsampler": "SimFeatUp (JBU-One)" if self.upsampler is not None else "bilinear",
             "upsampler_weights": self.upsampler_source,
             "upsampler_reason": self.upsampler_reason,
+            "attention": self.attention,
+            "last_blocks": self.last_blocks,
             "device": describe(self.device),
             "precision": self.precision,
             "precision_note": self.precision_note,
@@ -197,7 +203,8 @@ class Segmenter:
         ``image`` and ``valid`` must already be checked (``check_image``, ``check_valid_mask``).
         """
         height, width = image.shape[:2]
-        tower = ImageTower(self.visual, self.upsampler, self.device, self.dtype, self.batch_size, self.cast)
+        tower = ImageTower(self.visual, self.upsampler, self.device, self.dtype, self.batch_size, self.cast,
+                           self.attention, self.last_blocks)
         windows = window_grid(height, width, CROP, STRIDE, self.patch, self.min_window)
         return WindowSource(tower, image, valid, windows, timer or _Timer(self.device), queries,
                             self.feature_cache, self.fingerprint, should_stop, progress)
@@ -321,6 +328,20 @@ def _cache_timings(source: WindowSource, cache: FeatureCache) -> dict[str, float
             "cache_kernel_hit": float(report.kernel_hit), "cache_used_mb": round(cache.used / 2**20, 1)}
 
 
+def _check_attention(attention: str, last_blocks: int, visual: Any) -> tuple[str, int]:
+    """The attention mode and number of last blocks, checked against the image tower.
+
+    Raises:
+        ModelConfigError: an unknown mode, or more blocks than the tower has.
+    """
+    if attention not in ATTENTION_MODES:
+        raise ModelConfigError(f"Unknown attention mode '{attention}': use one of {', '.join(ATTENTION_MODES)}.")
+    blocks = len(visual.transformer.resblocks)
+    if isinstance(last_blocks, bool) or not isinstance(last_blocks, int) or not 1 <= last_blocks <= blocks:
+        raise ModelConfigError(f"last_blocks must be 1 to {blocks} (the image tower's blocks), got {last_blocks}.")
+    return attention, last_blocks
+
+
 def _cast_copy(module: Any, dtype: torch.dtype) -> Any:
     """A copy of ``module`` with its floating-point weights in ``dtype`` (the original is left as it is)."""
     import copy
@@ -332,13 +353,15 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                    upsampler_weights: Optional[str] = None, device: Optional[str] = None,
                    cache_dir: Optional[Union[str, Path]] = None, batch_size: Optional[int] = None,
                    precision: Optional[str] = None, config: Optional[EngineConfig] = None,
-                   feature_cache_mb: Optional[float] = None) -> Segmenter:
+                   feature_cache_mb: Optional[float] = None, attention: Optional[str] = None,
+                   last_blocks: Optional[int] = None) -> Segmenter:
     """Build a :class:`Segmenter`.
 
     Arguments given win; those left as None come from ``config`` when given, else from the
     ``SEGEARTH_*`` environment variables, else the defaults (the
     ``clip-vit-b16`` preset: OpenAI CLIP ViT-B/16 with the authors' SimFeatUp
-    checkpoint; ``auto`` device). ``model`` may be a preset name
+    checkpoint, the SegEarth attention in the last block; ``auto`` device). ``attention`` and
+    ``last_blocks`` override the preset's training-free attention. ``model`` may be a preset name
     (:mod:`..model.presets`); :mod:`..model.resolve` decides weights and upsampler.
     Missing weights that cannot be downloaded now fail at once, all named.
 
@@ -350,7 +373,8 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                                 "upsampler_weights": upsampler_weights, "device": device,
                                 "cache_dir": Path(cache_dir).expanduser() if cache_dir is not None else None,
                                 "batch_size": batch_size, "precision": precision,
-                                "feature_cache_mb": feature_cache_mb}
+                                "feature_cache_mb": feature_cache_mb, "attention": attention,
+                                "last_blocks": last_blocks}
     if config is None:
         config = EngineConfig.from_env(os.environ, **explicit)
     else:  # explicit arguments win over the given configuration, as documented
@@ -367,8 +391,9 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                                                sha256=config.simfeatup_sha256 or SIMFEATUP_SHA256)
     upsampler = load_upsampler(upsampler_path, feature_dim) if upsampler_path is not None else None
     log.info("feature upsampling: %s", choice.reason)
+    attention_mode, blocks = resolve_attention(config, resolved.preset)
     return Segmenter(clip, upsampler, torch_device, cache_dir=config.cache_dir,
                      batch_size=config.batch_size, precision=config.precision,
                      model_preset=resolved.preset.name if resolved.preset else None, upsampler_reason=choice.reason,
                      upsampler_source=str(upsampler_path) if upsampler_path else "none",
-                     feature_cache_mb=config.feature_cache_mb)
+                     feature_cache_mb=config.feature_cache_mb, attention=attention_mode, last_blocks=blocks)

@@ -141,7 +141,9 @@ class ClassesBox(QGroupBox):
         menu.clear()
         for preset in PRESETS:
             action = menu.addAction(preset.name)
-            action.setToolTip(f"threshold {preset.threshold:g}, background line {preset.background_index + 1}")
+            background = (f"background line {preset.background_index + 1}" if preset.background_index >= 0
+                          else "no background class")
+            action.setToolTip(f"threshold {preset.threshold:g}, {background}")
             action.triggered.connect(lambda _=False, p=preset: self.apply(UserPreset.from_preset(p)))
         mine = user_presets.load_all()
         if mine:
@@ -162,7 +164,8 @@ class ClassesBox(QGroupBox):
     def apply(self, preset: UserPreset) -> None:
         """Use ``preset``'s classes and settings (the options box follows through ``preset_applied``)."""
         self.preset = None
-        self.set_classes(preset.classes, preset.background_index)
+        self.set_classes(preset.classes, preset.background_index
+                         if preset.background_index is None or preset.background_index >= 0 else None)
         self.preset = preset
         self.preset_label.setText(f"Preset: {preset.name}")
         self.preset_applied.emit(preset)

@@ -1,4 +1,4 @@
-"""The raster layer and the bands that make its red, green and blue."""
+"""The raster layer and the bands that make its red, green and blue, or (SAR mode) its grey SAR image."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QGroupBox, QWidget
 
+from ...core.sar import SarSettings
 from ...job.layer_input import default_bands
 from ...qgis_compat import RASTER_LAYERS
+from .sar_box import SarBox
 
 
 class RasterBox(QGroupBox):
-    """Layer and bands; ``changed`` fires when either changes."""
+    """Layer, band mapping (optical RGB or SAR) and bands; ``changed`` fires when any of them changes."""
 
     changed = pyqtSignal()
 
@@ -26,14 +28,25 @@ class RasterBox(QGroupBox):
                                     "rasters). 8-bit bands are used as they are; 16-bit and float bands are "
                                     "stretched like the layer's renderer shows them.")
         self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["Optical (red, green, blue bands)", "SAR (one polarisation, grey)"])
+        self.mode_combo.setToolTip("Optical: three bands as red, green and blue. SAR: one band of backscatter "
+                                   "(VV is the usual choice) made into the grey image the SAR model expects.")
+        self.sar_box = SarBox()
         form = QFormLayout(self)
+        self.form = form
         form.addRow("Layer", self.layer_combo)
+        form.addRow("Band mapping", self.mode_combo)
         for colour, combo in zip(("Red", "Green", "Blue"), self.band_combos):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
             combo.setToolTip(f"The band shown as {colour.lower()} (the layer's renderer bands by default). "
                              "For a single-band layer choose the same band three times.")
-            combo.currentIndexChanged.connect(self.changed)
+            combo.currentIndexChanged.connect(self._bands_changed)
             form.addRow(f"{colour} band", combo)
+        form.addRow(self.sar_box)
+        self.mode_combo.currentIndexChanged.connect(self._mode_changed)
+        self.sar_box.changed.connect(self.changed)
+        self._mode_changed()
         self.layer_combo.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer_combo.currentLayer())  # a layer already in the project is chosen at once
 
@@ -42,7 +55,30 @@ class RasterBox(QGroupBox):
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
 
     def bands(self) -> tuple[int, ...]:
+        if self.is_sar():
+            return (self.band_combos[0].currentBand(),)
         return tuple(combo.currentBand() for combo in self.band_combos)
+
+    def is_sar(self) -> bool:
+        return self.mode_combo.currentIndex() == 1
+
+    def sar_settings(self) -> Optional[SarSettings]:
+        """The SAR conversion in SAR mode, else None (raises LayerError on a bad stretch)."""
+        return self.sar_box.settings() if self.is_sar() else None
+
+    def _mode_changed(self) -> None:
+        sar = self.is_sar()
+        self.form.labelForField(self.band_combos[0]).setText("SAR band" if sar else "Red band")
+        for combo in self.band_combos[1:]:
+            combo.setVisible(not sar)
+            self.form.labelForField(combo).setVisible(not sar)
+        self.sar_box.setVisible(sar)
+        self._bands_changed()
+
+    def _bands_changed(self) -> None:
+        if self.is_sar():
+            self.sar_box.show_band(self.layer(), self.band_combos[0].currentBand())
+        self.changed.emit()
 
     def set_layer(self, layer: Optional[QgsRasterLayer]) -> None:
         self.layer_combo.setLayer(layer)
@@ -55,4 +91,4 @@ class RasterBox(QGroupBox):
             combo.setLayer(raster)
             combo.setBand(band)
             combo.blockSignals(False)
-        self.changed.emit()
+        self._bands_changed()

@@ -16,11 +16,55 @@ CONFIG_FACTS = [
 ]
 
 
-def test_seventeen_benchmarks_then_generic_sets():
+#: (key, threshold, background index, resize side, whole-image pass) from SegEarth-OV-2's configs/cfg_*_sar.py.
+SAR_CONFIG_FACTS = [
+    ("openearthmap_sar", 0.0, 0, 448, False), ("fusar", 0.0, 0, 448, False), ("pie_sar", 0.0, 0, 224, True),
+    ("whu_sar", 0.0, 6, 224, True), ("yeseg_sar", 0.3, 0, 224, True), ("ddhrnet_korea_sar", 0.0, 0, 224, True),
+    ("ddhrnet_shandong_sar", 0.0, 0, 224, True), ("ddhrnet_xian_sar", 0.0, 0, 224, True),
+]
+
+
+def test_seventeen_benchmarks_then_the_sar_ones_then_generic_sets():
     presets = load_benchmarks()
-    assert [p.key for p in presets if p.dataset is not None] == [key for key, *_ in CONFIG_FACTS]
-    assert [p.name for p in presets if p.dataset is None] == ["Buildings", "Roads", "Water"]
-    assert len({p.key for p in presets}) == len({p.name for p in presets}) == len(presets) == 20
+    assert [p.key for p in presets if p.dataset is not None] == (
+        [key for key, *_ in CONFIG_FACTS] + [key for key, *_ in SAR_CONFIG_FACTS])
+    assert [p.name for p in presets if p.dataset is None] == [
+        "HRSID ships (SAR)", "Buildings", "Roads", "Water", "SAR land and water"]
+    assert len({p.key for p in presets}) == len({p.name for p in presets}) == len(presets) == 30
+
+
+@pytest.mark.parametrize("key, threshold, background, scale, whole", SAR_CONFIG_FACTS)
+def test_sar_settings_follow_the_configs(key, threshold, background, scale, whole):
+    preset = find_benchmark(key)
+    assert (preset.prob_threshold, preset.background_index, preset.bias_lambda) == (threshold, background, -0.3)
+    assert (preset.dataset.scale, not preset.dataset.slide) == (scale, whole)
+    assert (preset.imagery, preset.model) == ("sar", "alignearth-sar-vit-b16")
+    assert parse_classes(list(preset.classes)).num_classes == len(preset.dataset.class_names)
+    assert preset.config.startswith("cfg_") and preset.config.endswith(".py")
+    assert all(p.dataset.scale == 448 and p.dataset.slide for p in load_benchmarks()
+               if p.dataset is not None and p.imagery == "optical")
+
+
+def test_sar_class_lists_and_layouts():
+    assert find_benchmark("whu_sar").classes[6] == "others" and find_benchmark("whu_sar").dataset.reduce_zero_label
+    assert find_benchmark("fusar").classes == ("others", "water", "road", "building", "grass")
+    assert find_benchmark("fusar").dataset.class_names[0] == "background"
+    assert find_benchmark("yeseg_sar").classes[2] == "dense tree cover"
+    assert find_benchmark("ddhrnet_korea_sar").dataset.img_suffix == ".jpg"
+    hrsid = next(p for p in load_benchmarks() if p.key == "hrsid")
+    assert (hrsid.prob_threshold, hrsid.model, hrsid.dataset) == (0.6, "clip-vit-b16", None)
+    starter = next(p for p in load_benchmarks() if p.key == "sar_starter")
+    assert starter.classes[:2] == ("water", "flooded area,flood water") and starter.prob_threshold == 0.0
+    assert starter.background_index == -1  # no background class: water is a class, not transparent background
+
+
+def test_inria_xbd_chn6_follow_the_authors_class_files():
+    """cls_inria.txt is background / building (no synonyms); the three files exist in the authors' repository."""
+    assert find_benchmark("inria").classes == ("background", "building")
+    assert find_benchmark("xbd").classes == ("background", "building")
+    assert find_benchmark("chn6_cug").classes == ("background", "road")
+    for key in ("inria", "xbd", "chn6_cug"):
+        assert "missing" not in (find_benchmark(key).note or "")
 
 
 @pytest.mark.parametrize("key, threshold, background, lam", CONFIG_FACTS)
@@ -40,6 +84,7 @@ def test_class_lists_and_layouts_of_some_sets():
     assert find_benchmark("isaid").dataset.seg_map_suffix == "_instance_color_RGB.png"
     assert find_benchmark("udd5").dataset.img_suffix == ".JPG" and find_benchmark("loveda").dataset.reduce_zero_label
     assert find_benchmark("wbs_si").dataset.ann_file == "wbs-si_val.txt"
+    assert find_benchmark("wbs_si").dataset.ann_file_sha256.startswith("5d21c6c0")
     assert not find_benchmark("openearthmap").dataset.reduce_zero_label
 
 

@@ -25,7 +25,7 @@ def test_listing_pairs_and_reading(key, tmp_path, rng):
     if layout.ann_file is not None:
         (tmp_path / layout.ann_file).write_text("water_body_10\nwater_body_9\n\n")
         write_sample(tmp_path, layout, "water_body_11", written[stems[0]][0], written[stems[0]][1])  # not listed
-    samples = list_samples(tmp_path, layout)
+    samples = list_samples(tmp_path, layout, tmp_path / layout.ann_file if layout.ann_file else None)
     expected = ["water_body_10", "water_body_9"] if layout.ann_file else sorted(stems)
     assert [str(s.image.relative_to(tmp_path / layout.img_dir))[:-len(layout.img_suffix)] for s in samples] == expected
     for sample, stem in zip(samples, expected):
@@ -67,6 +67,24 @@ def test_layout_problems_say_what_to_do(tmp_path, rng):
     (tmp_path / wbs.ann_dir).mkdir(parents=True)
     with pytest.raises(DatasetError, match="wbs-si_val.txt"):
         list_samples(tmp_path, wbs)
+
+
+def test_a_split_file_other_than_the_authors_is_refused(tmp_path, rng):
+    """The WBS-SI split must be the authors' 499-image list (its SHA-256 is recorded), not any list."""
+    wbs = find_benchmark("wbs_si").dataset
+    write_sample(tmp_path, wbs, "water_body_1", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                 np.zeros((8, 8), np.uint8))
+    (tmp_path / "wbs-si_val.txt").write_text("water_body_1\n")
+    with pytest.raises(DatasetError, match="is not the authors' wbs-si_val.txt"):
+        list_samples(tmp_path, wbs)
+    # Given explicitly (--ann-file), another split is the user's choice.
+    assert len(list_samples(tmp_path, wbs, tmp_path / "wbs-si_val.txt")) == 1
+    # Layouts without a recorded checksum take any split file.
+    fusar = find_benchmark("fusar").dataset
+    write_sample(tmp_path / "fusar", fusar, "t1", rng.integers(0, 256, (8, 8), dtype=np.uint8),
+                 np.zeros((8, 8), np.uint8))
+    (tmp_path / "fusar" / "test.txt").write_text("t1\n")
+    assert [s.image.name for s in list_samples(tmp_path / "fusar", fusar)] == ["t1.tif"]
 
 
 def test_unsupported_pixels_are_clear_errors(tmp_path):

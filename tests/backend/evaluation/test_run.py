@@ -104,3 +104,115 @@ def test_eval_command_matches_a_numpy_reference(tiny_paths, tiny_segmenter, tmp_
     assert report["mIoU"] == pytest.approx(np.nanmean(iou), abs=1e-12)
     assert report["aAcc"] == pytest.approx(tp.sum() / matrix.sum(), abs=1e-12)
     assert report["model"]["model"] == "tiny-clip" and report["settings"]["prob_threshold"] == 0.1
+
+
+def _independent_iou(labels, preds, classes, reduce_zero_label=False):
+    """Confusion matrix over every (label, prediction) pair, written without the engine's metric code."""
+    matrix = np.zeros((classes, classes), np.int64)
+    for label, pred in zip(labels, preds):
+        label = label.astype(int)
+        if reduce_zero_label:
+            label = np.where(label == 0, 255, label - 1)
+        keep = label != 255
+        np.add.at(matrix, (label[keep], pred[keep].astype(int)), 1)
+    tp = np.diag(matrix)
+    return tp, matrix.sum(0) + matrix.sum(1) - tp, matrix
+
+
+def _sar_reference(segmenter, preset, grey, label_shape):
+    """The SAR protocol written out: grey -> R = G = B, resize to fit 224, window logits, bilinear back, decide."""
+    image = np.repeat(grey[..., None], 3, axis=2)
+    assert preset.dataset.scale == 224
+    resized = resize_image(image, rescale_size(*image.shape[:2], (224, 224)))
+    assert max(resized.shape[:2]) == 224  # one window: the authors' whole-image pass
+    logits = torch.from_numpy(segmenter.logits(resized, list(preset.classes), preset.bias_lambda))
+    logits = F.interpolate(logits[None], size=label_shape, mode="bilinear", align_corners=False)[0]
+    return decide(logits, parse_classes(list(preset.classes)), preset.prob_threshold,
+                  preset.background_index)[1].numpy()
+
+
+def _grey_scene(rng, rows, cols):
+    return np.clip(np.kron(rng.integers(0, 256, (rows // 16 + 1, cols // 16 + 1)), np.ones((16, 16)))[:rows, :cols]
+                   + rng.normal(0, 20, (rows, cols)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def sar_segmenter(parity_dir, tmp_path_factory):
+    from segearth_backend import load_segmenter
+    from tests.helpers import DATA
+
+    return load_segmenter(model=str(DATA / "parity_sar" / "tiny-alignearth.json"),
+                          clip_weights=str(parity_dir / "tiny-clip.pt"),
+                          upsampler_weights=str(parity_dir / "tiny-simfeatup.ckpt"), device="cpu",
+                          cache_dir=tmp_path_factory.mktemp("sar-eval"), attention="SCLIP", last_blocks=2)
+
+
+def test_eval_command_on_a_miniature_whu_sar(parity_dir, sar_segmenter, tmp_path, rng):
+    """WHU-SAR's layout: grey .tif, labels 1..7 (0 ignored), 224 resize, whole-image pass, background 6."""
+    from tests.helpers import DATA
+
+    preset = find_benchmark("whu_sar")
+    root = tmp_path / "crop512"
+    sizes = {"a": (256, 256), "b": (300, 200)}
+    for stem, (rows, cols) in sizes.items():
+        label = blocky_label(rng, rows, cols, 8, block=32)  # 0 = no data, 1..7 = classes 0..6
+        write_sample(root, preset.dataset, stem, _grey_scene(rng, rows, cols), label)
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "segearth_backend", "eval", "--dataset", "whu_sar", "--root", str(root),
+         "--model", str(DATA / "parity_sar" / "tiny-alignearth.json"), "--clip-weights",
+         str(parity_dir / "tiny-clip.pt"), "--upsampler-weights", str(parity_dir / "tiny-simfeatup.ckpt"),
+         "--attention", "SCLIP", "--last-blocks", "2", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+         "--out", str(out)], capture_output=True, text=True, env=dict(os.environ, SEGEARTH_OFFLINE="1"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["resize"] == [224, 224] and report["settings"]["slide_crop"] == 0
+    assert report["model"]["attention"] == "SCLIP" and report["model"]["last_blocks"] == 2
+    labels, preds = [], []
+    for stem in sorted(sizes):
+        grey = np.array(__import__("PIL.Image", fromlist=["Image"]).open(root / "test/sar_dir" / f"{stem}.tif"))
+        label = np.array(__import__("PIL.Image", fromlist=["Image"]).open(root / "test/ann_dir" / f"{stem}.tif"))
+        labels.append(label)
+        preds.append(_sar_reference(sar_segmenter, preset, grey, label.shape))
+    tp, union, matrix = _independent_iou(labels, preds, 7, reduce_zero_label=True)
+    assert [row["intersect"] for row in report["per_class"]] == tp.tolist()
+    assert [row["union"] for row in report["per_class"]] == union.tolist()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert report["mIoU"] == pytest.approx(np.nanmean(tp / union), abs=1e-12)
+    assert report["aAcc"] == pytest.approx(tp.sum() / matrix.sum(), abs=1e-12)
+
+
+@pytest.mark.parametrize("key, suffix_image", [("yeseg_sar", ".png"), ("ddhrnet_korea_sar", ".jpg")])
+def test_sar_layouts_with_split_files_against_an_independent_iou(sar_segmenter, tmp_path, rng, key, suffix_image):
+    from segearth_backend.evaluation.run import benchmark_predictor
+
+    preset = find_benchmark(key)
+    assert preset.dataset.img_suffix == suffix_image
+    stems = ["s1", "s2", "s3"]
+    classes = len(preset.classes)
+    for stem in stems:
+        label = blocky_label(rng, 224, 224, classes, block=28)
+        label[:4] = 255
+        write_sample(tmp_path, preset.dataset, stem, _grey_scene(rng, 224, 224), label)
+    (tmp_path / preset.dataset.ann_file).write_text("s3\ns1\n")  # the split decides which images, in its order
+    result = evaluate(preset, tmp_path, benchmark_predictor(sar_segmenter, preset))
+    assert result.accumulator.images == 2 and [s.image.stem for s in result.samples] == ["s3", "s1"]
+    labels, preds = [], []
+    for stem in ("s3", "s1"):
+        grey = read_image(tmp_path / preset.dataset.img_dir / f"{stem}{suffix_image}")[..., 0]
+        label = np.array(__import__("PIL.Image", fromlist=["Image"]).open(
+            tmp_path / preset.dataset.ann_dir / f"{stem}{preset.dataset.seg_map_suffix}"))
+        labels.append(label)
+        preds.append(_sar_reference(sar_segmenter, preset, grey, label.shape))
+    tp, union, _ = _independent_iou(labels, preds, classes)
+    np.testing.assert_array_equal(result.accumulator.intersect, tp)
+    np.testing.assert_array_equal(result.accumulator.union, union)
+
+
+def test_eval_of_a_sar_set_uses_the_sar_model_unless_told_otherwise(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SEGEARTH_MODEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "segearth_backend", "eval", "--dataset", "fusar", "--root", str(tmp_path),
+         "--device", "cpu", "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
+        env=dict(env, SEGEARTH_OFFLINE="1"), timeout=300)
+    assert result.returncode != 0 and "AlignEarth-SAR-ViT-B-16.pt" in result.stderr + result.stdout

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from segearth_backend.model.clip_loader import load_clip
-from segearth_backend.model.image_tower import image_features, resample_positions, segearth_attention
+from segearth_backend.model.image_tower import (
+    custom_attention,
+    image_features,
+    resample_positions,
+    segearth_attention,
+)
 
 
 def cubic(x: float, a: float = -0.75) -> float:
@@ -91,3 +96,64 @@ def test_cls_and_patches_come_from_the_modified_last_block(tiny_paths):
     torch.testing.assert_close(patches, y[:, 1:].transpose(1, 2).reshape(2, -1, 14, 14))
     # The usual CLIP image embedding differs: the last block really is replaced.
     assert not torch.allclose(visual(images), cls, atol=1e-3)
+
+
+MODES = ["vanilla", "MaskCLIP", "ClearCLIP", "SCLIP", "SegEarth"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_attention_mode_matches_its_formula(mode):
+    from tests.backend.reference import attention_weights
+
+    torch.manual_seed(1)
+    attn = torch.nn.MultiheadAttention(12, 3, batch_first=True).eval()
+    x = torch.randn(2, 5, 12)
+    got = custom_attention(attn, x, mode)
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    rows = []
+    for b in range(2):
+        heads = []
+        for h in range(3):
+            part = slice(4 * h, 4 * h + 4)
+            qh, kh, vh = q[b, :, part], k[b, :, part], v[b, :, part]
+            heads.append(attention_weights(mode, qh, kh, vh, 4 ** -0.5) @ vh)
+        rows.append(torch.cat(heads, dim=-1))
+    expected = attn.out_proj(torch.stack(rows))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_modes_differ_and_unknown_mode_is_refused():
+    torch.manual_seed(2)
+    attn = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 6, 8)
+    outputs = [custom_attention(attn, x, mode) for mode in MODES]
+    for i in range(len(outputs)):
+        for j in range(i + 1, len(outputs)):
+            assert not torch.allclose(outputs[i], outputs[j], atol=1e-4), (MODES[i], MODES[j])
+    with pytest.raises(ValueError, match="unknown attention mode"):
+        custom_attention(attn, x, "NACLIP")
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("last_blocks", [1, 2, 3])
+def test_last_blocks_sum_matches_the_straightforward_tower(tiny_paths, mode, last_blocks):
+    from tests.backend.reference import tower
+
+    clip = load_clip(tiny_paths["model"], tiny_paths["clip_weights"])
+    visual = clip.model.visual
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, 112, 160)
+    cls, patches = image_features(visual, images, mode, last_blocks)
+    for b in range(2):
+        expected_cls, expected_patches = tower(visual, images[b], mode, last_blocks)
+        torch.testing.assert_close(cls[b], expected_cls, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(patches[b], expected_patches, rtol=1e-4, atol=1e-5)
+
+
+def test_last_blocks_out_of_range_is_refused(tiny_paths):
+    clip = load_clip(tiny_paths["model"], tiny_paths["clip_weights"])
+    with pytest.raises(ValueError, match="last_blocks must be 1 to 3"):
+        image_features(clip.model.visual, torch.zeros(1, 3, 32, 32), "SCLIP", 4)
+    with pytest.raises(ValueError, match="last_blocks must be 1 to 3"):
+        image_features(clip.model.visual, torch.zeros(1, 3, 32, 32), "SCLIP", 0)

@@ -16,7 +16,7 @@ from segearth_backend.config import EngineConfig
 from segearth_backend.errors import ModelConfigError, UpsamplerMismatchError, WeightsNotFoundError
 from segearth_backend.model.image_tower import image_features
 from segearth_backend.model.presets import MODEL_PRESETS, SIMFEATUP, find_preset, get_preset
-from segearth_backend.model.resolve import choose_upsampler, model_shape, resolve_model
+from segearth_backend.model.resolve import choose_upsampler, model_shape, resolve_attention, resolve_model
 from segearth_backend.model.weights_check import missing_weights
 from segearth_backend.pipeline.segmenter import normalise
 from segearth_backend.serve.protocol import read_bundle, write_bundle
@@ -27,7 +27,7 @@ CLASSES = ["background", "building,roof", "road", "tree,forest", "water"]
 
 def test_names_are_unique_and_the_default_comes_first():
     names = [preset.name for preset in MODEL_PRESETS]
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == len(set(names)) == 15
     assert names[0] == "clip-vit-b16" == EngineConfig().model
     assert find_preset("CLIP-ViT-L14") is get_preset("clip-vit-l14") and find_preset("ViT-B-16") is None
     with pytest.raises(ModelConfigError, match="Known presets: clip-vit-b16"):
@@ -48,10 +48,78 @@ def test_every_preset_resolves_to_an_open_clip_model(preset, tmp_path):
     else:
         assert resolved.clip_weights == str(tmp_path / "clip" / str(preset.weights_file))
         assert str(preset.weights_url).startswith("https://")
-    # auto picks the recorded upsampler; only OpenAI CLIP ViT-B/16 gets the authors' SimFeatUp.
+    # auto picks the recorded upsampler; OpenAI CLIP ViT-B/16 and the SAR model get the authors' SimFeatUp.
     choice = choose_upsampler("auto", preset.feature_dim, preset.patch_size, preset)
-    assert (choice.spec == SIMFEATUP) == (preset.name == "clip-vit-b16") and choice.reason == preset.upsampler_reason
+    assert (choice.spec == SIMFEATUP) == (preset.name in ("clip-vit-b16", "alignearth-sar-vit-b16"))
+    assert choice.reason == preset.upsampler_reason
     assert model_shape(preset.name) == model_shape(preset.architecture) == (preset.feature_dim, preset.patch_size)
+
+
+def test_sar_preset_is_the_authors_alignearth_setting(tmp_path):
+    preset = get_preset("alignearth-sar-vit-b16")
+    # open_clip's plain ViT-B-16: GELU in both towers (the authors build AlignEarth without QuickGELU).
+    assert preset.architecture == "ViT-B-16" and not open_clip.get_model_config("ViT-B-16").get("quick_gelu")
+    assert (preset.attention, preset.last_blocks, preset.upsampler, preset.imagery) == ("SCLIP", 2, SIMFEATUP, "sar")
+    assert preset.weights_file == "AlignEarth-SAR-ViT-B-16.pt"
+    assert "likyoo/AlignEarth-SAR-ViT-B-16" in str(preset.weights_url)
+    assert preset.download_size and "estimate" in preset.download_size
+    config = EngineConfig(model=preset.name, cache_dir=tmp_path)
+    assert resolve_attention(config, resolve_model(config).preset) == ("SCLIP", 2)
+    # Explicit settings win; other models default to SegEarth-OV's setting.
+    assert resolve_attention(EngineConfig(model=preset.name, attention="segearth", last_blocks=1), preset) == (
+        "SegEarth", 1)
+    assert resolve_attention(EngineConfig(), get_preset("clip-vit-b16")) == ("SegEarth", 1)
+    assert resolve_attention(EngineConfig(model="ViT-B-16"), None) == ("SegEarth", 1)
+
+
+@pytest.mark.parametrize("name", ["openclip-vit-b16", "metaclip-vit-b16"])
+def test_other_b16_backbones_offer_the_papers_simfeatup_setting(name):
+    """Ours is bilinear for them; the authors' code (feature_up=True) runs SimFeatUp on every 512-d B/16 tower."""
+    preset = get_preset(name)
+    default = choose_upsampler("auto", preset.feature_dim, preset.patch_size, preset)
+    assert default.bilinear and "--upsampler-weights simfeatup" in default.reason
+    assert "the paper's setting" in default.reason
+    papers = choose_upsampler("simfeatup", preset.feature_dim, preset.patch_size, preset)
+    assert papers.spec == SIMFEATUP and "the paper's setting" in papers.reason
+    # Where the checkpoint cannot fit, no preset claims bilinear is anything but a necessity.
+    for other in MODEL_PRESETS:
+        if (other.feature_dim, other.patch_size) != (512, 16):
+            assert "cannot run SimFeatUp" in other.upsampler_reason
+            with pytest.raises(UpsamplerMismatchError):
+                choose_upsampler("simfeatup", other.feature_dim, other.patch_size, other)
+
+
+def test_new_backbones_of_the_authors_segmentor():
+    h14, alip = get_preset("georsclip-vit-h14"), get_preset("alip-vit-b32")
+    assert (h14.architecture, h14.weights_file, h14.feature_dim, h14.patch_size) == (
+        "ViT-H-14", "RS5M_ViT-H-14.pt", 1024, 14)
+    assert h14.download_size == "3.94 GB"
+    assert (alip.architecture, alip.weights_file, alip.feature_dim, alip.patch_size) == (
+        "ViT-B-32", "ALIP_YFCC15M_B32.pt", 512, 32)
+    for preset in (h14, alip):
+        assert preset.upsampler != SIMFEATUP and (preset.attention, preset.last_blocks) == ("SegEarth", 1)
+
+
+@pytest.mark.parametrize("text, expected", [("sclip", "SCLIP"), ("MaskClip", "MaskCLIP"), ("AUTO", "auto"),
+                                            ("vanilla", "vanilla")])
+def test_attention_setting_is_case_insensitive(text, expected):
+    assert EngineConfig(attention=text).attention == expected
+    assert EngineConfig.from_env({"SEGEARTH_ATTENTION": text, "SEGEARTH_LAST_BLOCKS": "2"}).last_blocks == 2
+
+
+@pytest.mark.parametrize("values", [{"attention": "NACLIP"}, {"last_blocks": 0}, {"last_blocks": True}])
+def test_bad_attention_settings_are_clear_errors(values):
+    from segearth_backend.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attention|last_blocks"):
+        EngineConfig(**values)
+    with pytest.raises(ConfigError, match="SEGEARTH_LAST_BLOCKS must be a whole number"):
+        EngineConfig.from_env({"SEGEARTH_LAST_BLOCKS": "two"})
+
+
+def test_more_last_blocks_than_the_tower_has_fails_at_load(tiny_paths, tmp_path):
+    with pytest.raises(ModelConfigError, match="last_blocks must be 1 to 3"):
+        load_segmenter(device="cpu", cache_dir=tmp_path, last_blocks=4, **tiny_paths)
 
 
 def test_explicit_weights_override_the_preset_and_plain_names_still_work(tmp_path):
@@ -87,6 +155,10 @@ def test_missing_preset_file_says_where_to_get_it(tmp_path):
         missing_weights(EngineConfig(model="clip-vit-l14", upsampler_weights="simfeatup", cache_dir=tmp_path))
     missing = missing_weights(EngineConfig(model="georsclip-vit-b32", cache_dir=tmp_path))
     assert [m.where for m in missing] == [str(tmp_path / "clip" / "RS5M_ViT-B-32.pt")]  # bilinear: no SimFeatUp
+    sar = missing_weights(EngineConfig(model="alignearth-sar-vit-b16", cache_dir=tmp_path))
+    assert [m.url for m in sar][0] == "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16"
+    assert "about 600 MB" in sar[0].what and sar[0].where == str(tmp_path / "clip" / "AlignEarth-SAR-ViT-B-16.pt")
+    assert len(sar) == 2 and sar[1].what == "SimFeatUp checkpoint"  # the SAR model uses SimFeatUp too
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
@@ -192,3 +264,11 @@ def test_models_command_lists_presets_and_where_files_go(tmp_path):
                                       str(tmp_path)], capture_output=True, text=True, timeout=120).stdout)
     assert {row["name"]: row["ready"] for row in rows}["remoteclip-vit-b32"] is True
     assert Path(rows[0]["simfeatup"]["where"]).name == "xclip_jbu_one_million_aid.ckpt"
+    sar = {row["name"]: row for row in rows}["alignearth-sar-vit-b16"]
+    assert (sar["imagery"], sar["attention"], sar["last_blocks"]) == ("sar", "SCLIP", 2)
+    assert sar["url"] == "https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16" and "600 MB" in sar["download_size"]
+    assert Path(sar["simfeatup"]["where"]).name == "xclip_jbu_one_million_aid.ckpt"
+    # The offline list says where the SAR weights come from, their size and where they go.
+    assert "alignearth-sar-vit-b16: https://huggingface.co/likyoo/AlignEarth-SAR-ViT-B-16" in result.stdout
+    assert "size: about 600 MB" in result.stdout and "size: 3.94 GB" in result.stdout
+    assert str(tmp_path / "clip" / "AlignEarth-SAR-ViT-B-16.pt") in result.stdout

@@ -27,11 +27,12 @@ def test_reproduces_reference_outputs(tiny_paths, parity_dir, parity_cases, pari
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (the CPU parity tests above run)")
-@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("auto", 2e-2)])
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("auto", 2e-2), ("float16", 2e-2)])
 @pytest.mark.parametrize("case_index", [0, 1])
 def test_reproduces_reference_outputs_on_cuda(tiny_paths, parity_dir, parity_cases, parity_classes, case_index,
                                               precision, tolerance, tmp_path):
-    """On a GPU: float32 matches the reference like the CPU; the default (bf16/fp16 autocast) stays close."""
+    """On a GPU: float32 matches the reference like the CPU; the default (bf16 autocast) and float16 (the
+    authors' CUDA precision, documented as the way to reproduce their numbers) stay close."""
     case = parity_cases[case_index]
     golden = np.load(parity_dir / "golden.npz")
     segmenter = load_segmenter(device="cuda", precision=precision, cache_dir=tmp_path, **tiny_paths)

@@ -14,7 +14,12 @@ def test_copy_is_identical_to_the_backend_source():
 
 def test_every_benchmark_preset_with_its_settings():
     presets = {p.name: p for p in PRESETS}
-    assert len(PRESETS) == 20 and PRESETS[0].name == "OpenEarthMap"
+    assert len(PRESETS) == 30 and PRESETS[0].name == "OpenEarthMap"
+    assert presets["Inria"].classes == ("background", "building")
+    sar = [p for p in PRESETS if p.imagery == "sar"]
+    assert len(sar) == 10 and presets["YESeg-SAR"].threshold == 0.3 and presets["WHU-SAR"].background_index == 6
+    assert presets["SAR land and water"].classes[-1] == "ship,boat"
+    assert presets["SAR land and water"].background_index == -1
     assert (presets["Potsdam"].background_index, presets["Vaihingen"].background_index) == (5, 5)
     assert presets["UDD5"].background_index == 4 and presets["UDD5"].classes[4] == "background"
     assert (presets["xBD (pre-disaster)"].threshold, presets["xBD (pre-disaster)"].bias_lambda) == (0.0, 0.0)
