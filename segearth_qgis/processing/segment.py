@@ -26,6 +26,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
+    QgsRasterLayer,
     QgsUnitTypes,
     QgsVectorLayer,
     QgsWkbTypes,
@@ -36,6 +37,7 @@ from .. import settings
 from ..aoi import AoiKind, AreaOfInterest
 from ..backend_manager import shared_manager
 from ..core.classes import MAX_CLASSES, PRESETS
+from ..core.grid import Rect
 from ..core.report import shares_message, shares_warning
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job import JobResult, execute
@@ -111,12 +113,10 @@ class _SegmentBase(QgsProcessingAlgorithm):
         index = self.parameterAsInt(parameters, self.BACKGROUND, context)
         return None if index == NO_BACKGROUND else index
 
-    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
-                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
-        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+    def area(self, parameters: dict[str, Any], context: QgsProcessingContext, layer: QgsRasterLayer
+             ) -> tuple[AreaOfInterest, Optional[Rect], Optional[float], tuple[str, ...]]:
+        """The EXTENT, MASK and RESOLUTION parameters for ``layer``: the area of interest, the extent in the
+        layer's CRS (or None), the resolution (None: native) and the mask layer's file (never to be written)."""
         clip = None
         if parameters.get(self.EXTENT):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -135,6 +135,15 @@ class _SegmentBase(QgsProcessingAlgorithm):
         resolution = None
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        return aoi, clip, resolution, other_inputs
+
+    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
+        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+        aoi, clip, resolution, other_inputs = self.area(parameters, context, layer)
         inputs = JobInputs(
             layer, self.parameterAsString(parameters, self.CLASSES, context),
             tuple(self.parameterAsInts(parameters, self.BANDS, context)), aoi, resolution, clip,

@@ -164,3 +164,26 @@ def test_mismatched_shapes_are_refused():
         decide_change(probabilities, probabilities[:2], labels, labels, ChangeRule())
     with pytest.raises(ValueError, match="do not match"):
         decide_change(probabilities, probabilities, labels[:3], labels, ChangeRule())
+
+
+def test_changes_taken_out_by_the_minimum_mapping_unit_leave_the_tally_consistent():
+    rng = np.random.default_rng(11)
+    before, after = _probabilities(rng, 3, 20, 20), _probabilities(rng, 3, 20, 20)
+    before_labels, after_labels = _labels(before, 0.3, 0), _labels(after, 0.3, 0)
+    codes = decide_change(before, after, before_labels, after_labels, ChangeRule(0.0, 0.0)).codes
+    areas = np.linspace(1.0, 2.0, 20)
+    tally = TransitionTally(3)
+    tally.add(before_labels, after_labels, codes, areas)
+    uncertain_before = tally.uncertain.sum()
+    taken = (codes >= FIRST_TRANSITION) & (np.arange(20)[:, None] < 7)  # as if those patches were too small
+    pixel_areas = np.broadcast_to(areas[:, None], codes.shape)
+    tally.remove_changes(codes[taken], pixel_areas[taken])
+    codes = codes.copy()
+    codes[taken] = UNCERTAIN
+    recount = TransitionTally(3)
+    recount.add(before_labels, after_labels, codes, areas)
+    np.testing.assert_allclose(tally.changed, recount.changed, atol=1e-9)
+    np.testing.assert_array_equal(tally.changed_pixels, recount.changed_pixels)
+    assert tally.uncertain.sum() == pytest.approx(uncertain_before + pixel_areas[taken].sum())
+    with pytest.raises(ValueError, match="not transition codes"):
+        tally.remove_changes(np.array([UNCERTAIN]), np.array([1.0]))

@@ -1,0 +1,227 @@
+"""segearth:change and segearth:change_vector in a real QGIS with a real backend; outputs read back with GDAL/OGR."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from segearth_qgis.core.change import FIRST_TRANSITION, NODATA_CHANGE, UNCERTAIN
+from tests.plugin.helpers import CLASS_NAMES as NAMES
+from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
+
+SIZE, REGION = 336, (30, 94)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair")
+    image = smooth_image(SIZE, SIZE, seed=5)
+    after = image.copy()
+    after[:, REGION[0]:REGION[1], REGION[0]:REGION[1]] = image[:, 250:314, 250:314]
+    return (write_geotiff(folder / "before.tif", image, 32633, UTM),
+            write_geotiff(folder / "after.tif", after, 32633, UTM))
+
+
+def run(algorithm, **parameters):
+    import processing
+
+    return processing.run(f"segearth:{algorithm}", parameters)
+
+
+def run_directly(algorithm: str, parameters: dict, feedback=None) -> dict:
+    instance = QgsApplication.processingRegistry().createAlgorithmById(f"segearth:{algorithm}")
+    return instance.run(parameters, QgsProcessingContext(), feedback or QgsProcessingFeedback(),
+                        catchExceptions=False)[0]
+
+
+@pytest.fixture(scope="module")
+def change(provider, pair, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("change")
+    result = run("change", BEFORE=str(pair[0]), AFTER=str(pair[1]), CLASSES=CLASSES, THRESHOLD=0.0,
+                 OUTPUT=str(folder / "change.tif"), OUTPUT_BEFORE=str(folder / "before.tif"),
+                 OUTPUT_AFTER=str(folder / "after.tif"), OUTPUT_MATRIX=str(folder / "matrix.gpkg"),
+                 OUTPUT_HTML=str(folder / "report.html"))
+    return folder, result
+
+
+def test_the_provider_lists_both_change_algorithms_with_help(provider):
+    ids = {a.id() for a in provider.algorithms()}
+    assert {"segearth:change", "segearth:change_vector"} <= ids
+    for name in ("change", "change_vector"):
+        algorithm = QgsApplication.processingRegistry().algorithmById(f"segearth:{name}")
+        assert len(algorithm.shortHelpString()) > 500 and "<" not in algorithm.shortHelpString()
+
+
+def test_change_writes_every_output_styled(change):
+    folder, result = change
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "after.qml", "after.tif", "after.tif.aux.xml", "before.qml", "before.tif", "before.tif.aux.xml", "change.qml",
+        "change.tif", "change.tif.aux.xml", "matrix.gpkg", "report.html"]
+    dataset = gdal.Open(result["OUTPUT"])
+    band = dataset.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_UInt16 and band.GetNoDataValue() == NODATA_CHANGE
+    assert dataset.GetGeoTransform() == pytest.approx(UTM)
+    codes = band.ReadAsArray()
+    present = sorted(int(c) for c in np.unique(codes) if c >= FIRST_TRANSITION)
+    assert present and result["CHANGED_AREA"] > 0
+    layer = QgsRasterLayer(result["OUTPUT"], "change")  # opens with the .qml beside it
+    labels = {entry.value: entry.label for entry in layer.renderer().classes()}
+    assert labels[0] == "no change" and labels[UNCERTAIN] == "uncertain"
+    for code in present:
+        before, after = divmod(code - FIRST_TRANSITION, len(NAMES))
+        assert labels[code] == f"{NAMES[before]} → {NAMES[after]}"
+    no_change = next(e for e in layer.renderer().classes() if e.value == 0)
+    assert no_change.color.alpha() == 0
+    assert band.GetCategoryNames()[present[0]] == labels[present[0]]
+    before = QgsRasterLayer(result["OUTPUT_BEFORE"], "before")
+    assert [c.label for c in before.renderer().classes()] == NAMES
+    first = min(present, key=lambda code: -(codes == code).sum())  # the largest transition leads the summary
+    assert result["SUMMARY"].split(" m² ")[1].startswith(labels[first])
+
+
+def test_the_matrix_totals_are_the_dates_class_areas(change):
+    folder, result = change
+    table = QgsVectorLayer(result["OUTPUT_MATRIX"], "matrix", "ogr")
+    assert table.isValid() and table.featureCount() == len(NAMES)
+    rows = {f["class_id"]: f for f in table.getFeatures()}
+    before, after = read_band(folder / "before.tif"), read_band(folder / "after.tif")
+    pixel = result["COMPARED_AREA"] / before.size  # nothing is nodata
+    assert pixel == pytest.approx(4.0 / 0.9996 ** 2, rel=1e-3)  # 2 m pixels of UTM 33N, on the ellipsoid
+    for k in range(len(NAMES)):
+        row = rows[k]
+        assert row["class_name"] == NAMES[k]
+        assert row["before_m2"] == pytest.approx((before == k).sum() * pixel, rel=1e-9, abs=1e-6)
+        assert row["after_m2"] == pytest.approx((after == k).sum() * pixel, rel=1e-9, abs=1e-6)
+        assert sum(row[f"to_{j}"] for j in range(len(NAMES))) == pytest.approx(row["before_m2"])
+        assert row["net_m2"] == pytest.approx(row["after_m2"] - row["before_m2"])
+    assert sum(rows[k]["gained_m2"] for k in rows) == pytest.approx(result["CHANGED_AREA"])
+    report = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Transition matrix" in report and "Confident changes" in report
+
+
+def test_change_polygons_into_a_geopackage_keep_its_other_layers(provider, pair, change, tmp_path):
+    _, changed = change
+    gpkg = tmp_path / "work.gpkg"
+    other = ogr.GetDriverByName("GPKG").CreateDataSource(str(gpkg))
+    keep = other.CreateLayer("field_survey", None, ogr.wkbPoint)
+    keep.CreateFeature(ogr.Feature(keep.GetLayerDefn()))
+    keep = other = None
+    result = run("change_vector", BEFORE=str(pair[0]), AFTER=str(pair[1]), CLASSES=CLASSES, THRESHOLD=0.0,
+                 OUTPUT=f"ogr:dbname='{gpkg}' table=\"changes\" (geom)")
+    store = ogr.Open(str(gpkg))
+    assert sorted(store.GetLayer(i).GetName() for i in range(store.GetLayerCount())) == ["changes", "field_survey"]
+    assert store.GetLayerByName("field_survey").GetFeatureCount() == 1
+    polygons = QgsVectorLayer(result["OUTPUT"], "changes", "ogr")
+    assert polygons.isValid() and polygons.featureCount() > 0
+    features = list(polygons.getFeatures())
+    # The polygons' areas add up to the change raster's changed area (the same pixels, the same pixel areas).
+    assert sum(f["area_m2"] for f in features) == pytest.approx(changed["CHANGED_AREA"], rel=1e-9)
+    for feature in features:
+        assert feature["transition"] == f"{feature['from_name']} → {feature['to_name']}"
+        assert feature["area_ha"] == pytest.approx(feature["area_m2"] / 10000)
+        assert 0 < feature["confidence"] <= 1 and feature["pixels"] >= 1
+        # The outline's own (planar) area is its pixels' area, up to the projection's scale.
+        assert feature.geometry().area() == pytest.approx(feature["pixels"] * 4.0)
+    assert not (tmp_path / "work.qml").exists()  # a style beside it would restyle the other layer too
+
+
+def test_min_area_and_simplification(provider, pair, change, tmp_path):
+    _, changed = change
+    result = run("change_vector", BEFORE=str(pair[0]), AFTER=str(pair[1]), CLASSES=CLASSES, THRESHOLD=0.0,
+                 MIN_AREA=40.0, SIMPLIFY=2.0, OUTPUT=str(tmp_path / "changes.gpkg"))
+    polygons = QgsVectorLayer(result["OUTPUT"], "changes", "ogr")
+    features = list(polygons.getFeatures())
+    assert features and all(f["area_m2"] >= 40.0 for f in features)
+    assert sum(f["area_m2"] for f in features) < changed["CHANGED_AREA"]
+    for feature in features:  # simplified outlines stay close to their pixels' area
+        assert feature.geometry().area() == pytest.approx(feature["pixels"] * 4.0, rel=0.35)
+    assert (tmp_path / "changes.qml").is_file()  # a new GeoPackage of ours: its style beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["changes.gpkg", "changes.qml"]
+
+
+def test_an_input_geopackage_is_never_written(provider, pair, tmp_path):
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorFileWriter
+
+    mask = QgsVectorLayer("Polygon?crs=EPSG:32633", "mask", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500000, 5599400, 500300, 5600000)))
+    mask.dataProvider().addFeatures([feature])
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName = "GPKG", "mask"
+    QgsVectorFileWriter.writeAsVectorFormatV3(mask, str(tmp_path / "inputs.gpkg"), QgsProcessingContext()
+                                              .transformContext(), options)
+    before = (tmp_path / "inputs.gpkg").read_bytes()
+    start = time.monotonic()
+    with pytest.raises(QgsProcessingException, match="is one of the inputs"):
+        run_directly("change_vector", {"BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": CLASSES,
+                                       "MASK": f"{tmp_path / 'inputs.gpkg'}|layername=mask",
+                                       "OUTPUT": f"ogr:dbname='{tmp_path / 'inputs.gpkg'}' table=\"changes\" (geom)"})
+    assert (tmp_path / "inputs.gpkg").read_bytes() == before
+    assert time.monotonic() - start < 10  # refused before any work
+
+
+@pytest.mark.parametrize("parameters, fragment", [
+    ({"CLASSES": "  \n"}, "Type at least one class"),
+    ({"BACKGROUND": 9}, "only 5 classes"),
+    ({"AFTER_BANDS": [1, 2]}, "one band or three"),
+    ({"OUTPUT": "/no/such/folder/change.tif"}, "does not exist"),
+    ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap"),
+])
+def test_bad_parameters_are_processing_errors(provider, pair, tmp_path, parameters, fragment):
+    values = {"BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": CLASSES, "OUTPUT": str(tmp_path / "c.tif"),
+              **parameters}
+    with pytest.raises(QgsProcessingException, match=fragment):
+        run_directly("change", values)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rasters_far_apart_and_an_empty_date_are_clear_errors(provider, pair, tmp_path):
+    far = write_geotiff(tmp_path / "far.tif", smooth_image(40, 40), 32633, (700000.0, 2.0, 0.0, 5000000.0, 0.0, -2.0))
+    with pytest.raises(QgsProcessingException, match="does not overlap the before raster"):
+        run_directly("change", {"BEFORE": str(pair[0]), "AFTER": str(far), "CLASSES": CLASSES,
+                                "OUTPUT": str(tmp_path / "c.tif")})
+    empty = write_geotiff(tmp_path / "empty.tif", np.zeros((3, SIZE, SIZE), np.uint8), 32633, UTM, nodata=0)
+    with pytest.raises(QgsProcessingException, match="after raster has no data over the area"):
+        run_directly("change", {"BEFORE": str(pair[0]), "AFTER": str(empty), "CLASSES": CLASSES,
+                                "OUTPUT": str(tmp_path / "c.tif")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif", "far.tif"]
+
+
+def test_cancel_during_the_job_keeps_nothing(provider, pair, tmp_path):
+    from qgis.PyQt.QtCore import Qt
+
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: value > 0 and feedback.cancel(), Qt.DirectConnection)
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run_directly("change", {"BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": "water\nroad\ngrass",
+                                "OUTPUT": str(tmp_path / "c.tif"), "OUTPUT_HTML": str(tmp_path / "r.html")}, feedback)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_and_load_results_styles_the_change_layer(provider, pair, tmp_path):
+    import processing
+    from qgis.core import QgsProject
+
+    result = processing.runAndLoadResults("segearth:change", {
+        "BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": CLASSES, "THRESHOLD": 0.0,
+        "OUTPUT": "TEMPORARY_OUTPUT", "OUTPUT_MATRIX": "TEMPORARY_OUTPUT"})
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values()
+              if isinstance(layer, QgsRasterLayer) and layer.source() == result["OUTPUT"]]
+    try:
+        assert len(loaded) == 1
+        labels = [c.label for c in loaded[0].renderer().classes()]
+        assert labels[:2] == ["no change", "uncertain"] and all("→" in label for label in labels[2:])
+        assert loaded[0].name().startswith("Change")
+    finally:
+        QgsProject.instance().removeAllMapLayers()
