@@ -58,6 +58,8 @@ DEFAULT_CONFIDENCE = 0.2
 #: but keeps only 6 % of the changed labels inside. Beyond one window's reach there is never any change: identical
 #: pixels give identical probabilities on both dates.
 DEFAULT_MARGIN = 0.1
+#: m² per hectare.
+HECTARE = 10000.0
 #: Change patches smaller than this many pixels are merged into their surroundings (0: keep all).
 DEFAULT_MIN_PIXELS = 0
 
@@ -247,8 +249,8 @@ class TransitionTally:
 
 def format_area(square_metres: float) -> str:
     """``"12.4 ha"`` from 1 ha up, ``"530 m²"`` below."""
-    if square_metres >= 10000:
-        return f"{square_metres / 10000:.1f} ha"
+    if square_metres >= HECTARE:
+        return f"{square_metres / HECTARE:.1f} ha"
     return f"{square_metres:.0f} m²"
 
 

@@ -13,10 +13,7 @@ import html
 from dataclasses import dataclass
 from typing import Sequence
 
-from .change import FIRST_TRANSITION, ChangeRule, TransitionTally, format_area
-
-#: m² per hectare.
-HECTARE = 10000.0
+from .change import FIRST_TRANSITION, HECTARE, ChangeRule, TransitionTally, format_area
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from ..backend_manager import shared_manager
 from ..change_job import ChangeResult, execute_change
 from ..change_request import ChangeInputs, PlannedChange, plan_change
 from ..change_style import change_vector_renderer, style_change_layer, write_change_style
-from ..core.change import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, format_area
+from ..core.change import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, HECTARE, format_area
 from ..core.change_legend import LegendEntry
-from ..core.change_report import HECTARE, class_rows
+from ..core.change_report import class_rows
 from ..core.classes import MAX_CLASSES, PRESETS
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..layer_input import layer_files
@@ -252,7 +252,8 @@ class ChangeAlgorithm(_ChangeBase):
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_AFTER, "After segmentation", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_MATRIX, "Transition matrix",
-                                                            QgsProcessing.TypeVector))
+                                                            QgsProcessing.TypeVector, optional=True,
+                                                            createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Change report",
                                                                 "HTML files (*.html)", optional=True))
         for name, label in ((self.CHANGED_AREA, "Changed area (m², confident)"),
@@ -273,6 +274,8 @@ class ChangeAlgorithm(_ChangeBase):
 
         def write_matrix(result: ChangeResult, staged: StagedFiles) -> None:
             """The table, written last before the rasters move into place (a new GeoPackage moves with them)."""
+            if not parameters.get(self.OUTPUT_MATRIX):
+                return
             fields = _matrix_fields(result.names)
             table = FeatureOutput(self, parameters, self.OUTPUT_MATRIX, context, fields, QgsWkbTypes.NoGeometry,
                                   planned.prepared.crs, inputs, staged,

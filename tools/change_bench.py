@@ -1,0 +1,168 @@
+"""`make change-bench`: the change job's first run and re-queries on the Köln sample pair (``make demo-change``'s).
+
+For each model (the tiny test weights; a full-size ViT-B/16 image tower with JBU-One and random weights, the
+compute of the real model) and each re-query cache size, one backend is started and the plugin's own change
+engine (``prepare_change`` + ``execute_change``, in a headless QGIS) runs on the pair three times:
+
+- ``first``: the OpenEarthMap classes (both dates computed);
+- ``requery_classes``: another class list (both dates' image work from the backend's cache);
+- ``requery_rule``: the first classes again with another change confidence and margin.
+
+Prints a table and writes JSON (``--out``): seconds, speed-ups, the cache's window hits and misses, and whether
+the re-decided change equals a fresh computation's (it must: the cache returns what a fresh engine would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "backend"), str(ROOT / "tools")]
+
+from demo import OEM_CLASSES  # noqa: E402
+from demo_change import REQUERY_CLASSES, make_pair  # noqa: E402 - after the path set-up
+from stress import cpu_model, full_size_model  # noqa: E402
+
+PARITY = ROOT / "tests" / "data" / "parity"
+SAMPLE = ROOT.parent / "shared" / "data" / "oem_koeln_50.tif"
+
+
+def say(text: str) -> None:
+    print(f"[change-bench] {text}", flush=True)
+
+
+def weights(model: str, workdir: Path) -> list[str]:
+    if model == "tiny":
+        return ["--model", str(PARITY / "tiny-clip.json"), "--clip-weights", str(PARITY / "tiny-clip.pt"),
+                "--upsampler-weights", str(PARITY / "tiny-simfeatup.ckpt")]
+    config, clip, upsampler = full_size_model(workdir)
+    return ["--model", str(config), "--clip-weights", str(clip), "--upsampler-weights", str(upsampler)]
+
+
+def one_run(prepared: Any, classes: list[str], output: Path, client: Any, confidence: float, margin: float
+            ) -> tuple[float, np.ndarray, Any]:
+    from segearth_qgis.change_job import ChangeOutputs, ChangeParams, execute_change
+    from segearth_qgis.core.change import ChangeRule
+    from segearth_qgis.outputs import plan_outputs
+
+    params = ChangeParams(tuple(classes), ChangeOutputs(plan_outputs(str(output), None, [])),
+                          ChangeRule(confidence, margin), threshold=0.1)
+    start = time.monotonic()
+    result = execute_change(prepared, params, client)
+    seconds = time.monotonic() - start
+    from osgeo import gdal
+
+    codes = gdal.Open(str(output)).ReadAsArray()
+    return seconds, codes, result
+
+
+def bench(model: str, cache_mb: Optional[int], before: Path, after: Path, workdir: Path) -> dict[str, Any]:
+    from qgis.core import QgsRasterLayer
+
+    from segearth_qgis.aoi import AreaOfInterest
+    from segearth_qgis.backend_client import start_local_backend
+    from segearth_qgis.change_source import prepare_change
+
+    args = [*weights(model, workdir), "--device", "cpu", "--cache-dir", str(workdir / "cache")]
+    environment = dict(os.environ)
+    if cache_mb is not None:
+        environment["SEGEARTH_FEATURE_CACHE_MB"] = str(cache_mb)
+    say(f"{model}, cache {cache_mb if cache_mb is not None else 'default'} MB: starting a backend")
+    backend = start_local_backend(sys.executable, args, env=environment, timeout=600)
+    try:
+        client = backend.client(timeout=3600)
+        prepared = prepare_change(QgsRasterLayer(str(before), "before"), QgsRasterLayer(str(after), "after"), (), (),
+                                  AreaOfInterest())
+        runs: dict[str, Any] = {}
+        stamp = time.strftime("%H%M%S")
+        for name, classes, confidence, margin in (("first", OEM_CLASSES, 0.2, 0.1),
+                                                  ("requery_classes", REQUERY_CLASSES, 0.2, 0.1),
+                                                  ("requery_rule", OEM_CLASSES, 0.3, 0.15)):
+            before_cache = client.health().get("feature_cache", {})
+            seconds, codes, result = one_run(prepared, classes, workdir / f"{model}_{cache_mb}_{name}_{stamp}.tif",
+                                             client, confidence, margin)
+            cache = client.health().get("feature_cache", {})
+            counts = {key: cache.get(key, 0) - before_cache.get(key, 0)
+                      for key in ("window_hits", "window_misses", "kernel_hits", "kernel_misses")}
+            runs[name] = {"seconds": round(seconds, 2), **counts,
+                          "changed_m2": round(float(result.tally.changed.sum()), 1), "codes": codes}
+            say(f"  {name}: {seconds:.1f} s (windows from the cache {counts['window_hits']}, computed "
+                f"{counts['window_misses']}; kernels {counts['kernel_hits']} / {counts['kernel_misses']}); "
+                f"{result.summary}")
+        first = runs["first"]["seconds"]
+        for name in ("requery_classes", "requery_rule"):
+            runs[name]["vs_first"] = round(runs[name]["seconds"] / first, 3)
+        # A fresh backend answers the rule re-query: the cached answer must be the same change map.
+        report = {"model": model, "cache_mb": cache_mb, "pixels": prepared.grid.width * prepared.grid.height,
+                  "feature_cache": client.health().get("feature_cache")}
+    finally:
+        backend.stop()
+    fresh = start_local_backend(sys.executable, args, env=environment, timeout=600)
+    try:
+        _, codes, _ = one_run(prepared, OEM_CLASSES, workdir / f"{model}_fresh.tif", fresh.client(timeout=3600), 0.3,
+                              0.15)
+    finally:
+        fresh.stop()
+    report["requery_equals_fresh"] = bool(np.array_equal(codes, runs["requery_rule"]["codes"]))
+    for run in runs.values():
+        del run["codes"]
+    report["runs"] = runs
+    return report
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    lines = ["| model | cache (MB) | first run (s) | re-query, other classes (s, x first) | re-query, other rule "
+             "(s, x first) | windows from cache (re-queries) | same as fresh |", "|---|---|---|---|---|---|---|"]
+    for report in reports:
+        runs = report["runs"]
+        hits = [runs[k]["window_hits"] for k in ("requery_classes", "requery_rule")]
+        lines.append(f"| {report['model']} | {report['cache_mb'] or 'default'} | {runs['first']['seconds']:.1f} | "
+                     f"{runs['requery_classes']['seconds']:.1f} ({runs['requery_classes']['vs_first']:.3f}) | "
+                     f"{runs['requery_rule']['seconds']:.1f} ({runs['requery_rule']['vs_first']:.3f}) | "
+                     f"{hits[0]}, {hits[1]} | {report['requery_equals_fresh']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,vitb16", help="tiny, vitb16 (comma-separated)")
+    parser.add_argument("--cache-mb", default="default", help="re-query cache sizes to try (comma-separated; "
+                                                              "'default' is the backend's)")
+    parser.add_argument("--sample", type=Path, default=SAMPLE)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "change.json")
+    args = parser.parse_args(argv)
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="change-bench-") as folder:
+        workdir = Path(folder)
+        before, after, _ = make_pair(args.sample, workdir / "pair", 7)
+        for model in args.models.split(","):
+            for size in args.cache_mb.split(","):
+                reports.append(bench(model.strip(), None if size.strip() == "default" else int(size), before, after,
+                                     workdir))
+    document = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%d"), "pair": "Köln tile and its changed copy in EPSG:3035 at 0.6 m",
+                "reports": reports}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(table(reports))
+    say(f"wrote {args.out}")
+    app.exitQgis()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
