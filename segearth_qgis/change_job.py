@@ -26,7 +26,7 @@ import numpy as np
 from .backend_client import BackendError
 from .change_raster import ChangeWriter, ConfidenceWriter, name_codes, sieve_changes
 from .core.blocks import Block, plan_grid_blocks
-from .core.change import NODATA_CHANGE, ChangeRule, TransitionTally, change_summary, decide_change
+from .core.change import DEFAULT_MIN_PIXELS, NODATA_CHANGE, ChangeRule, TransitionTally, change_summary, decide_change
 from .core.change_legend import LegendEntry, change_legend
 from .core.change_report import change_html
 from .core.classes import class_colours, class_name
@@ -96,7 +96,7 @@ class ChangeParams:
     background_index: Optional[int] = 0
     bias_lambda: float = -0.3
     block_size: int = 1024
-    min_pixels: int = 0
+    min_pixels: int = DEFAULT_MIN_PIXELS
     report_details: tuple[tuple[str, str], ...] = ()
 
 
@@ -183,12 +183,12 @@ def run_change_job(params: ChangeParams, grid: Grid, crs_wkt: str, before: Pixel
             bias_lambda=params.bias_lambda, valid=valid, probabilities=True, progress=shown.within(key),
             cancelled=stopping), f"Block {number + 1} of {len(blocks)} ({date})", retry, stopping, log_retry)
 
-    def write(block: Block, valid: Optional[np.ndarray], pair: Optional[dict[str, Any]]) -> None:
+    def write(block: Block, pair: Optional[dict[str, Any]]) -> None:
         """A block's decision into the outputs (``pair`` None: nothing valid there, the backend was not asked)."""
         row0, row1, col0, col1 = _cores(block)
         core = block.core_in_block()
         shape = (row1 - row0, col1 - col0)
-        if pair is not None and valid is not None:
+        if pair is not None:
             labels = {date: pair[date].labels[core] for date in _DATES}
             probabilities = {date: pair[date].probabilities[(slice(None), *core)].astype(np.float32)
                              for date in _DATES}
@@ -210,16 +210,16 @@ def run_change_job(params: ChangeParams, grid: Grid, crs_wkt: str, before: Pixel
         except GdalError as error:
             raise failed_writing(error) from None
 
-    def collect(tag: tuple[int, Block, np.ndarray, str], answer: Any) -> None:
-        number, block, valid, date = tag
+    def collect(tag: tuple[int, Block, str], answer: Any) -> None:
+        number, block, date = tag
         shown.block_done(2 * number + _DATES.index(date))
         pair = answers.setdefault(number, {})
         pair[date] = answer
         if len(pair) == 2:
             del answers[number]
-            write(block, valid, pair)
+            write(block, pair)
 
-    flight: BlocksInFlight[tuple[int, Block, np.ndarray, str]] = BlocksInFlight(concurrency, cancelled)
+    flight: BlocksInFlight[tuple[int, Block, str]] = BlocksInFlight(concurrency, cancelled)
     date_writers: dict[str, LabelWriter] = {}
     confidence_out: Optional[ConfidenceWriter] = None
     try:
@@ -251,13 +251,13 @@ def run_change_job(params: ChangeParams, grid: Grid, crs_wkt: str, before: Pixel
                 if not valid[core].any():
                     shown.block_done(2 * number)
                     shown.block_done(2 * number + 1)
-                    write(block, None, None)
+                    write(block, None)
                     continue
                 for date, rgb in (("before", rgb_before), ("after", rgb_after)):
                     rgb[~valid] = 0
                     for finished, answer in flight.room():  # at most `concurrency` requests wait for answers
                         collect(finished, answer)
-                    flight.submit((number, block, valid, date), functools.partial(segment, number, date, rgb, valid))
+                    flight.submit((number, block, date), functools.partial(segment, number, date, rgb, valid))
                 del rgb_before, rgb_after
             for finished, answer in flight.drain():
                 collect(finished, answer)

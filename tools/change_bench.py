@@ -120,6 +120,57 @@ def bench(model: str, cache_mb: Optional[int], before: Path, after: Path, workdi
     return report
 
 
+#: The rule sweep's pair: the tile, and a 200 x 200 region pasted from (650, 650) to (300, 300).
+SWEEP_REGION, SWEEP_SOURCE, SWEEP_SIDE = (300, 300), (650, 650), 200
+
+
+def rule_sweep(sample: Path) -> list[dict[str, Any]]:
+    """How the change rule's confidence and margin sort the pasted region's changed labels, with the tiny model.
+
+    The engine runs in this process on the whole tile (one block, as the plugin sends a 1000 x 1000 area); the
+    probabilities go through float16 as the backend sends them. For each rule: confident changes inside the
+    region, in the ring within one window's reach around it (windows shared with the region), and beyond.
+    """
+    from osgeo import gdal
+
+    from segearth_backend import load_segmenter
+    from segearth_qgis.core.blocks import context_span
+    from segearth_qgis.core.change import FIRST_TRANSITION, ChangeRule, decide_change
+
+    with tempfile.TemporaryDirectory() as cache:
+        engine = load_segmenter(model=str(PARITY / "tiny-clip.json"), clip_weights=str(PARITY / "tiny-clip.pt"),
+                                upsampler_weights=str(PARITY / "tiny-simfeatup.ckpt"), device="cpu",
+                                cache_dir=cache)
+        image = np.ascontiguousarray(gdal.Open(str(sample)).ReadAsArray()[:3].transpose(1, 2, 0))
+        after = image.copy()
+        (row, col), (from_row, from_col), side = SWEEP_REGION, SWEEP_SOURCE, SWEEP_SIDE
+        after[row:row + side, col:col + side] = image[from_row:from_row + side, from_col:from_col + side]
+        dates = [engine.predict(picture, OEM_CLASSES, prob_threshold=0.1, background_index=0, probabilities=True)
+                 for picture in (image, after)]
+    probabilities = [date.probabilities.astype(np.float16).astype(np.float32) for date in dates]
+    inside = np.zeros(image.shape[:2], bool)
+    inside[row:row + side, col:col + side] = True
+    reach = np.zeros(image.shape[:2], bool)
+    rows, cols = context_span(row, row + side, image.shape[0]), context_span(col, col + side, image.shape[1])
+    reach[rows[0]:rows[1], cols[0]:cols[1]] = True
+    differs = dates[0].labels != dates[1].labels
+    say(f"top probability (5, 50, 95 %): {np.quantile(probabilities[0].max(axis=0), [0.05, 0.5, 0.95]).round(3)}; "
+        f"labels differ inside {int((differs & inside).sum())} px, in the ring {int((differs & reach & ~inside).sum())}"
+        f", beyond {int((differs & ~reach).sum())}")
+    rows_out = []
+    for confidence in (0.0, 0.1, 0.2, 0.3, 0.5):
+        for margin in (0.0, 0.1, 0.2):
+            rule = ChangeRule(confidence, margin)
+            codes = decide_change(*probabilities, dates[0].labels, dates[1].labels, rule).codes
+            changed = codes >= FIRST_TRANSITION
+            rows_out.append({"confidence": confidence, "margin": margin, "inside": int((changed & inside).sum()),
+                             "inside_share": round(float((changed & inside).sum() / max((differs & inside).sum(), 1)),
+                                                   3),
+                             "ring": int((changed & reach & ~inside).sum()), "beyond": int((changed & ~reach).sum())})
+            say(f"  confidence {confidence}, margin {margin}: {rows_out[-1]}")
+    return rows_out
+
+
 def table(reports: list[dict[str, Any]]) -> str:
     lines = ["| model | cache (MB) | first run (s) | re-query, other classes (s, x first) | re-query, other rule "
              "(s, x first) | windows from cache (re-queries) | same as fresh |", "|---|---|---|---|---|---|---|"]
@@ -140,7 +191,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                               "'default' is the backend's)")
     parser.add_argument("--sample", type=Path, default=SAMPLE)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "change.json")
+    parser.add_argument("--sweep", action="store_true", help="only the change rule sweep on the pasted tile (tiny "
+                                                                "model, in this process): how the defaults were set")
     args = parser.parse_args(argv)
+    if args.sweep:
+        sweep = rule_sweep(args.sample)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("change_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n", encoding="utf-8")
+        return 0
     from qgis.core import QgsApplication
 
     app = QgsApplication([], False)

@@ -82,11 +82,13 @@ def preview(image: Path, raster: Path, target: Path, note: str | None = None,
     top)."""
     from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer
     from qgis.PyQt.QtCore import QRectF, QSize, Qt
-    from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
+    from qgis.PyQt.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
 
     base, result = QgsRasterLayer(str(image), "image"), QgsRasterLayer(str(raster), "result")
     result.renderer().setOpacity(0.6)
-    size, legend_width = 800, 260
+    labels = [entry.label for entry in result.renderer().classes()]
+    widest = max([QFontMetrics(QFont("Sans", 12)).horizontalAdvance(text) for text in [title, *labels]])
+    size, legend_width = 800, max(260, widest + 80)  # room for the longest label ("tree, forest → building")
     settings = QgsMapSettings()
     settings.setLayers([result, base])
     settings.setDestinationCrs(base.crs())

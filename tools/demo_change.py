@@ -165,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     app = QgsApplication([], False)
     app.initQgis()
     picture = preview(before, change, out / "preview.png", TINY_NOTE if tiny else None, "Change (before → after)")
-    timings = {"pair": f"{before.name} (1000 x 1000 px) and {after.name}", "tiny_weights": tiny,
+    from osgeo import gdal
+
+    size = gdal.Open(str(before))
+    timings = {"pair": f"{before.name} ({size.RasterXSize} x {size.RasterYSize} px) and {after.name}",
+               "tiny_weights": tiny,
                "first_run_s": round(first, 2), "first_run_job_s": round(first_job, 2),
                "requery_s": round(requery, 2), "requery_job_s": round(requery_job, 2),
                "changed_m2": results["CHANGED_AREA"], "summary": results["SUMMARY"], "regions": regions}
+    size = None
     (out / "timings.json").write_text(json.dumps(timings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     say(f"wrote {change.name} (+ .qml), both dates' segmentations, {polygons.name}, the matrix, the report, "
         f"{picture.name} and timings.json in {out}")

@@ -46,17 +46,18 @@ FIRST_TRANSITION = 2
 #: Nodata on either date.
 NODATA_CHANGE = 65535
 
-#: Top probability each date needs for a change to count. Measured on the test pair (the tiny random model, the
-#: OpenEarthMap class list of 9 classes, after = the Köln tile with a 200 x 200 region pasted from elsewhere in it;
-#: numbers in the README): its top probabilities lie between 0.15 and 0.30 (5 and 95 %), and 0.3 or more leaves no
-#: change at all; 0.2 keeps 32 % of the pasted region's changed labels as change and reports 37 pixels in the ring
-#: within one window's reach around it (99.3 % of the change inside the region), none beyond. The real model's
-#: probabilities are far more peaked (logit scale 50): there 0.2 only rejects near-ties, and the margin decides.
+#: Top probability each date needs for a change to count. Measured on the test pair (``tools/change_bench.py
+#: --sweep``: the tiny random model, the OpenEarthMap class list of 9 classes, after = the Köln tile with a 200 x 200
+#: region pasted from elsewhere in it; the labels differ on 17223 pixels inside the region and 4199 in the ring
+#: within one window's reach around it): its top probabilities lie between 0.15 and 0.30 (5 and 95 %), and 0.3 or
+#: more leaves no change at all; 0.2 (with the margin below) reports 5429 pixels inside (32 % of those changed
+#: labels), 37 in the ring (99.3 % of the change lies inside) and none beyond. The real model's probabilities are far
+#: more peaked (logit scale 50): there 0.2 only rejects near-ties, and the margin decides.
 DEFAULT_CONFIDENCE = 0.2
-#: Probability the after class must gain. On the same pair a margin of 0 reports 3428 pixels in the ring (the
-#: windows shared with the pasted region shift their probabilities), 0.1 reports 37 (with confidence 0.2), 0.2 none
-#: but keeps only 6 % of the changed labels inside. Beyond one window's reach there is never any change: identical
-#: pixels give identical probabilities on both dates.
+#: Probability the after class must gain. On the same pair, with confidence 0.2: margin 0 reports 82 pixels in the
+#: ring (windows shared with the pasted region shift their probabilities), 0.1 reports 37, 0.2 none but keeps only
+#: 6 % of the changed labels inside; with neither test, 3420. Beyond one window's reach there is never any change:
+#: identical pixels give identical probabilities on both dates.
 DEFAULT_MARGIN = 0.1
 #: m² per hectare.
 HECTARE = 10000.0

@@ -225,3 +225,61 @@ def test_run_and_load_results_styles_the_change_layer(provider, pair, tmp_path):
         assert loaded[0].name().startswith("Change")
     finally:
         QgsProject.instance().removeAllMapLayers()
+
+
+def test_an_unreachable_backend_is_a_processing_error_and_writes_nothing(provider, pair, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SEGEARTH_BACKEND_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(QgsProcessingException, match="Cannot reach the SegEarth-OV backend"):
+        run_directly("change", {"BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": CLASSES,
+                                "OUTPUT": str(tmp_path / "c.tif"), "OUTPUT_HTML": str(tmp_path / "r.html")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_chains_change_and_class_statistics(provider, pair, tmp_path):
+    """The graphical modeler's way: a model whose change step feeds segearth:class_stats with the after date."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("change chain", "tests")
+    for name in ("before", "after"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name), QgsProcessingModelParameter(name))
+    change = QgsProcessingModelChildAlgorithm("segearth:change")
+    change.setChildId("change")
+    change.addParameterSources("BEFORE", [QgsProcessingModelChildParameterSource.fromModelParameter("before")])
+    change.addParameterSources("AFTER", [QgsProcessingModelChildParameterSource.fromModelParameter("after")])
+    change.addParameterSources("CLASSES", [QgsProcessingModelChildParameterSource.fromStaticValue(CLASSES)])
+    change.addParameterSources("THRESHOLD", [QgsProcessingModelChildParameterSource.fromStaticValue(0.0)])
+    for name in ("OUTPUT", "OUTPUT_AFTER"):
+        output = QgsProcessingModelOutput(name.lower())
+        output.setChildOutputName(name)
+        change.setModelOutputs({**change.modelOutputs(), name.lower(): output})
+    model.addChildAlgorithm(change)
+    stats = QgsProcessingModelChildAlgorithm("segearth:class_stats")
+    stats.setChildId("stats")
+    stats.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("change",
+                                                                                               "OUTPUT_AFTER")])
+    table = QgsProcessingModelOutput("statistics")
+    table.setChildOutputName("OUTPUT")
+    stats.setModelOutputs({"statistics": table})
+    model.addChildAlgorithm(stats)
+    result = processing.run(model, {"before": str(pair[0]), "after": str(pair[1]),
+                                    "change:output": str(tmp_path / "change.tif"),
+                                    "change:output_after": str(tmp_path / "after.tif"),
+                                    "stats:statistics": str(tmp_path / "stats.csv")})
+    assert read_band(tmp_path / "change.tif").shape == (SIZE, SIZE)
+    statistics = QgsVectorLayer(result["stats:statistics"], "stats")
+    counted = {f["class_name"]: int(f["pixels"]) for f in statistics.getFeatures()}  # CSV: text
+    after = read_band(tmp_path / "after.tif")
+    assert counted == {NAMES[k]: int((after == k).sum()) for k in range(len(NAMES))}
