@@ -70,6 +70,10 @@ HELP_CHANGE = (
     "thresholds reuses the backend's per-window image work for both dates (a fraction of the first run).")
 
 
+#: The re-query cache size suggested in the log: what this job's images took, and this much more.
+CACHE_HEADROOM = 1.1
+
+
 class _ChangeBase(_SegmentBase):
     BEFORE, AFTER, BEFORE_BANDS, AFTER_BANDS = "BEFORE", "AFTER", "BEFORE_BANDS", "AFTER_BANDS"
     CONFIDENCE, MARGIN, MIN_PATCH = "CONFIDENCE", "MARGIN", "MIN_PATCH"
@@ -173,7 +177,29 @@ class _ChangeBase(_SegmentBase):
                           + (f" ({result.sieved_pixels} px of patches under the minimum area)" if result.sieved_pixels
                              else ""))
         feedback.pushInfo(f"Change: {result.summary}")
+        hint = cache_hint(client, result.blocks)
+        if hint:
+            feedback.pushInfo(hint)
         return result
+
+
+def cache_hint(client: Any, blocks: int) -> str:
+    """A line for the log when the backend's re-query cache could not keep both dates' upsampler work (a re-query
+    then recomputes it): how much to give it. Empty when it could, or when the backend does not say (Ray)."""
+    try:
+        cache = client.health().get("feature_cache")
+    except BackendError:
+        return ""
+    if not isinstance(cache, dict) or not cache.get("images") or not cache.get("capacity_mb"):
+        return ""
+    kept, needed = int(cache["images"]), 2 * blocks
+    if kept >= needed:
+        return ""
+    per_image = float(cache.get("used_mb", 0.0)) / kept
+    return (f"The backend's re-query cache ({cache['capacity_mb']:.0f} MB) keeps the upsampler's work of {kept} of "
+            f"this job's {needed} images (two per block): a re-query with other classes or thresholds reuses every "
+            f"window but recomputes the rest. For fast re-queries of this area give it about "
+            f"{per_image * needed * CACHE_HEADROOM:.0f} MB (SEGEARTH_FEATURE_CACHE_MB).")
 
 
 def _input_files(parameters: dict[str, Any], algorithm: _ChangeBase, context: QgsProcessingContext) -> list[str]:

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from segearth_qgis.backend_manager import shared_manager
 from segearth_qgis.core.change import FIRST_TRANSITION, NODATA_CHANGE, UNCERTAIN
 from tests.plugin.helpers import CLASS_NAMES as NAMES
 from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, write_geotiff
@@ -283,3 +284,23 @@ def test_a_model_chains_change_and_class_statistics(provider, pair, tmp_path):
     counted = {f["class_name"]: int(f["pixels"]) for f in statistics.getFeatures()}  # CSV: text
     after = read_band(tmp_path / "after.tif")
     assert counted == {NAMES[k]: int((after == k).sum()) for k in range(len(NAMES))}
+
+
+def test_each_date_has_its_own_band_mapping(provider, pair, change, tmp_path):
+    """The after date's sensor stores blue, green, red, near-infrared: AFTER_BANDS maps them back to R, G, B."""
+    image = gdal.Open(str(pair[0])).ReadAsArray()
+    other_sensor = np.stack([image[2], image[1], image[0], image[1] // 2 + 7])
+    after = write_geotiff(tmp_path / "bgrn.tif", other_sensor, 32633, UTM)
+    result = run("change", BEFORE=str(pair[0]), AFTER=str(after), AFTER_BANDS=[3, 2, 1], CLASSES=CLASSES,
+                 THRESHOLD=0.0, CONFIDENCE=0.0, MARGIN=0.0, OUTPUT=str(tmp_path / "c.tif"))
+    assert (read_band(tmp_path / "c.tif") == 0).all() and result["CHANGED_AREA"] == 0
+    assert result["SUMMARY"] == "No change found."
+
+
+def test_the_log_says_when_the_cache_cannot_keep_both_dates(provider, change):
+    from segearth_qgis.processing.change import cache_hint
+
+    client = shared_manager().client()
+    assert cache_hint(client, 1) == ""  # the last run's two images are in the cache
+    hint = cache_hint(client, 10**6)
+    assert "of this job's 2000000 images" in hint and "SEGEARTH_FEATURE_CACHE_MB" in hint
