@@ -78,8 +78,8 @@ def run_algorithm(binary: str, algorithm: str, parameters: dict[str, str], env: 
 
 def preview(image: Path, raster: Path, target: Path, note: str | None = None,
             title: str = "SegEarth-OV classes") -> Path:
-    """The result over the image at 60 % opacity, with a legend (``title``) on the right (and ``note`` across the
-    top)."""
+    """The result over the image at 60 % opacity (drawn in the result's CRS and extent), with a legend (``title``)
+    on the right (and ``note`` across the top)."""
     from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer
     from qgis.PyQt.QtCore import QRectF, QSize, Qt
     from qgis.PyQt.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
@@ -91,8 +91,8 @@ def preview(image: Path, raster: Path, target: Path, note: str | None = None,
     size, legend_width = 800, max(260, widest + 80)  # room for the longest label ("tree, forest → building")
     settings = QgsMapSettings()
     settings.setLayers([result, base])
-    settings.setDestinationCrs(base.crs())
-    settings.setExtent(base.extent())
+    settings.setDestinationCrs(result.crs())
+    settings.setExtent(result.extent())
     settings.setOutputSize(QSize(size, size))
     settings.setBackgroundColor(QColor("white"))
     picture = QImage(size + legend_width, size, QImage.Format.Format_ARGB32)

@@ -1,9 +1,10 @@
 """`make demo-change`: change between two dates on a sample pair made from the Köln tile, headless (qgis_process).
 
 No real pair of dates can be shipped, so a seeded script makes one: the *before* date is the OpenEarthMap Köln
-tile (1000 x 1000 px, 0.5 m, EPSG:25832); the *after* date is the same tile with three regions pasted from
-elsewhere in it (the "changes"), then warped to another CRS and resolution (EPSG:3035 at 0.6 m, bilinear), as a
-second sensor's image would come. ``segearth:change`` reads it back onto the before grid on the fly.
+tile (1000 x 1000 px, 0.5 m, EPSG:25832); the *after* date is the same tile with three regions of its upper half
+(buildings) pasted into its lower half (fields), the "new buildings", then warped to another CRS and resolution
+(EPSG:3035 at 0.6 m, bilinear) as a second sensor's image would come. ``segearth:change`` reads it back onto the
+before grid on the fly.
 
 One backend serves every run (as the dock's does), so the second run, with another class list, is a re-query:
 both dates' image work comes from its cache. Writes ``demo_out/change/``: the change raster with its style, both
@@ -46,6 +47,8 @@ from demo import (  # noqa: E402 - the demo's own helpers, after the path is set
 REGIONS, REGION_SIDE = 3, (120, 220)
 #: The after date's CRS and pixel size (m): another sensor's grid.
 AFTER_EPSG, AFTER_RESOLUTION = 3035, 0.6
+#: The backend's re-query cache in the demo (MB), unless SEGEARTH_FEATURE_CACHE_MB says otherwise.
+DEMO_CACHE_MB = 2048
 #: The re-query's class list: other classes, the same images.
 REQUERY_CLASSES = ["background", "building,roof,house", "road", "tree,forest", "water,river", "grass", "car"]
 
@@ -65,10 +68,12 @@ def make_pair(image: Path, folder: Path, seed: int) -> tuple[Path, Path, list[tu
     rng = np.random.default_rng(seed)
     after = pixels.copy()
     regions = []
-    for _ in range(REGIONS):
+    for _ in range(REGIONS):  # from the upper half (the tile's buildings) into the lower half (its fields)
         side = int(rng.integers(*REGION_SIDE))
-        row, col = (int(v) for v in rng.integers(0, [rows - side, cols - side]))
-        from_row, from_col = (int(v) for v in rng.integers(0, [rows - side, cols - side]))
+        side = min(side, rows // 2, cols)  # a small sample: smaller regions
+        row = int(rng.integers(rows // 2, rows - side + 1))
+        from_row = int(rng.integers(0, rows // 2 - side + 1))
+        col, from_col = (int(v) for v in rng.integers(0, cols - side + 1, size=2))
         after[:, row:row + side, col:col + side] = pixels[:, from_row:from_row + side, from_col:from_col + side]
         regions.append((row, col, side, from_row, from_col))
     aligned = folder / "after_aligned.tif"
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     from segearth_qgis.backend_client import start_local_backend
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("SEGEARTH_")})
+    # Both dates' upsampler work of the 1000 x 1000 pair (about 1.4 GB) stays in the re-query cache.
+    os.environ.setdefault("SEGEARTH_FEATURE_CACHE_MB", str(DEMO_CACHE_MB))
     say("starting one backend for every run (the re-query finds both dates' image work in its cache)")
     backend = start_local_backend(python)
     try:
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QgsApplication([], False)
     app.initQgis()
-    picture = preview(before, change, out / "preview.png", TINY_NOTE if tiny else None, "Change (before → after)")
+    # Over the after date (reprojected on the fly), where the pasted "new buildings" are.
+    picture = preview(after, change, out / "preview.png", TINY_NOTE if tiny else None, "Change (before → after)")
     from osgeo import gdal
 
     size = gdal.Open(str(before))
