@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
+    QgsRasterLayer,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import Qt
@@ -30,6 +31,7 @@ from qgis.PyQt.QtCore import Qt
 from .. import settings
 from ..client.backend_manager import shared_manager
 from ..core.classes import PRESETS
+from ..core.grid import Rect
 from ..core.report import shares_message, shares_warning
 from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
 from ..errors import BackendError, JobCancelledError, OutputError
@@ -119,12 +121,10 @@ class _SegmentBase(QgsProcessingAlgorithm):
         index = self.parameterAsInt(parameters, self.BACKGROUND, context)
         return None if index == NO_BACKGROUND else index
 
-    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
-                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
-        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+    def area(self, parameters: dict[str, Any], context: QgsProcessingContext, layer: QgsRasterLayer
+             ) -> tuple[AreaOfInterest, Optional[Rect], Optional[float], tuple[str, ...]]:
+        """The EXTENT, MASK and RESOLUTION parameters for ``layer``: the area of interest, the extent in the
+        layer's CRS (or None), the resolution (None: native) and the mask layer's file (never to be written)."""
         clip = None
         if parameters.get(self.EXTENT):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -143,6 +143,15 @@ class _SegmentBase(QgsProcessingAlgorithm):
         resolution = None
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        return aoi, clip, resolution, other_inputs
+
+    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
+        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+        aoi, clip, resolution, other_inputs = self.area(parameters, context, layer)
         inputs = JobInputs(
             layer, self.parameterAsString(parameters, self.CLASSES, context),
             tuple(self.parameterAsInts(parameters, self.BANDS, context)), aoi, resolution, clip,

@@ -30,7 +30,8 @@ def run(algorithm, **parameters):
 
 def test_provider_lists_the_algorithms_with_help(provider):
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segearth:accuracy", "segearth:class_stats", "segearth:segment", "segearth:segment_vector"]
+    assert ids == ["segearth:accuracy", "segearth:change", "segearth:change_vector", "segearth:class_stats",
+                   "segearth:segment", "segearth:segment_vector"]
     assert all(len(a.shortHelpString()) > 100 for a in provider.algorithms())
 
 
