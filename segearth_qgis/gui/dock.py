@@ -2,7 +2,8 @@
 
 The parts bind their own settings; the dock builds one :class:`JobInputs`
 from them, hands it to :func:`plan_job` (every check lives there) and the
-:class:`JobRunner` runs it. The panel scrolls, so it fits any screen.
+:class:`JobRunner` runs it; with a "Compare with…" layer it detects change instead
+(:mod:`.change_controls`). The panel scrolls, so it fits any screen.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from ..job.outputs import normalise_output
 from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside
 from ..job.source_plan import SourcePlan, plan_grid, plan_source
 from .backend_controls import BackendControls
+from .change_controls import ChangeControls, change_summary_text
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
 from .runner import JobRunner, shares_text
 from .setup_dialog import SetupDialog
-from .task import LOG_TAG, SegmentTask
+from .task import LOG_TAG, JobTask, SegmentTask
 from .user_presets import UserPreset
 from .widgets.area_box import AreaBox
 from .widgets.backend_box import BackendBox
@@ -50,7 +52,7 @@ STATUS_INTERVAL_MS = 1000
 ESTIMATE_DELAY_MS = 250
 
 
-class SegEarthDock(BackendControls, QDockWidget):
+class SegEarthDock(ChangeControls, BackendControls, QDockWidget):
     """The panel. ``segment()`` starts a job; ``job_done`` fires when it ends (the task passed along)."""
 
     job_done = pyqtSignal(object)
@@ -153,6 +155,7 @@ class SegEarthDock(BackendControls, QDockWidget):
 
     def layer_changed(self) -> None:
         self.area_box.set_layer(self.current_layer())
+        self.run_box.set_change_mode(self.comparing())
         self.estimate_timer.start()
 
     def set_drawn_rectangle(self, rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
@@ -220,11 +223,14 @@ class SegEarthDock(BackendControls, QDockWidget):
     def task(self) -> Optional[SegmentTask]:
         return self.runner.task
 
-    def segment(self) -> Optional[SegmentTask]:
-        """Start a job from the panel's state; problems go to the message bar. Returns the task."""
+    def segment(self) -> Optional[JobTask]:
+        """Start a job (Segment, or Detect change with "Compare with…") from the panel's state; problems go to
+        the message bar. Returns the task."""
         if self.runner.running():
             self.report("A segmentation is already running.", Qgis.MessageLevel.Warning)
             return None
+        if self.comparing():  # "Compare with…" is set: Detect change
+            return self.detect_change()
         self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
         self._asking = True  # while a question is open, an update must not start a job under it
@@ -322,7 +328,7 @@ class SegEarthDock(BackendControls, QDockWidget):
         running, self._running = self._running, None
         if task.result is not None:
             seconds = format_duration(task.result.seconds + task.start_seconds)
-            text = f"done in {seconds}"
+            text = f"done in {seconds}{change_summary_text(task)}"
             if running is not None and self.runner.result_layer_ids:
                 inputs, live = running
                 owned = identities(result_files(task.result)) if live else {}

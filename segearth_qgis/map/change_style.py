@@ -4,12 +4,13 @@ each transition present ("tree, forest → building"), unchanged pixels transpar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
     QgsPalettedRasterRenderer,
+    QgsProject,
     QgsRasterLayer,
     QgsRendererCategory,
 )
@@ -17,7 +18,7 @@ from qgis.PyQt.QtGui import QColor
 
 from ..core.change import FIRST_TRANSITION
 from ..core.change_legend import LegendEntry
-from .styling import layer_style_text
+from .styling import add_to_results_group, layer_style_text
 
 #: Opacity of a change raster over its images: the changes are sparse and should stand out.
 CHANGE_OPACITY = 0.85
@@ -34,6 +35,17 @@ def style_change_layer(layer: QgsRasterLayer, legend: Sequence[LegendEntry], opa
     layer.setRenderer(change_renderer(layer, legend))
     layer.setOpacity(opacity)
     layer.triggerRepaint()
+
+
+def add_change_layer(path: str, name: str, legend: Sequence[LegendEntry],
+                     project: Optional[QgsProject] = None) -> QgsRasterLayer:
+    """Load the change raster ``path`` styled (:func:`style_change_layer`) into the "SegEarth-OV" group."""
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise OSError(f"QGIS cannot open the change raster {path}")
+    style_change_layer(layer, legend)
+    add_to_results_group(layer, project or QgsProject.instance())
+    return layer
 
 
 def change_style_text(geotiff: Path, legend: Sequence[LegendEntry]) -> str:

@@ -1,4 +1,4 @@
-"""The raster layer and the bands that make its red, green and blue."""
+"""The raster layer, the bands that make its red, green and blue, and the layer to compare it with."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QGroupBox, QWidget
 from ...job.layer_input import default_bands
 from ...qgis_compat import RASTER_LAYERS
 
+#: The "Compare with…" entry that means "segment one layer".
+NO_COMPARISON = "none: segment"
+
 
 class RasterBox(QGroupBox):
-    """Layer and bands; ``changed`` fires when either changes."""
+    """Layer, bands and "Compare with…"; ``changed`` fires when any of them changes.
+
+    A layer chosen in "Compare with…" is the later date: Segment becomes Detect change (the layer above is the
+    earlier date, read with its bands; the later one with its own renderer bands, on the earlier one's grid).
+    """
 
     changed = pyqtSignal()
 
@@ -34,12 +41,30 @@ class RasterBox(QGroupBox):
                              "For a single-band layer choose the same band three times.")
             combo.currentIndexChanged.connect(self.changed)
             form.addRow(f"{colour} band", combo)
+        self.compare_combo = QgsMapLayerComboBox()
+        self.compare_combo.setFilters(RASTER_LAYERS)
+        self.compare_combo.setAllowEmptyLayer(True, NO_COMPARISON)
+        self.compare_combo.setLayer(None)
+        self.compare_combo.setToolTip("A later image of the same place: the panel then detects change between the "
+                                      "layer above (before) and this one (after) in the classes, instead of "
+                                      "segmenting. Each date keeps its own bands and stretch; this one is read on "
+                                      "the layer's grid (reprojected and resampled when they differ).")
+        form.addRow("Compare with…", self.compare_combo)
+        self.compare_combo.layerChanged.connect(self.changed)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer_combo.currentLayer())  # a layer already in the project is chosen at once
 
     def layer(self) -> Optional[QgsRasterLayer]:
         layer = self.layer_combo.currentLayer()
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+
+    def compare_layer(self) -> Optional[QgsRasterLayer]:
+        """The later date to compare the layer with, or None (segment)."""
+        layer = self.compare_combo.currentLayer()
+        return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+
+    def set_compare_layer(self, layer: Optional[QgsRasterLayer]) -> None:
+        self.compare_combo.setLayer(layer)
 
     def bands(self) -> tuple[int, ...]:
         return tuple(combo.currentBand() for combo in self.band_combos)
