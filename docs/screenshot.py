@@ -112,6 +112,11 @@ def main() -> int:
         QCoreApplication.processEvents()
         time.sleep(0.01)
     tree.expandAll()
+    if os.environ.get("SEGEARTH_COMPARE"):  # the change over the before image, the line under the bar in view
+        root = QgsProject.instance().layerTreeRoot()
+        root.findLayer(later.id()).setItemVisibilityChecked(False)
+        canvas.setExtent(layer.extent())
+        dock.widget().ensureWidgetVisible(dock.run_box.progress_label)
     canvas.refreshAllLayers()
     canvas.waitWhileRendering()
     for _ in range(50):

@@ -209,9 +209,10 @@ class SegEarthDock(ChangeControls, BackendControls, QDockWidget):
         key = device_key(health)
         record = records_from_json(settings.load_json(settings.SPEED_HISTORY)).get(key)
         running = status.state in (READY, REMOTE)
-        seconds = estimate_seconds(megapixels, key, record, running)
-        text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP), {int(numbers['blocks'])} block(s), "
-                f"about {format_duration(seconds)}")
+        dates = 2 if self.comparing() else 1  # Detect change segments both dates
+        seconds = estimate_seconds(megapixels * dates, key, record, running)
+        text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP{' x 2 dates' if dates == 2 else ''}), "
+                f"{int(numbers['blocks'])} block(s), about {format_duration(seconds)}")
         if not running:
             text += " (including the backend's start)"
         if record is None:

@@ -87,8 +87,12 @@ def test_compare_with_turns_segment_into_detect_change(dock, pair):
     dock.raster_box.set_layer(before)
     dock.raster_box.set_compare_layer(None)
     assert dock.run_box.segment_button.text() == "Segment" and not dock.comparing()
+    dock.update_estimate()
+    single = dock.area_box.estimate_label.text()
     dock.raster_box.set_compare_layer(after)  # one choice
     assert dock.run_box.segment_button.text() == "Detect change" and dock.comparing()
+    dock.update_estimate()  # both dates are segmented: twice the work
+    assert "(0.11 MP x 2 dates)" in dock.area_box.estimate_label.text() and "x 2 dates" not in single
     dock.raster_box.set_compare_layer(None)
     assert dock.run_box.segment_button.text() == "Segment"
 

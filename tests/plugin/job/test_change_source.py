@@ -40,7 +40,7 @@ SIZE, REGION = 336, (30, 94)
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """As in test_change_job: 336 x 336 px, a 64 x 64 region pasted from elsewhere into the after date."""
+    """As in test_change_engine: 336 x 336 px, a 64 x 64 region pasted from elsewhere into the after date."""
     folder = tmp_path_factory.mktemp("pair")
     image = smooth_image(SIZE, SIZE, seed=5)
     after = image.copy()
