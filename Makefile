@@ -17,7 +17,7 @@ TESTS ?=
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install system plugin test test-qgis coverage bench stress cluster-bench demo demo-sar package lint screenshot clean
+.PHONY: help install system plugin test test-qgis coverage bench change-bench stress cluster-bench demo demo-change demo-sar package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -64,6 +64,9 @@ coverage: $(STAMP) ## the test suite under coverage (backend processes and task 
 bench: $(STAMP) ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
 
+change-bench: $(STAMP) ## the change job's first run and re-queries on the Köln pair (tiny and full-size models): bench_out/change.json
+	QT_QPA_PLATFORM=offscreen $(PY) tools/change_bench.py --models $(or $(MODELS),tiny,vitb16) --cache-mb $(or $(CACHE_MB),default) --out bench_out/change.json
+
 stress: $(STAMP) ## clients x requests against a real backend (answers checked) + the 254-class request: bench_out/stress.json
 	$(PY) tools/stress.py --clients $(or $(CLIENTS),4) --requests $(or $(REQUESTS),5) --out bench_out/stress.json
 
@@ -81,6 +84,9 @@ demo: $(STAMP) ## segment the Köln sample headless (qgis_process): demo_out/ Ge
 
 demo-sar: $(STAMP) ## the SAR demo: the synthetic Sentinel-1-like sample with the SAR model, into demo_sar_out/
 	QT_QPA_PLATFORM=offscreen $(PY) tools/demo.py --sar --out demo_sar_out
+
+demo-change: $(STAMP) ## change between two dates on a seeded pair made from the Köln tile (qgis_process): demo_out/change/
+	QT_QPA_PLATFORM=offscreen $(PY) tools/demo_change.py --out demo_out
 
 package: $(STAMP) ## dist/: the plugin zip (with its backend) and plugins.xml of a custom plugin repository
 	$(PY) tools/package.py --out dist

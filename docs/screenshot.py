@@ -5,6 +5,11 @@ message bar) with the SegEarth-OV dock, starts a real backend, segments the
 sample raster through the dock and saves ``docs/screenshot.png``. Without
 pretrained weights it uses the tiny random test weights: the classes are then
 not meaningful, the workflow and styling are.
+
+``SEGEARTH_COMPARE=<later raster>``: the dock's "Compare with…" instead — the
+change between the sample (before) and that raster (after), styled, with its
+summary line. ``SEGEARTH_SAMPLE`` and ``SEGEARTH_SCREENSHOT`` choose the
+sample and the picture's path.
 """
 
 from __future__ import annotations
@@ -84,6 +89,10 @@ def main() -> int:
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     window.show()
     dock.raster_box.set_layer(layer)
+    if os.environ.get("SEGEARTH_COMPARE"):  # "Compare with…": Detect change
+        later = QgsRasterLayer(os.environ["SEGEARTH_COMPARE"], "after")
+        QgsProject.instance().addMapLayer(later)
+        dock.raster_box.set_compare_layer(later)
     dock.classes_box.fill_presets()
     next(a for a in dock.classes_box.presets_menu.actions() if a.text() == "OpenEarthMap").trigger()
     dock.options_box.output_widget.setFilePath("")
@@ -94,7 +103,7 @@ def main() -> int:
         QCoreApplication.processEvents()
         time.sleep(0.02)
     if task is None or task.result is None:
-        print(f"segmentation failed: {task.error if task else 'refused'}", file=sys.stderr)
+        print(f"the job failed: {task.error if task else 'refused'}", file=sys.stderr)
         dock.shutdown()
         shutil.rmtree(work, ignore_errors=True)
         return 1
@@ -103,6 +112,11 @@ def main() -> int:
         QCoreApplication.processEvents()
         time.sleep(0.01)
     tree.expandAll()
+    if os.environ.get("SEGEARTH_COMPARE"):  # the change over the before image, the line under the bar in view
+        root = QgsProject.instance().layerTreeRoot()
+        root.findLayer(later.id()).setItemVisibilityChecked(False)
+        canvas.setExtent(layer.extent())
+        dock.widget().ensureWidgetVisible(dock.run_box.progress_label)
     canvas.refreshAllLayers()
     canvas.waitWhileRendering()
     for _ in range(50):

@@ -86,19 +86,23 @@ def run_algorithm(binary: str, algorithm: str, parameters: dict[str, str], env: 
     return json.loads(result.stdout[result.stdout.index("{"):])["results"]
 
 
-def preview(image: Path, raster: Path, target: Path, note: str | None = None) -> Path:
-    """The result over the image at 60 % opacity, with a legend on the right (and ``note`` across the top)."""
+def preview(image: Path, raster: Path, target: Path, note: str | None = None,
+            title: str = "SegEarth-OV classes") -> Path:
+    """The result over the image at 60 % opacity (drawn in the result's CRS and extent), with a legend (``title``)
+    on the right (and ``note`` across the top)."""
     from qgis.core import QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer
     from qgis.PyQt.QtCore import QRectF, QSize, Qt
-    from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
+    from qgis.PyQt.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
 
     base, result = QgsRasterLayer(str(image), "image"), QgsRasterLayer(str(raster), "result")
     result.renderer().setOpacity(0.6)
-    size, legend_width = 800, 260
+    labels = [entry.label for entry in result.renderer().classes()]
+    widest = max([QFontMetrics(QFont("Sans", 12)).horizontalAdvance(text) for text in [title, *labels]])
+    size, legend_width = 800, max(260, widest + 80)  # room for the longest label ("tree, forest → building")
     settings = QgsMapSettings()
     settings.setLayers([result, base])
-    settings.setDestinationCrs(base.crs())
-    settings.setExtent(base.extent())
+    settings.setDestinationCrs(result.crs())
+    settings.setExtent(result.extent())
     settings.setOutputSize(QSize(size, size))
     settings.setBackgroundColor(QColor("white"))
     picture = QImage(size + legend_width, size, QImage.Format.Format_ARGB32)
@@ -108,7 +112,7 @@ def preview(image: Path, raster: Path, target: Path, note: str | None = None) ->
     job.start()
     job.waitForFinished()
     painter.setFont(QFont("Sans", 12))
-    painter.drawText(QRectF(size + 20, 20, legend_width - 30, 30), Qt.AlignmentFlag.AlignLeft, "SegEarth-OV classes")
+    painter.drawText(QRectF(size + 20, 20, legend_width - 30, 30), Qt.AlignmentFlag.AlignLeft, title)
     for row, entry in enumerate(result.renderer().classes()):
         top = 60 + row * 32
         painter.fillRect(QRectF(size + 20, top, 22, 22), entry.color if entry.color.alpha() else QColor("#eeeeee"))
@@ -125,6 +129,28 @@ def preview(image: Path, raster: Path, target: Path, note: str | None = None) ->
     return target
 
 
+def use_tiny_weights(python: str, is_online: bool, target: str = "make demo", sar: bool = False) -> bool:
+    """Whether the demo must run on the tiny random test weights (offline, weights missing): says so loudly.
+
+    The SAR model's file is never downloaded automatically, so the SAR demo uses the tiny weights whenever
+    it is missing, online or not.
+    """
+    model_env = dict(os.environ, SEGEARTH_MODEL=SAR_MODEL) if sar else None
+    check = subprocess.run([python, "-m", "segearth_backend", "check-weights"], capture_output=True, text=True,
+                           env=model_env)
+    if check.returncode == 3:
+        if not is_online or sar:
+            print(check.stdout, end="")
+            print("[demo] No internet here: place those files as shown (or set SEGEARTH_CLIP_WEIGHTS and "
+                  f"SEGEARTH_UPSAMPLER_WEIGHTS to their paths) and run `{target}` again for real results.")
+            print(TINY_BANNER, flush=True)
+            return True
+        say("weights are not cached yet: the backend downloads them on first use")
+    elif check.returncode != 0:
+        raise SystemExit(f"[demo] checking the weights failed:\n{check.stdout}{check.stderr}")
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
@@ -137,25 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     python = args.python if Path(args.python).exists() else sys.executable
     is_online = online()
 
-    model_env = dict(os.environ, SEGEARTH_MODEL=SAR_MODEL) if args.sar else None
-    check = subprocess.run([python, "-m", "segearth_backend", "check-weights"], capture_output=True, text=True,
-                           env=model_env)
-    tiny = False
-    if check.returncode == 3:
-        if not is_online or args.sar:  # the AlignEarth file is not downloaded automatically
-            print(check.stdout, end="")
-            print("[demo] No internet here: place those files as shown (or set SEGEARTH_CLIP_WEIGHTS and "
-                  "SEGEARTH_UPSAMPLER_WEIGHTS to their paths) and run `make demo` again for real results.")
-            print(TINY_BANNER, flush=True)
-            tiny = True
-        else:
-            say("weights are not cached yet: the backend downloads them on first use")
-    elif check.returncode != 0:
-        raise SystemExit(f"[demo] checking the weights failed:\n{check.stdout}{check.stderr}")
-
+    tiny = use_tiny_weights(python, is_online, "make demo-sar" if args.sar else "make demo", sar=args.sar)
     image = args.sample or (SAR_SAMPLE if args.sar else sample_raster(args.out, is_online))
     binary = qgis_process()
-    env = demo_environment(python, args.sar, tiny)
+    env = demo_environment(python, tiny, sar=args.sar)
     subprocess.run([binary, "plugins", "enable", "segearth_qgis"], env=env, capture_output=True)
     classes = "\n".join(SAR_CLASSES if args.sar else OEM_CLASSES)
     raster = args.out / f"{image.stem}_segearth.tif"
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def demo_environment(python: str, sar: bool, tiny: bool) -> dict[str, str]:
+def demo_environment(python: str, tiny: bool, sar: bool = False) -> dict[str, str]:
     """qgis_process's environment: the plugin, the backend's Python, and the model (tiny weights offline)."""
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
                QGIS_PLUGINPATH=str(ROOT), SEGEARTH_BACKEND_PYTHON=python)

@@ -2,7 +2,8 @@
 
 The parts bind their own settings; the dock builds one :class:`JobInputs`
 from them, hands it to :func:`plan_job` (every check lives there) and the
-:class:`JobRunner` runs it. The panel scrolls, so it fits any screen.
+:class:`JobRunner` runs it; with a "Compare with…" layer it detects change instead
+(:mod:`.change_controls`). The panel scrolls, so it fits any screen.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any, Callable, Optional
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
-    QgsMessageLog,
     QgsRasterLayer,
     QgsRectangle,
     QgsTask,
@@ -27,7 +27,6 @@ from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QMessageBox, QScrollArea, Q
 from .. import settings
 from ..client.backend_manager import READY, REMOTE, shared_manager
 from ..core.grid import estimate
-from ..core.messages import bar_parts
 from ..core.speed import cpu_load, device_key, estimate_range, format_duration, format_estimate, records_from_json
 from ..errors import LayerError, OutputError
 from ..job.aoi import AoiKind
@@ -35,10 +34,12 @@ from ..job.outputs import normalise_output
 from ..job.request import JobInputs, JobPlan, plan_job, probabilities_beside, refuse_inputs_as_outputs
 from ..job.source_plan import SourcePlan, plan_grid, plan_source
 from .backend_controls import BackendControls
+from .change_controls import ChangeControls, change_summary_text
 from .live_update import LIVE_DELAY_MS, LastResult, LiveResults, identities, result_files
+from .message_bar import report
 from .runner import JobRunner, shares_text
 from .setup_dialog import SetupDialog
-from .task import LOG_TAG, SegmentTask
+from .task import JobTask, SegmentTask
 from .user_presets import UserPreset
 from .widgets.area_box import AreaBox
 from .widgets.backend_box import BackendBox
@@ -52,7 +53,7 @@ STATUS_INTERVAL_MS = 1000
 ESTIMATE_DELAY_MS = 250
 
 
-class SegEarthDock(BackendControls, QDockWidget):
+class SegEarthDock(ChangeControls, BackendControls, QDockWidget):
     """The panel. ``segment()`` starts a job; ``job_done`` fires when it ends (the task passed along)."""
 
     job_done = pyqtSignal(object)
@@ -155,6 +156,7 @@ class SegEarthDock(BackendControls, QDockWidget):
 
     def layer_changed(self) -> None:
         self.area_box.set_layer(self.current_layer())
+        self.run_box.set_change_mode(self.comparing())
         self.estimate_timer.start()
 
     def set_drawn_rectangle(self, rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
@@ -209,9 +211,10 @@ class SegEarthDock(BackendControls, QDockWidget):
         key = device_key(health)
         record = records_from_json(settings.load_json(settings.SPEED_HISTORY)).get(key)
         running = status.state in (READY, REMOTE)
-        low, high = estimate_range(megapixels, key, record, running, cpu_load())
-        text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP), {int(numbers['blocks'])} block(s), "
-                f"{format_estimate(low, high)}")
+        dates = 2 if self.comparing() else 1  # Detect change segments both dates
+        low, high = estimate_range(megapixels * dates, key, record, running, cpu_load())
+        text = (f"{grid.width} x {grid.height} px ({megapixels:.2f} MP{' x 2 dates' if dates == 2 else ''}), "
+                f"{int(numbers['blocks'])} block(s), {format_estimate(low, high)}")
         if not running:
             text += " (with the backend's start)"
         if record is None:
@@ -223,11 +226,14 @@ class SegEarthDock(BackendControls, QDockWidget):
     def task(self) -> Optional[SegmentTask]:
         return self.runner.task
 
-    def segment(self) -> Optional[SegmentTask]:
-        """Start a job from the panel's state; problems go to the message bar. Returns the task."""
+    def segment(self) -> Optional[JobTask]:
+        """Start a job (Segment, or Detect change with "Compare with…") from the panel's state; problems go to
+        the message bar. Returns the task."""
         if self.runner.running():
             self.report("A segmentation is already running.", Qgis.MessageLevel.Warning)
             return None
+        if self.comparing():  # "Compare with…" is set: Detect change
+            return self.detect_change()
         self.live_timer.stop()  # this run uses the panel as it is now
         self.save_state()
         self._asking = True  # while a question is open, an update must not start a job under it
@@ -327,7 +333,7 @@ class SegEarthDock(BackendControls, QDockWidget):
         running, self._running = self._running, None
         if task.result is not None:
             seconds = format_duration(task.result.seconds + task.start_seconds)
-            text = f"done in {seconds}"
+            text = f"done in {seconds}{change_summary_text(task)}"
             if running is not None and self.runner.result_layer_ids:
                 inputs, live = running
                 owned = identities(result_files(task.result)) if live else {}
@@ -350,16 +356,8 @@ class SegEarthDock(BackendControls, QDockWidget):
 
     # ------------------------------------------------------------- helpers
     def report(self, text: str, level: Any) -> None:
-        """Message bar and log panel, never a traceback dialog. A long message (a list of missing files, a
-        log tail, a line longer than the bar shows) shows its start in the bar and the whole text behind the
-        bar's "Show more" button (see :func:`~segearth_qgis.core.messages.bar_parts`)."""
-        QgsMessageLog.logMessage(text, LOG_TAG, level)
-        duration = 0 if level == Qgis.MessageLevel.Critical else 12
-        short, whole = bar_parts(text)
-        if whole is not None:
-            self.iface.messageBar().pushMessage("SegEarth-OV", short, whole, level=level, duration=duration)
-        else:
-            self.iface.messageBar().pushMessage("SegEarth-OV", short, level=level, duration=duration)
+        """Message bar and log panel, never a traceback dialog (see :func:`.message_bar.report`)."""
+        report(self.iface, text, level)
 
     def _ask(self, question: str) -> bool:
         return QMessageBox.question(self, "SegEarth-OV", question) == QMessageBox.StandardButton.Yes

@@ -15,10 +15,12 @@ from ..core.classes import class_name
 from ..core.report import largest_shares, shares_summary, shares_warning
 from ..core.speed import SpeedRecord, device_key, format_duration, records_from_json, records_to_json
 from ..job.aoi import AoiKind
+from ..job.change_request import ChangePlan
 from ..job.engine import JobResult
 from ..job.request import JobPlan
+from ..map.change_style import add_change_layer
 from ..map.styling import add_result_layer
-from .task import LOG_TAG, SegmentTask
+from .task import LOG_TAG, ChangeTask, JobTask, SegmentTask
 
 AOI_WORDS = {AoiKind.LAYER: "whole layer", AoiKind.MAP_VIEW: "map view", AoiKind.RECTANGLE: "rectangle",
              AoiKind.SELECTED_FEATURES: "polygons"}
@@ -77,7 +79,7 @@ class JobRunner(QObject):
     def __init__(self, manager: BackendManager, report: Report) -> None:
         super().__init__()
         self.manager, self.report = manager, report
-        self.task: Optional[SegmentTask] = None
+        self.task: Optional[JobTask] = None
         self.started_at = 0.0
         self.context: dict[str, Any] = {}
         #: The layers the last successful job added (the result, then its probabilities).
@@ -92,19 +94,29 @@ class JobRunner(QObject):
         """Run ``planned`` (one job at a time: raises RuntimeError while one runs). ``quiet`` (updates while
         typing): a successful outcome goes to the log panel and the progress line, not the message bar;
         warnings and failures are reported as always."""
+        task = SegmentTask(f"SegEarth-OV: {planned.source.layer_name}", self.manager, planned, self._done)
+        self._launch(task, planned.source.layer_name, planned.params, aoi, preset, quiet)
+        return task
+
+    def start_change(self, planned: ChangePlan, aoi: AoiKind, preset: Optional[str] = None) -> ChangeTask:
+        """Run the change job ``planned`` (the dock's "Compare with…"); as :meth:`start`."""
+        name = f"{planned.source.before.layer_name} → {planned.source.after_name}"
+        task = ChangeTask(f"SegEarth-OV: {name}", self.manager, planned, self._done)
+        self._launch(task, name, planned.params, aoi, preset, False)
+        return task
+
+    def _launch(self, task: JobTask, name: str, params: Any, aoi: AoiKind, preset: Optional[str],
+                quiet: bool) -> None:
         if self.task is not None:
-            raise RuntimeError("a segmentation is already running")
-        job = planned.source
+            raise RuntimeError("a job is already running")
         self.quiet, self.result_layer_ids = quiet, []
-        self.context = {"layer": job.layer_name, "classes": planned.params.classes, "aoi": aoi, "preset": preset,
-                        "threshold": planned.params.threshold, "background": planned.params.background_index,
-                        "blocks": 0}
-        self.task = SegmentTask(f"SegEarth-OV: {job.layer_name}", self.manager, planned, self._done)
-        self.task.progressChanged.connect(self._progress)
+        self.context = {"layer": name, "classes": params.classes, "aoi": aoi, "preset": preset,
+                        "threshold": params.threshold, "background": params.background_index, "blocks": 0}
+        self.task = task
+        task.progressChanged.connect(self._progress)
         self.started_at = time.monotonic()
         self.progress.emit(0.0, "Starting…")
-        QgsApplication.taskManager().addTask(self.task)
-        return self.task
+        QgsApplication.taskManager().addTask(task)
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -125,16 +137,37 @@ class JobRunner(QObject):
             text += f" · about {format_duration(elapsed / value * (100 - value))} left"
         self.progress.emit(value, text)
 
-    def _done(self, task: SegmentTask) -> None:
+    def _done(self, task: JobTask) -> None:
         self.task = None
         context = self.context
-        if task.result is not None:
+        what = "Change detection" if isinstance(task, ChangeTask) else "Segmentation"
+        if isinstance(task, ChangeTask) and task.result is not None:
+            self._show_change(task, context)
+        elif isinstance(task, SegmentTask) and task.result is not None:
             self._show(task, context)
         elif task.was_cancelled:
-            self._say("Segmentation cancelled; nothing was written.", Qgis.MessageLevel.Info)
+            self._say(f"{what} cancelled; nothing was written.", Qgis.MessageLevel.Info)
         else:
-            self.report(f"Segmentation failed: {task.error}", Qgis.MessageLevel.Critical)
+            self.report(f"{what} failed: {task.error}", Qgis.MessageLevel.Critical)
         self.finished.emit(task)
+
+    def _show_change(self, task: ChangeTask, context: dict[str, Any]) -> None:
+        """The change raster on the map, styled, and the summary line in the message bar."""
+        result = task.result
+        if result is None:
+            return
+        try:
+            name = result_name(context["layer"], context["classes"], context["preset"], context["aoi"])
+            layer = add_change_layer(str(result.change_path), f"{name} — change", result.legend)
+        except OSError as error:
+            self.report(str(error), Qgis.MessageLevel.Critical)
+            return
+        self.result_layer_ids = [layer.id()]
+        for warning in result.warnings:
+            self.report(warning, Qgis.MessageLevel.Info)
+        seconds = format_duration(result.seconds + task.start_seconds)
+        self._say(f"Compared {result.pixels / 1e6:.2f} MP of two dates in {seconds}: {result.summary}",
+                  Qgis.MessageLevel.Success)
 
     def _show(self, task: SegmentTask, context: dict[str, Any]) -> None:
         result = task.result

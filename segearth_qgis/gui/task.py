@@ -1,4 +1,5 @@
-"""The segmentation job as a QgsTask: runs off the GUI thread, reports progress, cancels."""
+"""The dock's jobs as QgsTasks (a segmentation, a change between two dates): off the GUI thread, with progress
+and cancel."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from ..client.backend_manager import BackendManager
 from ..core.blocks import plan_grid_blocks
 from ..errors import BackendError, JobCancelledError, OutputError
+from ..job.change_engine import ChangeResult, execute_change
+from ..job.change_request import ChangePlan
 from ..job.engine import JobResult, execute
 from ..job.request import JobPlan
+from ..map.change_style import change_style_text
 from ..map.styling import class_style_text
 from ..qgis_compat import OWN_MESSAGE_TASK
 
@@ -24,8 +28,8 @@ def log_warning(message: str) -> None:
     QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
 
 
-class SegmentTask(QgsTask):
-    """Runs :func:`~segearth_qgis.job.engine.execute`; ``on_done(task)`` is called on the GUI thread.
+class JobTask(QgsTask):
+    """A dock job off the GUI thread (:meth:`work`); ``on_done(task)`` is called on the GUI thread.
 
     Exactly one outcome is set when it ends: ``result`` (success), ``error``
     (a message for the user) or ``was_cancelled``. The task reports success to
@@ -33,11 +37,11 @@ class SegmentTask(QgsTask):
     does not add a "Task failed" notice of its own that would contradict it.
     """
 
-    def __init__(self, description: str, manager: BackendManager, planned: JobPlan,
-                 on_done: Callable[[SegmentTask], None]) -> None:
+    def __init__(self, description: str, manager: BackendManager, planned: Any,
+                 on_done: Callable[[Any], None]) -> None:
         super().__init__(description, OWN_MESSAGE_TASK)
         self.manager, self.planned, self.on_done = manager, planned, on_done
-        self.result: Optional[JobResult] = None
+        self.result: Any = None
         self.error: Optional[str] = None
         self.error_code: Optional[str] = None
         self.was_cancelled = False
@@ -47,12 +51,15 @@ class SegmentTask(QgsTask):
         #: The backend's /health after the job (device and model, for the speed history).
         self.health: dict[str, Any] = {}
 
+    def work(self, client: Any) -> Any:
+        """The job itself (on the task's thread); returns its result."""
+        raise NotImplementedError
+
     def run(self) -> bool:
         try:
             client = self.manager.client(cancelled=self.isCanceled)
             self.start_seconds = self.manager.last_start_seconds
-            self.result = execute(self.planned.source, self.planned.params, client, progress=self.setProgress,
-                                  cancelled=self.isCanceled, make_style=class_style_text, log=log_warning)
+            self.result = self.work(client)
             with contextlib.suppress(BackendError):
                 self.health = self.manager.health()
         except JobCancelledError:
@@ -68,10 +75,34 @@ class SegmentTask(QgsTask):
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
             return False
         finally:
-            self.planned = None  # type: ignore[assignment]  # nothing of GDAL's may outlive the job
+            self.planned = None  # nothing of GDAL's may outlive the job
         return True
 
     def finished(self, result: bool) -> None:  # noqa: FBT001 - QgsTask's signature
         if self.result is None and self.error is None:
             self.was_cancelled = True
         self.on_done(self)
+
+
+class SegmentTask(JobTask):
+    """Runs :func:`~segearth_qgis.job.engine.execute` on a :class:`~segearth_qgis.job.request.JobPlan`."""
+
+    result: Optional[JobResult]
+
+    def work(self, client: Any) -> JobResult:
+        planned: JobPlan = self.planned
+        return execute(planned.source, planned.params, client, progress=self.setProgress, cancelled=self.isCanceled,
+                       make_style=class_style_text, log=log_warning)
+
+
+class ChangeTask(JobTask):
+    """Runs :func:`~segearth_qgis.job.change_engine.execute_change` on a
+    :class:`~segearth_qgis.job.change_request.ChangePlan` (the dock's "Compare with…")."""
+
+    result: Optional[ChangeResult]
+
+    def work(self, client: Any) -> ChangeResult:
+        planned: ChangePlan = self.planned
+        return execute_change(planned.source, planned.params, client, progress=self.setProgress,
+                              cancelled=self.isCanceled, make_style=class_style_text,
+                              make_change_style=change_style_text, log=log_warning)

@@ -291,6 +291,24 @@ def run_job(params: JobParams, grid: Grid, crs_wkt: str, source: PixelSource, cl
                      tuple(run.warnings), concurrency, tuple(run.retried), tuple(written))
 
 
+def job_window(client: SegmentClient) -> tuple[tuple[int, int], dict[str, Any]]:
+    """The sliding window ``(size, stride)`` the backend's ``/health`` names (the default one when it cannot be
+    asked: the job's first request then reports the problem), and that ``/health``.
+
+    Raises:
+        BackendError: the window makes no sense (``bad_answer``).
+    """
+    try:
+        health = client.health()
+    except BackendError:
+        health = {}
+    try:
+        return window_geometry(health), health
+    except ValueError as error:
+        raise BackendError(f"The backend's /health is malformed: {error}: is it a SegEarth-OV backend?",
+                           "bad_answer") from None
+
+
 def execute(job: ReadPlan, params: JobParams, client: SegmentClient, progress: Callable[[float], None] = lambda p: None,
             cancelled: Callable[[], bool] = lambda: False, make_style: Optional[StyleMaker] = None,
             log: Callable[[str], None] = lambda message: None) -> JobResult:
@@ -303,15 +321,7 @@ def execute(job: ReadPlan, params: JobParams, client: SegmentClient, progress: C
     Raises:
         BackendError: the backend's ``/health`` names a window that makes no sense (``bad_answer``).
     """
-    try:
-        health = client.health()
-    except BackendError:
-        health = {}  # the job's first request reports the problem
-    try:
-        window = window_geometry(health)
-    except ValueError as error:
-        raise BackendError(f"The backend's /health is malformed: {error}: is it a SegEarth-OV backend?",
-                           "bad_answer") from None
+    window, health = job_window(client)
     concurrency = choose_concurrency(client, health=health)
     source = job.open()
     try:

@@ -21,6 +21,9 @@ from ..core.request_rules import NODATA_LABEL
 from ..errors import AoiError, LayerError
 from .gdal_errors import GdalError, checked, collect_errors, is_gdal_failure_code
 
+#: The ``SEGEARTH_SOFTWARE`` metadata item of the rasters this plugin writes (how a result is recognised).
+SOFTWARE = "SegEarth-OV for QGIS"
+
 
 class BandReader(Protocol):
     def read(self, bands: Sequence[int], grid: Grid, rows: tuple[int, int], cols: tuple[int, int]
@@ -194,7 +197,7 @@ class LabelWriter(GeoTiffWriter):
         self.dataset.SetMetadataItem("SEGEARTH_CLASSES", json.dumps(list(names)))
         # RGBA: a GeoTIFF colour table keeps no alpha, and the background class is transparent.
         self.dataset.SetMetadataItem("SEGEARTH_COLOURS", json.dumps([list(colour) for colour in colours]))
-        self.dataset.SetMetadataItem("SEGEARTH_SOFTWARE", "SegEarth-OV for QGIS")
+        self.dataset.SetMetadataItem("SEGEARTH_SOFTWARE", SOFTWARE)
 
     def write(self, labels: np.ndarray, row: int, col: int) -> None:
         """Labels ``rows x cols`` uint8 at (row, col) of the grid."""

@@ -187,16 +187,13 @@ class CommitStep(Protocol):
 class StagedFiles:
     """Files written under temporary names, moved to their targets together by :meth:`commit`.
 
-    ``stage(target)`` reserves a hidden temporary file beside ``target``, held
-    under an OS lock until the end (so another run can tell a live job's file
-    from a dead one's); ``write(target, data)`` stages data written whole;
-    ``stage_folder(target)`` a hidden folder for a writer that makes several
-    files (a vector format), whose files ``attach_folder`` adds;
-    ``attach(temporary, target)`` adds a file made by someone else (a GDAL
-    side file); ``add_step`` a change made in the same commit. ``commit()``
-    checks every file (flushed to the disk, not empty) and moves everything;
-    ``abort()`` removes the temporary files. Either way nothing half-written is
-    left. No target may be one of ``protected`` (the job's inputs).
+    ``stage(target)`` reserves a hidden temporary file beside ``target``, held under an OS lock until the end (so
+    another run can tell a live job's file from a dead one's); ``write(target, data)`` stages data written whole;
+    ``stage_folder(target)`` a hidden folder for a writer that makes several files (a vector format), whose files
+    ``attach_folder`` adds; ``attach(temporary, target)`` adds a file made by someone else (a GDAL side file);
+    ``add_step`` a change made in the same commit; ``adopt`` what another one staged. ``commit()`` checks every
+    file (flushed to the disk, not empty) and moves everything; ``abort()`` removes the temporary files. Either
+    way nothing half-written is left. No target may be one of ``protected`` (the job's inputs).
     """
 
     def __init__(self, overwrite: bool = False, protected: Iterable[Path] = ()) -> None:
@@ -253,6 +250,14 @@ class StagedFiles:
 
     def add_step(self, step: CommitStep) -> None:
         self.steps.append(step)
+
+    def adopt(self, other: StagedFiles) -> None:
+        """Take over what ``other`` staged: one :meth:`commit` moves both, or neither; ``other`` is left empty."""
+        for name in ("items", "replaced", "steps", "folders"):
+            getattr(self, name).extend(getattr(other, name))
+            setattr(other, name, [])
+        self.locks, other.locks = {**self.locks, **other.locks}, {}
+        self.new_only, other.new_only = self.new_only | other.new_only, set()
 
     def drop(self, temporary: Path) -> None:
         """Forget a staged file and remove it (it will not be moved anywhere)."""

@@ -19,10 +19,8 @@ from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsProviderRegistry, QgsRas
 
 from ..core.classes import RGBA, class_colours
 from ..job.gdal_errors import collect_errors, opened
+from ..job.raster_io import SOFTWARE
 from .styling import has_default_palette, style_result_layer
-
-#: The ``SEGEARTH_SOFTWARE`` metadata item of the class rasters this plugin writes.
-SOFTWARE = "SegEarth-OV for QGIS"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,12 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     if not layer.isValid():
         raise OSError(f"QGIS cannot open the result {path}")
     style_result_layer(layer, names, colours)
+    add_to_results_group(layer, project)
+    return layer
+
+
+def add_to_results_group(layer: QgsMapLayer, project: QgsProject) -> None:
+    """Add ``layer`` on top of the project's "SegEarth-OV" group (created on first use)."""
     root = project.layerTreeRoot()
     group = root.findGroup(GROUP_NAME)
     if not isinstance(group, QgsLayerTreeGroup):
@@ -55,7 +61,6 @@ def add_result_layer(path: str, name: str, names: Sequence[str], colours: Sequen
     # round trip makes every view expand it.
     group.setExpanded(False)
     group.setExpanded(True)
-    return layer
 
 
 def class_style_text(geotiff: Path, names: Sequence[str], colours: Sequence[tuple[int, int, int, int]]) -> str:

@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .accuracy import AccuracyAlgorithm
+from .change import ChangeAlgorithm, ChangeVectorAlgorithm
 from .class_stats import ClassStatsAlgorithm
 from .segment import SegmentAlgorithm, SegmentVectorAlgorithm
 
@@ -33,5 +34,6 @@ class SegEarthProvider(QgsProcessingProvider):
         return "tif"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        for algorithm in (SegmentAlgorithm(), SegmentVectorAlgorithm(), ClassStatsAlgorithm(), AccuracyAlgorithm()):
+        for algorithm in (SegmentAlgorithm(), SegmentVectorAlgorithm(), ClassStatsAlgorithm(), AccuracyAlgorithm(),
+                          ChangeAlgorithm(), ChangeVectorAlgorithm()):
             self.addAlgorithm(algorithm)

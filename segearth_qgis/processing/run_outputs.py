@@ -254,6 +254,23 @@ class RunOutputs:
         Raises:
             QgsProcessingException: nothing was put in place.
         """
+        destinations = self.stage_commit()
+        try:
+            self.staged.commit()
+        except OutputError as error:
+            self.abort()
+            raise QgsProcessingException(str(error)) from None
+        self.committed(destinations)
+        return destinations
+
+    def stage_commit(self) -> dict[str, str]:
+        """:meth:`commit` up to the moves: the sinks closed and checked, their moves (and GeoPackage transactions)
+        staged. A job that writes files of its own takes them over (:meth:`StagedFiles.adopt`) to commit them
+        with its own, then calls :meth:`committed`.
+
+        Raises:
+            QgsProcessingException: a sink's file is not whole; everything staged is removed.
+        """
         destinations = {name: destination for name, (_, destination, _) in self.kept.items()}
         self.kept = {}
         into: dict[Path, LayersIntoGeoPackage] = {}  # one transaction per existing GeoPackage
@@ -263,14 +280,16 @@ class RunOutputs:
                 destinations[name] = self._stage_commit(staged, into)
             for step in into.values():
                 self.staged.add_step(step)
-            self.staged.commit()
         except OutputError as error:
             self.abort()
             raise QgsProcessingException(str(error)) from None
+        return destinations
+
+    def committed(self, destinations: dict[str, str]) -> None:
+        """The outputs are in place: have Processing load those the run asked to load."""
         for name in self.sinks:
             self._load_on_completion(name, destinations[name])
         self.sinks = {}
-        return destinations
 
     def _stage_commit(self, staged: _StagedSink, into: dict[Path, LayersIntoGeoPackage]) -> str:
         """Check a closed sink's file and add its move (or its layer, to ``into``: the transaction of its

@@ -23,13 +23,14 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
+    QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt
 
 from .. import settings
 from ..client.backend_manager import shared_manager
 from ..core.classes import PRESETS, check_class_lines, class_lines
+from ..core.grid import Rect
 from ..core.report import shares_message, shares_warning
 from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
 from ..errors import BackendError, ClassesError, JobCancelledError, OutputError
@@ -42,6 +43,7 @@ from ..map.vector_style import planned_vector_style, vector_style_text
 from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, VECTOR_POLYGON_SOURCE, WKB_MULTIPOLYGON
 from ..qt_compat import field_type
 from .area import area_m2, area_measure
+from .child_feedback import ChildFeedback, raise_if_cancelled
 from .post_processing import ResultPostProcessor, attach
 from .run_outputs import RunOutputs, layer_inputs
 from .sar_parameters import HELP as SAR_HELP
@@ -132,12 +134,10 @@ class _SegmentBase(QgsProcessingAlgorithm):
         index = self.parameterAsInt(parameters, self.BACKGROUND, context)
         return None if index == NO_BACKGROUND else index
 
-    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
-                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
-        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+    def area(self, parameters: dict[str, Any], context: QgsProcessingContext, layer: QgsRasterLayer
+             ) -> tuple[AreaOfInterest, Optional[Rect], Optional[float], tuple[str, ...]]:
+        """The EXTENT, MASK and RESOLUTION parameters for ``layer``: the area of interest, the extent in the
+        layer's CRS (or None), the resolution (None: native) and the mask layer's file (never to be written)."""
         clip = None
         if parameters.get(self.EXTENT):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -156,6 +156,15 @@ class _SegmentBase(QgsProcessingAlgorithm):
         resolution = None
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        return aoi, clip, resolution, other_inputs
+
+    def segment(self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+                output: str, probabilities: Optional[str] = None, progress_scale: float = 1.0) -> JobResult:
+        """Run the shared job engine for these parameters; every failure is a QgsProcessingException."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("INPUT is not a raster layer QGIS can open.")
+        aoi, clip, resolution, other_inputs = self.area(parameters, context, layer)
         bands = tuple(self.parameterAsInts(parameters, self.BANDS, context))
         try:
             sar = sar_settings(self, parameters, context, layer, next((b for b in bands if b > 0), 1))
@@ -235,36 +244,6 @@ class SegmentAlgorithm(_SegmentBase):
                 self.OUTPUT_PROBABILITIES: str(result.probabilities_path) if result.probabilities_path else None}
 
 
-class _ChildFeedback(QgsProcessingFeedback):
-    """A child algorithm's feedback: cancelled with ``parent``, its errors and progress (scaled) passed on.
-
-    Direct connections only (no queued events that could outlive it).
-    """
-
-    def __init__(self, parent: QgsProcessingFeedback, start: float, end: float) -> None:
-        super().__init__()
-        self.parent_feedback, self.start, self.end = parent, start, end
-        parent.canceled.connect(self.cancel, Qt.ConnectionType.DirectConnection)
-        self.progressChanged.connect(self.forward_progress, Qt.ConnectionType.DirectConnection)
-        if parent.isCanceled():
-            self.cancel()
-
-    def forward_progress(self, value: float) -> None:
-        self.parent_feedback.setProgress(self.start + (self.end - self.start) * min(max(value, 0.0), 100.0) / 100.0)
-
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 - QGIS's names
-        self.parent_feedback.reportError(error, fatalError)
-
-    def detach(self) -> None:
-        self.parent_feedback.canceled.disconnect(self.cancel)
-        self.progressChanged.disconnect(self.forward_progress)
-
-
-def _raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
-    if feedback.isCanceled():
-        raise QgsProcessingException("Cancelled: no output was written.")
-
-
 class SegmentVectorAlgorithm(_SegmentBase):
     OUTPUT, MIN_AREA, SIMPLIFY, DROP_BACKGROUND = "OUTPUT", "MIN_AREA", "SIMPLIFY", "DROP_BACKGROUND"
 
@@ -323,7 +302,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
             tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
             request = QgsFeatureRequest().setFilterFids(list(kept))
             for index, feature in enumerate(polygons.getFeatures(request)):
-                _raise_if_cancelled(feedback)
+                raise_if_cancelled(feedback)
                 class_id, area = kept[feature.id()]
                 geometry = feature.geometry()
                 if tolerance > 0:
@@ -334,7 +313,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
                 out.setAttributes([class_id, result.names[class_id], area])
                 outputs.add(self.OUTPUT, out)
                 feedback.setProgress(95 + 5.0 * index / max(len(kept), 1))
-            _raise_if_cancelled(feedback)
+            raise_if_cancelled(feedback)
             if style.path is not None:
                 try:
                     text = vector_style_text(fields, class_vector_renderer(result.names, result.colours))
@@ -354,14 +333,14 @@ class SegmentVectorAlgorithm(_SegmentBase):
         """Regions of one class of ``raster`` as polygons with ``class_id`` (a temporary layer); cancellable."""
         import processing
 
-        child = _ChildFeedback(feedback, 80.0, 85.0)
+        child = ChildFeedback(feedback, 80.0, 85.0)
         try:
             output = processing.run("gdal:polygonize", {"INPUT": raster, "BAND": 1, "FIELD": "class_id",
                                                         "EIGHT_CONNECTEDNESS": False, "OUTPUT": "TEMPORARY_OUTPUT"},
                                     context=context, feedback=child, is_child_algorithm=True)["OUTPUT"]
         finally:
             child.detach()
-        _raise_if_cancelled(feedback)
+        raise_if_cancelled(feedback)
         layer = QgsProcessingUtils.mapLayerFromString(output, context)
         if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
             raise QgsProcessingException("gdal:polygonize did not produce polygons: see its messages above.")
@@ -377,7 +356,7 @@ class SegmentVectorAlgorithm(_SegmentBase):
         total = max(polygons.featureCount(), 1)
         kept: dict[int, tuple[int, float]] = {}
         for index, feature in enumerate(polygons.getFeatures()):
-            _raise_if_cancelled(feedback)
+            raise_if_cancelled(feedback)
             class_id = int(feature["class_id"])
             if class_id >= len(names) or class_id == drop:
                 continue

@@ -84,6 +84,20 @@ def local_backend(tiny_backend_args: list[str]):
     backend.stop()
 
 
+@pytest.fixture(scope="session")
+def change_backend(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One backend for the change tests of every module (test_change_engine, test_change_source): its start is paid
+    once, and the re-query cache it keeps between them changes no answer (it equals a fresh engine's)."""
+    from segearth_qgis.client.local_backend import start_local_backend
+
+    args = ["--model", str(parity_dir / "tiny-clip.json"), "--clip-weights", str(parity_dir / "tiny-clip.pt"),
+            "--upsampler-weights", str(parity_dir / "tiny-simfeatup.ckpt"), "--device", "cpu",
+            "--cache-dir", str(tmp_path_factory.mktemp("change-cache"))]
+    backend = start_local_backend(sys.executable, args, timeout=120)
+    yield backend
+    backend.stop()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def trace_task_threads() -> Iterator[None]:
     """Under `make coverage`, code run by QgsTask (on QThreads, which coverage does not see) is measured too."""

@@ -328,3 +328,37 @@ def run_scene_job(client, scene_path: Path, output: Path, **options):
                        log=log, retry=retry)
     finally:
         source.close()
+
+
+# ------------------------------------------------------------------ the change job on two GeoTIFFs, without QGIS
+
+def run_pair_job(client, before_path: Path, after_path: Path, output: Path, **options):
+    """:func:`~segearth_qgis.job.change_engine.run_change_job` on two uint8 RGB GeoTIFFs of one grid, with :data:`LINES`
+    (block size 336 unless given); ``before_output`` / ``after_output`` / ``report`` / ``confidence`` name extra
+    outputs. Row areas: the pixel's area (a projected grid in metres)."""
+    from segearth_qgis.core.change import ChangeRule
+    from segearth_qgis.job.change_engine import ChangeOutputs, ChangeParams, run_change_job
+
+    grid, crs, before = source_for(before_path, options.pop("nodata", None))
+    _, _, after = source_for(after_path, options.pop("after_nodata", None))
+    overwrite = options.pop("overwrite", False)
+    inputs = [str(before_path), str(after_path)]
+
+    def plan(name):
+        path = options.pop(name, None)
+        return plan_outputs(str(path), None, inputs, overwrite) if path else None
+
+    report, confidence = options.pop("report", None), options.pop("confidence", None)
+    outputs = ChangeOutputs(plan_outputs(str(output), None, inputs, overwrite), plan("before_output"),
+                            plan("after_output"), Path(report) if report else None,
+                            Path(confidence) if confidence else None, overwrite)
+    params = ChangeParams(LINES, outputs, options.pop("rule", ChangeRule()), options.pop("threshold", 0.0),
+                          options.pop("background_index", 0), block_size=options.pop("block_size", 336),
+                          min_pixels=options.pop("min_pixels", 0))
+    row_areas = np.full(grid.height, grid.pixel_width * grid.pixel_height)
+    try:
+        return run_change_job(params, grid, crs, before, after, client, row_areas,
+                              retry=options.pop("retry", FAST_RETRY), **options)
+    finally:
+        before.close()
+        after.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,3 +135,31 @@ def test_sar_demo_without_the_sar_weights_says_where_to_get_them_then_runs_label
     assert (out / "preview.png").is_file() and (out / "sar_sample_polygons.gpkg").is_file()
     assert "Traceback" not in result.stdout + result.stderr
     del raster, sample
+
+
+@pytest.mark.skipif(not Path("/usr/bin/qgis_process.bin").exists() and not Path("/usr/bin/qgis_process").exists(),
+                    reason="qgis_process is not installed")
+def test_demo_change_makes_a_pair_and_writes_all_outputs(tmp_path, parity_dir):
+    """`make demo-change` on a small sample: the seeded pair, the change through qgis_process, a re-query."""
+    env = dict(os.environ, HOME=str(tmp_path / "home"), QT_QPA_PLATFORM="offscreen",
+               SEGEARTH_MODEL=str(parity_dir / "tiny-clip.json"),
+               SEGEARTH_CLIP_WEIGHTS=str(parity_dir / "tiny-clip.pt"),
+               SEGEARTH_UPSAMPLER_WEIGHTS=str(parity_dir / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu",
+               SEGEARTH_CACHE_DIR=str(tmp_path / "cache"))
+    sample = write_geotiff(tmp_path / "scene.tif", smooth_image(260, 300), 32633,
+                           (500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5))
+    out = tmp_path / "demo_out"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo_change.py"), "--out", str(out), "--python",
+                             sys.executable, "--sample", str(sample)], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = out / "change"
+    for name in ("koeln_change.tif", "koeln_change.qml", "koeln_before.tif", "koeln_after.tif", "koeln_matrix.gpkg",
+                 "koeln_report.html", "koeln_change_polygons.gpkg", "preview.png", "timings.json"):
+        assert (folder / name).is_file(), name
+    after = gdal.Open(str(out / "change_sample" / "after_epsg3035.tif"))
+    assert "3035" in after.GetProjection() and after.GetGeoTransform()[1] == pytest.approx(0.6)
+    timings = json.loads((folder / "timings.json").read_text(encoding="utf-8"))
+    assert timings["first_run_job_s"] > 0 and timings["requery_job_s"] > 0 and len(timings["regions"]) == 3
+    assert "re-query with other classes" in result.stdout
+    del after

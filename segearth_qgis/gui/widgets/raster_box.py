@@ -1,4 +1,5 @@
-"""The raster layer and the bands that make its red, green and blue, or (SAR mode) its grey SAR image."""
+"""The raster layer, the bands that make its red, green and blue (or, in SAR mode, its grey SAR image),
+and the layer to compare it with."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from ...job.layer_input import default_bands
 from ...qgis_compat import RASTER_LAYERS
 from .sar_box import SarBox
 
+#: The "Compare with…" entry that means "segment one layer".
+NO_COMPARISON = "none: segment"
+
 
 class RasterBox(QGroupBox):
-    """Layer, band mapping (optical RGB or SAR) and bands; ``changed`` fires when any of them changes."""
+    """Layer, band mapping (optical RGB or SAR), bands and "Compare with…"; ``changed`` fires when any changes.
+
+    A layer chosen in "Compare with…" is the later date: Segment becomes Detect change (the layer above is the
+    earlier date, read with its bands; the later one with its own renderer bands, on the earlier one's grid).
+    """
 
     changed = pyqtSignal()
 
@@ -47,12 +55,30 @@ class RasterBox(QGroupBox):
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.sar_box.changed.connect(self.changed)
         self._mode_changed()
+        self.compare_combo = QgsMapLayerComboBox()
+        self.compare_combo.setFilters(RASTER_LAYERS)
+        self.compare_combo.setAllowEmptyLayer(True, NO_COMPARISON)
+        self.compare_combo.setLayer(None)
+        self.compare_combo.setToolTip("A later image of the same place: the panel then detects change between the "
+                                      "layer above (before) and this one (after) in the classes, instead of "
+                                      "segmenting. Each date keeps its own bands and stretch; this one is read on "
+                                      "the layer's grid (reprojected and resampled when they differ).")
+        form.addRow("Compare with…", self.compare_combo)
+        self.compare_combo.layerChanged.connect(self.changed)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer_combo.currentLayer())  # a layer already in the project is chosen at once
 
     def layer(self) -> Optional[QgsRasterLayer]:
         layer = self.layer_combo.currentLayer()
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+
+    def compare_layer(self) -> Optional[QgsRasterLayer]:
+        """The later date to compare the layer with, or None (segment)."""
+        layer = self.compare_combo.currentLayer()
+        return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+
+    def set_compare_layer(self, layer: Optional[QgsRasterLayer]) -> None:
+        self.compare_combo.setLayer(layer)
 
     def bands(self) -> tuple[int, ...]:
         if self.is_sar():

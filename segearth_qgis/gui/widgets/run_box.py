@@ -68,6 +68,13 @@ class RunBox(QWidget):
     def save(self) -> None:
         settings.LIVE_UPDATE.save(self.live_check.isChecked())
 
+    def set_change_mode(self, change: bool) -> None:
+        """The main button segments, or (a layer to compare with is chosen) detects change."""
+        self.segment_button.setText("Detect change" if change else "Segment")
+        self.segment_button.setToolTip(
+            f"Detect change between the two layers in the classes ({SEGMENT_SHORTCUT})" if change
+            else f"Segment the area into the classes ({SEGMENT_SHORTCUT})")
+
     def set_running(self, running: bool) -> None:
         self.segment_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)

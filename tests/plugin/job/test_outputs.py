@@ -143,6 +143,33 @@ def test_a_failed_move_restores_what_was_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
 
+def test_adopted_files_move_with_the_adopters_or_not_at_all(tmp_path):
+    """A run's table (its own StagedFiles, a staged folder) joins the job's rasters in one commit."""
+    (tmp_path / "b.tif").write_bytes(b"old B")
+    table = StagedFiles(overwrite=True)
+    folder = table.stage_folder(tmp_path / "t.gpkg")
+    (folder / "t.gpkg").write_bytes(b"table")
+    table.attach_folder(folder, tmp_path, new_only=True)
+    job = StagedFiles(overwrite=True)
+    stage(job, tmp_path / "a.tif", b"A")
+    missing = tmp_path / ".vanished.part.tif"  # the job's second move fails
+    job.attach(missing, tmp_path / "b.tif")
+    job.adopt(table)
+    assert table.items == [] and table.folders == [] and table.locks == {}
+    with pytest.raises(OutputError):
+        job.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]  # no table without the rasters, no folder left
+    assert (tmp_path / "b.tif").read_bytes() == b"old B"
+    table, job = StagedFiles(overwrite=True), StagedFiles(overwrite=True)
+    folder = table.stage_folder(tmp_path / "t.gpkg")
+    (folder / "t.gpkg").write_bytes(b"table")
+    table.attach_folder(folder, tmp_path, new_only=True)
+    stage(job, tmp_path / "a.tif", b"A")
+    job.adopt(table)
+    assert sorted(job.commit()) == [tmp_path / "a.tif", tmp_path / "t.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "t.gpkg"]
+
+
 def test_overwrite_replaces_and_removes_a_stale_side_file(tmp_path):
     (tmp_path / "a.tif").write_bytes(b"old")
     aux_path(tmp_path / "a.tif").write_text("<PAMDataset/>")

@@ -30,7 +30,8 @@ def run(algorithm, **parameters):
 
 def test_provider_lists_the_algorithms_with_help(provider):
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segearth:accuracy", "segearth:class_stats", "segearth:segment", "segearth:segment_vector"]
+    assert ids == ["segearth:accuracy", "segearth:change", "segearth:change_vector", "segearth:class_stats",
+                   "segearth:segment", "segearth:segment_vector"]
     assert all(len(a.shortHelpString()) > 100 for a in provider.algorithms())
 
 
@@ -187,7 +188,8 @@ def test_model_chaining_segment_vectorize_statistics(provider, raster, tmp_path)
     assert stats.featureCount() > 0 and {f["zone"] for f in stats.getFeatures()} != {None}
 
 
-@pytest.mark.parametrize("algorithm_id", ["segearth:segment", "segearth:segment_vector"])
+@pytest.mark.parametrize("algorithm_id", ["segearth:segment", "segearth:segment_vector", "segearth:change",
+                                          "segearth:change_vector"])
 def test_no_classes_is_said_as_the_panel_says_it(provider, raster, tmp_path, algorithm_id):
     """Found in the walkthrough: an empty class list gave QGIS's 'Incorrect parameter value for CLASSES'."""
     import processing
@@ -198,7 +200,8 @@ def test_no_classes_is_said_as_the_panel_says_it(provider, raster, tmp_path, alg
     with pytest.raises(ValueError) as panel:
         check_class_lines([])
     algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
-    values = {"INPUT": str(raster), "CLASSES": "", "OUTPUT": str(tmp_path / "x.tif")}
+    values = {"INPUT": str(raster), "BEFORE": str(raster), "AFTER": str(raster), "CLASSES": "",
+              "OUTPUT": str(tmp_path / "x.tif")}
     assert algorithm.checkParameterValues(values, QgsProcessingContext()) == (False, str(panel.value))
     with pytest.raises(QgsProcessingException, match="Type at least one class") as raised:
         processing.run(algorithm_id, values)
