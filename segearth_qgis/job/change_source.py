@@ -39,12 +39,12 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRasterProjector,
     QgsRectangle,
-    QgsUnitTypes,
 )
 
 from ..core.grid import Grid, Rect, intersect
 from ..core.pixels import PixelRecipe
 from ..errors import GridError, LayerError
+from ..qgis_compat import SQUARE_METERS
 from .aoi import AreaOfInterest
 from .gdal_errors import GdalError, checked, collect_errors
 from .layer_input import ProviderBandReader, build_recipe, native_grid
@@ -265,7 +265,7 @@ def row_areas(grid: Grid, crs: QgsCoordinateReferenceSystem, context: QgsCoordin
     for row in samples:
         xmin, ymin, xmax, ymax = grid.sub_extent(int(row), int(row) + 1, 0, grid.width)
         strip = _densified(QgsRectangle(xmin, ymin, xmax, ymax))
-        area = measure.convertAreaMeasurement(measure.measureArea(strip), QgsUnitTypes.AreaSquareMeters)
+        area = measure.convertAreaMeasurement(measure.measureArea(strip), SQUARE_METERS)
         measured.append(area / grid.width)
     return np.interp(np.arange(grid.height), samples, np.asarray(measured, np.float64))
 

@@ -146,7 +146,10 @@ def dataset_files(path: str) -> list[str]:
 def feature_count(path: Path, layer: Optional[str] = None) -> int:
     """How many features OGR reads back from ``path`` (its layer ``layer``, else its first); -1 if unreadable."""
     with collect_errors():
-        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
+        try:  # GDAL's exceptions are on here where GDAL can scope them (3.7+): a file it cannot read raises
+            dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
+        except RuntimeError:
+            return -1
         if dataset is None:
             return -1
         found = dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)

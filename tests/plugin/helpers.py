@@ -137,6 +137,7 @@ def input_with_side_files(folder: Path) -> Path:
     try:
         dataset = gdal.Open(str(scene), gdal.GA_Update)
         dataset.CreateMaskBand(gdal.GMF_PER_DATASET)  # oem.tif.msk
+        dataset.GetRasterBand(1).GetMaskBand().Fill(255)  # every pixel valid (GDAL 3.10 starts it at 0)
         dataset = None
     finally:
         gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
