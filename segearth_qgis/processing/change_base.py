@@ -10,8 +10,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterBand,
-    QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -23,17 +21,16 @@ from ..client.backend_manager import shared_manager
 from ..core.change import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, format_area
 from ..core.change_legend import LegendEntry
 from ..core.classes import PRESETS
-from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES
 from ..errors import BackendError, JobCancelledError, OutputError
 from ..job.change_engine import BeforeCommit, ChangeResult, execute_change
 from ..job.change_request import ChangeInputs, ChangePlan, plan_change
 from ..job.vector_outputs import DataInput
 from ..map.change_style import change_style_text, change_vector_renderer, style_change_layer
 from ..map.styling import class_style_text
-from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, VECTOR_POLYGON_SOURCE
+from ..qgis_compat import DOUBLE_NUMBER
 from .post_processing import ResultPostProcessor
 from .run_outputs import layer_inputs
-from .segment import NO_BACKGROUND, _failure, _SegmentBase
+from .segment import _failure, _SegmentBase
 
 HELP_CHANGE = (
     "Open-vocabulary change detection between two dates with SegEarth-OV: both rasters are segmented into the "
@@ -72,22 +69,7 @@ class _ChangeBase(_SegmentBase):
                                     (self.AFTER_BANDS, self.AFTER, "After bands (one, or R, G, B)")):
             self.addParameter(QgsProcessingParameterBand(name, label, None, parent, optional=True,
                                                          allowMultiple=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area of interest (extent)", optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Area of interest (polygons; outside becomes nodata)", [VECTOR_POLYGON_SOURCE],
-            optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, "Processing resolution (map units of the before raster per pixel; empty: native)",
-            DOUBLE_NUMBER, optional=True, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold", DOUBLE_NUMBER, PRESETS[0].threshold,
-            minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BACKGROUND, "Background class (line number from 0; -1: none)", INTEGER_NUMBER,
-            PRESETS[0].background_index, minValue=NO_BACKGROUND, maxValue=MAX_CLASSES - 1))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, DEFAULT_BIAS_LAMBDA,
-            minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
+        self.add_area_and_decision_parameters("map units of the before raster per pixel")
         self.addParameter(QgsProcessingParameterNumber(
             self.CONFIDENCE, "Change confidence (top probability needed on both dates)",
             DOUBLE_NUMBER, DEFAULT_CONFIDENCE, minValue=0.0, maxValue=1.0))

@@ -90,12 +90,18 @@ class _SegmentBase(QgsProcessingAlgorithm):
             optional=True))  # "optional" to QGIS only: checkParameterValues refuses no classes with our words
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (one, or R, G, B)", None, self.INPUT,
                                                      optional=True, allowMultiple=True))
+        self.add_area_and_decision_parameters("map units per pixel")
+        add_sar_parameters(self)
+
+    def add_area_and_decision_parameters(self, resolution_units: str) -> None:
+        """EXTENT, MASK, RESOLUTION (in ``resolution_units``), THRESHOLD, BACKGROUND and BIAS_LAMBDA, as every
+        algorithm that segments has them."""
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Area of interest (extent)", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.MASK, "Area of interest (polygons; outside becomes nodata)", [VECTOR_POLYGON_SOURCE],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, "Processing resolution (map units per pixel; empty: native)",
+            self.RESOLUTION, f"Processing resolution ({resolution_units}; empty: native)",
             DOUBLE_NUMBER, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, "Probability threshold", DOUBLE_NUMBER, PRESETS[0].threshold,
@@ -106,7 +112,6 @@ class _SegmentBase(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.BIAS_LAMBDA, "Global-bias lambda", DOUBLE_NUMBER, DEFAULT_BIAS_LAMBDA,
             minValue=BIAS_LAMBDA_RANGE[0], maxValue=BIAS_LAMBDA_RANGE[1]))
-        add_sar_parameters(self)
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS's name
                              context: QgsProcessingContext) -> tuple[bool, str]:
