@@ -124,8 +124,8 @@ class BackendControls:
         self.backend_box.restore()
         if record.get("weights") == "skip":
             self.show_backend_status()
-            self.report("The backend is set up. The model weights will be downloaded at the first job (about "
-                        "600 MB); without internet, choose the files with Weights…", Qgis.MessageLevel.Info)
+            self.report("Backend set up; the weights (about 600 MB) will be downloaded at the first job. Without "
+                        "internet, choose the files with Weights…", Qgis.MessageLevel.Info)
             return
         self._backend_action("restart")
 

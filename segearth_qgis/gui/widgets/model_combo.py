@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from ... import settings
 from ...core.model_choices import MODEL_CHOICES
+from .narrow import narrow_combo
 
 #: The environment variable the backend reads its model from (when the panel has none saved).
 ENV_MODEL = "SEGEARTH_MODEL"
@@ -32,6 +33,7 @@ class ModelCombo(QComboBox):
             label = f"{choice.label} — {choice.name}" + (" (default)" if index == 0 else "")
             self.addItem(label, choice.name)
         self.addItem("Config file…", CONFIG_FILE)
+        narrow_combo(self)
         self._current = MODEL_CHOICES[0].name
         self.activated.connect(self._picked)
 

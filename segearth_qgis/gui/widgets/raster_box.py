@@ -37,7 +37,7 @@ class RasterBox(QGroupBox):
                                     "stretched like the layer's renderer shows them.")
         self.band_combos = [QgsRasterBandComboBox() for _ in range(3)]
         self.mode_combo = QComboBox()
-        self.mode_combo.addItems(["Optical (red, green, blue bands)", "SAR (one polarisation, grey)"])
+        self.mode_combo.addItems(["Optical (RGB)", "SAR (one band)"])  # short: the panel fits 1366 x 768
         self.mode_combo.setToolTip("Optical: three bands as red, green and blue. SAR: one band of backscatter "
                                    "(VV is the usual choice) made into the grey image the SAR model expects.")
         self.sar_box = SarBox()

@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, 
 from ...core.sar import DEFAULT_DB_RANGE, IMAGE, SAR_UNITS, UNIT_LABELS, SarSettings, fitted_db_range, sar_to_grey
 from ...errors import LayerError
 from ...job.sar_input import band_overview
+from .narrow import narrow_combo
 
 #: The preview's longer side on screen, in pixels (computed from the layer's overview).
 PREVIEW_SIZE = 160
@@ -28,6 +29,7 @@ class SarBox(QWidget):
         self.units_combo = QComboBox()
         for units in SAR_UNITS:
             self.units_combo.addItem(UNIT_LABELS[units], units)
+        narrow_combo(self.units_combo)
         self.units_combo.setToolTip("What the band holds. Power and amplitude become decibels (10 log10, "
                                     "20 log10); an 8/16-bit grey image is used as the reference reads it.")
         self.low_spin, self.high_spin = QDoubleSpinBox(), QDoubleSpinBox()
