@@ -131,17 +131,29 @@ def set_up_python() -> str:
 TOKEN_CONFIG_NAME = "SegEarth-OV backend token"
 
 
+def _on_main_thread() -> bool:
+    """QGIS's authentication manager is not safe to write from a task's thread while the main thread reads it."""
+    from qgis.PyQt.QtCore import QCoreApplication, QThread
+
+    application = QCoreApplication.instance()
+    return application is not None and QThread.currentThread() == application.thread()
+
+
 def backend_token() -> str:
     """The remote backend's token, from QGIS's authentication database (encrypted with the master password).
 
-    A token an older version kept in the plain settings is moved there the first time it is read (it stays
-    in the plain settings only where the database cannot be used, with a line in the log).
+    A token an older version kept in the plain settings is moved there the first time it is read once the
+    master password has been given (it stays in the plain settings where the database cannot be used, with a
+    line in the log).
     """
     from qgis.core import QgsApplication, QgsAuthMethodConfig
 
     plain = BACKEND_TOKEN.load()
     if plain:
-        save_backend_token(plain)
+        # Moved by QGIS's main thread only (a task's thread reads the plain one meanwhile), and only once the
+        # user has given the master password: a status poll must never make QGIS ask for it.
+        if _on_main_thread() and QgsApplication.authManager().masterPasswordIsSet():
+            save_backend_token(plain)
         return plain
     config_id = BACKEND_TOKEN_AUTHCFG.load()
     if not config_id:

@@ -45,3 +45,25 @@ def test_a_token_in_the_plain_settings_moves_to_the_database(auth_database):
     assert settings.backend_token() == "from-0.2"
     assert settings.BACKEND_TOKEN.load() == "" and settings.BACKEND_TOKEN_AUTHCFG.load()
     assert settings.backend_token() == "from-0.2" == settings.backend_settings().token
+
+
+def test_a_plain_token_is_moved_only_by_the_main_thread_once_the_master_password_is_given(auth_database):
+    """Found by CI: a status poll moved a plain token while no master password was set, and QGIS crashed
+    asking for one; a task's thread must not write the authentication database either."""
+    import threading
+
+    settings.BACKEND_URL.save("https://gpu.example:8765")
+    settings.BACKEND_TOKEN.save("from-0.2")
+    read: list[str] = []
+    worker = threading.Thread(target=lambda: read.append(settings.backend_token()))
+    worker.start()
+    worker.join(30)
+    assert read == ["from-0.2"] and settings.BACKEND_TOKEN.load() == "from-0.2"  # not moved off the main thread
+    auth_database.clearMasterPassword()
+    try:
+        assert not auth_database.masterPasswordIsSet()
+        assert settings.backend_token() == "from-0.2"  # no prompt: it stays plain until the password is given
+        assert settings.BACKEND_TOKEN.load() == "from-0.2" and settings.BACKEND_TOKEN_AUTHCFG.load() == ""
+    finally:
+        assert auth_database.setMasterPassword("segearth-tests", True)
+    assert settings.backend_token() == "from-0.2" and settings.BACKEND_TOKEN.load() == ""
