@@ -21,16 +21,17 @@ from ..client.backend_manager import shared_manager
 from ..core.change import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, format_area
 from ..core.change_legend import LegendEntry
 from ..core.classes import PRESETS
-from ..errors import BackendError, JobCancelledError, OutputError
+from ..errors import BackendError, OutputError
 from ..job.change_engine import BeforeCommit, ChangeResult, execute_change
 from ..job.change_request import ChangeInputs, ChangePlan, plan_change
 from ..job.vector_outputs import DataInput
 from ..map.change_style import change_style_text, change_vector_renderer, style_change_layer
 from ..map.styling import class_style_text
 from ..qgis_compat import DOUBLE_NUMBER
+from .job_feedback import job_errors, report_run
 from .post_processing import ResultPostProcessor
 from .run_outputs import layer_inputs
-from .segment import _failure, _SegmentBase
+from .segment import _SegmentBase
 
 HELP_CHANGE = (
     "Open-vocabulary change detection between two dates with SegEarth-OV: both rasters are segmented into the "
@@ -123,7 +124,7 @@ class _ChangeBase(_SegmentBase):
         feedback.pushInfo(f"Comparing {prepared.grid.width} x {prepared.grid.height} px of "
                           f"'{prepared.before.layer_name}' (before) and '{prepared.after_name}' (after) in "
                           f"{len(planned.params.classes)} classes; after resampled: {prepared.after.resampling}")
-        try:
+        with job_errors(feedback):
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute_change(prepared, planned.params, client,
                                     progress=lambda p: feedback.setProgress(p * progress_scale),
@@ -131,19 +132,7 @@ class _ChangeBase(_SegmentBase):
                                     make_style=class_style_text if styles else None,
                                     make_change_style=change_style_text if styles else None,
                                     log=feedback.pushWarning, before_commit=before_commit)
-        except JobCancelledError:
-            raise QgsProcessingException("Cancelled: no output was written.") from None
-        except BackendError as error:
-            if error.code == "cancelled" or feedback.isCanceled():
-                raise QgsProcessingException("Cancelled: no output was written.") from None
-            raise _failure(shared_manager().explain(error), feedback) from None
-        except (ValueError, OutputError, OSError) as error:
-            raise QgsProcessingException(str(error)) from None
-        for warning in result.warnings:
-            feedback.reportError(warning, fatalError=False)
-        at_once = f", up to {result.concurrency} requests at once" if result.concurrency > 1 else ""
-        retried = f"; {len(result.retried)} request(s) sent again (see above)" if result.retried else ""
-        feedback.pushInfo(f"{result.blocks} block(s) of two dates in {result.seconds:.1f} s{at_once}{retried}")
+        report_run(feedback, result, "block(s) of two dates", "requests at once")
         tally = result.tally
         changed, uncertain = format_area(float(tally.changed.sum())), format_area(float(tally.uncertain.sum()))
         feedback.pushInfo(f"Compared {format_area(float(tally.crosstab.sum()))} ({tally.valid_pixels} px; "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 from qgis.PyQt.QtCore import Qt
 
+from .job_feedback import CANCELLED
+
 
 class ChildFeedback(QgsProcessingFeedback):
     """A child algorithm's feedback: cancelled with ``parent``, its errors and progress (scaled) passed on.
@@ -34,4 +36,4 @@ class ChildFeedback(QgsProcessingFeedback):
 def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
     """Stop the algorithm, promising no output, once the user has cancelled."""
     if feedback.isCanceled():
-        raise QgsProcessingException("Cancelled: no output was written.")
+        raise QgsProcessingException(CANCELLED)

@@ -33,7 +33,7 @@ from ..core.classes import PRESETS, check_class_lines, class_lines
 from ..core.grid import Rect
 from ..core.report import shares_message, shares_warning
 from ..core.request_rules import BIAS_LAMBDA_RANGE, DEFAULT_BIAS_LAMBDA, MAX_CLASSES, NODATA_LABEL
-from ..errors import BackendError, ClassesError, JobCancelledError, OutputError
+from ..errors import ClassesError
 from ..job.aoi import AoiKind, AreaOfInterest
 from ..job.engine import JobResult, execute
 from ..job.request import JobInputs, plan_job
@@ -44,6 +44,7 @@ from ..qgis_compat import DOUBLE_NUMBER, INTEGER_NUMBER, VECTOR_POLYGON_SOURCE, 
 from ..qt_compat import field_type
 from .area import area_m2, area_measure
 from .child_feedback import ChildFeedback, raise_if_cancelled
+from .job_feedback import job_errors, report_run
 from .post_processing import ResultPostProcessor, attach
 from .run_outputs import RunOutputs, layer_inputs
 from .sar_parameters import HELP as SAR_HELP
@@ -182,7 +183,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
             bias_lambda=self.parameterAsDouble(parameters, self.BIAS_LAMBDA, context),
             output=output, probabilities=probabilities or False, overwrite=True,
             block_size=settings.load("block_size"), other_inputs=other_inputs, sar=sar)
-        try:
+        with job_errors(feedback):
             planned = plan_job(inputs)
             job = planned.source
             feedback.pushInfo(f"Segmenting {job.grid.width} x {job.grid.height} px of '{layer.name()}' "
@@ -190,19 +191,7 @@ class _SegmentBase(QgsProcessingAlgorithm):
             client = shared_manager().client(cancelled=feedback.isCanceled)
             result = execute(job, planned.params, client, progress=lambda p: feedback.setProgress(p * progress_scale),
                              cancelled=feedback.isCanceled, make_style=class_style_text, log=feedback.pushWarning)
-        except JobCancelledError:
-            raise QgsProcessingException("Cancelled: no output was written.") from None
-        except BackendError as error:
-            if error.code == "cancelled" or feedback.isCanceled():
-                raise QgsProcessingException("Cancelled: no output was written.") from None
-            raise _failure(shared_manager().explain(error), feedback) from None
-        except (ValueError, OutputError, OSError) as error:
-            raise QgsProcessingException(str(error)) from None
-        for warning in result.warnings:
-            feedback.reportError(warning, fatalError=False)
-        at_once = f", up to {result.concurrency} at once" if result.concurrency > 1 else ""
-        retried = f"; {len(result.retried)} request(s) sent again (see above)" if result.retried else ""
-        feedback.pushInfo(f"{result.blocks} block(s) in {result.seconds:.1f} s{at_once}{retried}")
+        report_run(feedback, result)
         feedback.pushInfo(shares_message(result.class_pixels, result.names))
         one_class = shares_warning(result.class_pixels, result.names, planned.params.background_index,
                                    planned.params.threshold)
@@ -370,13 +359,3 @@ class SegmentVectorAlgorithm(_SegmentBase):
                 kept[feature.id()] = (class_id, area)
             feedback.setProgress(85 + 10.0 * index / total)
         return kept
-
-
-def _failure(message: str, feedback: QgsProcessingFeedback) -> QgsProcessingException:
-    """The error to raise: a long message (a list of missing files, a log tail) is written to the log once,
-    and the exception carries its first line, since QGIS repeats an algorithm's error in several places."""
-    lines = message.strip().splitlines()
-    if len(lines) <= 2:
-        return QgsProcessingException(message)
-    feedback.pushInfo(message)
-    return QgsProcessingException(f"{lines[0].rstrip(':')} (the details are above).")
