@@ -363,3 +363,19 @@ def run_pair_job(client, before_path: Path, after_path: Path, output: Path, **op
     finally:
         before.close()
         after.close()
+
+
+#: The change tests' pair: its side in pixels, the pasted square's rows and columns in the after date, and
+#: where in the same image the square was copied from.
+PAIR_SIZE, PASTED, PASTED_FROM = 336, (30, 94), (250, 314)
+
+
+def write_pasted_pair(folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """Before: PAIR_SIZE x PAIR_SIZE px of smooth 'land cover' (UTM 33N); after: the same with a 64 x 64
+    square pasted from elsewhere in it. Returns both GeoTIFFs and the after date's 3 x H x W uint8 bands."""
+    image = smooth_image(PAIR_SIZE, PAIR_SIZE, seed=5)
+    after = image.copy()
+    (top, bottom), (start, stop) = PASTED, PASTED_FROM
+    after[:, top:bottom, top:bottom] = image[:, start:stop, start:stop]
+    return (write_geotiff(folder / "before.tif", image, 32633, UTM),
+            write_geotiff(folder / "after.tif", after, 32633, UTM), after)

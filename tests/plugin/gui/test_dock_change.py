@@ -16,9 +16,19 @@ from segearth_qgis.core.change import FIRST_TRANSITION, NO_CHANGE, UNCERTAIN
 from segearth_qgis.gui.dock import SegEarthDock
 from segearth_qgis.gui.task import ChangeTask
 from tests.plugin.helpers import CLASS_NAMES as NAMES
-from tests.plugin.helpers import CLASSES, UTM, read_band, smooth_image, wait_until, write_geotiff
+from tests.plugin.helpers import (
+    CLASSES,
+    PAIR_SIZE,
+    PASTED,
+    UTM,
+    read_band,
+    smooth_image,
+    wait_until,
+    write_geotiff,
+    write_pasted_pair,
+)
 
-SIZE, REGION = 336, (30, 94)
+SIZE, REGION = PAIR_SIZE, PASTED
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +56,8 @@ def messages(qgis_iface):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Before, and after = before with a square pasted from elsewhere of the same image."""
-    folder = tmp_path_factory.mktemp("pair")
-    image = smooth_image(SIZE, SIZE, seed=5)
-    after = image.copy()
-    after[:, REGION[0]:REGION[1], REGION[0]:REGION[1]] = image[:, 250:314, 250:314]
-    return (write_geotiff(folder / "before.tif", image, 32633, UTM),
-            write_geotiff(folder / "after.tif", after, 32633, UTM))
+    before, after, _ = write_pasted_pair(tmp_path_factory.mktemp("pair"))
+    return before, after
 
 
 def load(path, name):

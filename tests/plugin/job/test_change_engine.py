@@ -10,6 +10,9 @@ from segearth_qgis.core.blocks import context_span
 from segearth_qgis.core.change import FIRST_TRANSITION, NO_CHANGE, NODATA_CHANGE, UNCERTAIN, ChangeRule
 from segearth_qgis.errors import InputError, JobCancelledError
 from tests.plugin.helpers import (
+    PAIR_SIZE,
+    PASTED,
+    PASTED_FROM,
     UTM,
     CountingClient,
     FlakyProxy,
@@ -18,22 +21,18 @@ from tests.plugin.helpers import (
     run_scene_job,
     smooth_image,
     write_geotiff,
+    write_pasted_pair,
 )
 
 #: The pasted region (rows and columns) of the after date, and where it was copied from.
-REGION, SOURCE = (30, 94), (250, 314)
-SIZE = 336
+REGION, SOURCE, SIZE = PASTED, PASTED_FROM, PAIR_SIZE
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Before: 336 x 336 px of blocky 'land cover'; after: the same with a 64 x 64 region pasted from elsewhere."""
-    folder = tmp_path_factory.mktemp("pair")
-    image = smooth_image(SIZE, SIZE, seed=5)
-    after = image.copy()
-    after[:, REGION[0]:REGION[1], REGION[0]:REGION[1]] = image[:, SOURCE[0]:SOURCE[1], SOURCE[0]:SOURCE[1]]
-    return (write_geotiff(folder / "before.tif", image, 32633, UTM),
-            write_geotiff(folder / "after.tif", after, 32633, UTM))
+    before, after, _ = write_pasted_pair(tmp_path_factory.mktemp("pair"))
+    return before, after
 
 
 @pytest.fixture(scope="module")

@@ -33,20 +33,24 @@ from segearth_qgis.job.change_source import (
     row_areas,
 )
 from segearth_qgis.job.outputs import plan_outputs
-from tests.plugin.helpers import LINES, UTM, read_band, smooth_image, write_geotiff
+from tests.plugin.helpers import (
+    LINES,
+    PAIR_SIZE,
+    PASTED,
+    UTM,
+    read_band,
+    smooth_image,
+    write_geotiff,
+    write_pasted_pair,
+)
 
-SIZE, REGION = 336, (30, 94)
+SIZE, REGION = PAIR_SIZE, PASTED
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """As in test_change_engine: 336 x 336 px, a 64 x 64 region pasted from elsewhere into the after date."""
-    folder = tmp_path_factory.mktemp("pair")
-    image = smooth_image(SIZE, SIZE, seed=5)
-    after = image.copy()
-    after[:, REGION[0]:REGION[1], REGION[0]:REGION[1]] = image[:, 250:314, 250:314]
-    return (write_geotiff(folder / "before.tif", image, 32633, UTM),
-            write_geotiff(folder / "after.tif", after, 32633, UTM), after)
+    return write_pasted_pair(tmp_path_factory.mktemp("pair"))
 
 
 def layer(path) -> QgsRasterLayer:
