@@ -164,6 +164,11 @@ def backend_token() -> str:
     return str(config.config("password", ""))
 
 
+def token_is_saved() -> bool:
+    """Whether a backend token is kept (plain or in the authentication database), without opening the latter."""
+    return bool(BACKEND_TOKEN.load() or BACKEND_TOKEN_AUTHCFG.load())
+
+
 def save_backend_token(token: str) -> None:
     """Keep ``token`` in QGIS's authentication database ('' removes it); the plain setting is cleared. Where the
     database cannot be used (disabled, or no master password given), the plain setting keeps it."""
@@ -201,8 +206,9 @@ def backend_settings() -> BackendSettings:
     developer checkout), then a set-up in the profile's default folder."""
     from .client.backend_client import BackendSettings
 
-    saved = BACKEND_URL.load() or BACKEND_TOKEN.load() or BACKEND_TOKEN_AUTHCFG.load()
-    token = backend_token() if saved else None  # local-only users never open the authentication database
+    # A saved token goes with the saved URL (the panel shows them together); with no saved URL the
+    # SEGEARTH_BACKEND_* environment gives both, and local-only users never open the authentication database.
+    token = backend_token() if BACKEND_URL.load() else None
     found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=token or None,
                                      python=BACKEND_PYTHON.load() or None,
                                      model=MODEL.load() or None, clip_weights=CLIP_WEIGHTS.load() or None,

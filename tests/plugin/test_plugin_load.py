@@ -70,3 +70,21 @@ def test_remote_backend_settings_from_the_panel(qgis_iface):
         dock.backend_box.token_edit.setText("")
         dock.save_state()
     assert not dock.backend.is_remote()
+    from segearth_qgis.settings import token_is_saved
+
+    # Found by CI: emptied fields kept the token, and it then beat $SEGEARTH_BACKEND_TOKEN for a URL given by
+    # $SEGEARTH_BACKEND_URL (the backend answered 401).
+    assert not token_is_saved()
+
+
+def test_a_saved_token_without_a_saved_url_does_not_beat_the_environment(qgis_iface, monkeypatch):
+    from segearth_qgis import settings
+
+    settings.BACKEND_TOKEN.save("left-from-an-old-panel")
+    try:
+        monkeypatch.setenv("SEGEARTH_BACKEND_URL", "http://gpu-box:8765")
+        monkeypatch.setenv("SEGEARTH_BACKEND_TOKEN", "from-the-environment")
+        assert (settings.backend_settings().url, settings.backend_settings().token) == \
+            ("http://gpu-box:8765", "from-the-environment")
+    finally:
+        settings.BACKEND_TOKEN.reset()

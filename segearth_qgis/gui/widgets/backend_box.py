@@ -120,6 +120,9 @@ class BackendBox(QgsCollapsibleGroupBox):
 
     def save(self) -> None:
         settings.BACKEND_URL.save(self.url_edit.text().strip())
-        if self.token_edit.text().strip() != (settings.backend_token() if settings.BACKEND_URL.load() else ""):
-            settings.save_backend_token(self.token_edit.text().strip())
+        token = self.token_edit.text().strip()
+        if token and token != settings.backend_token():
+            settings.save_backend_token(token)
+        elif not token and settings.token_is_saved():
+            settings.save_backend_token("")  # an emptied field forgets the token, whatever the URL
         settings.BACKEND_PYTHON.save(self.python_edit.text().strip())

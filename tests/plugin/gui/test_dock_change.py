@@ -46,13 +46,6 @@ def dock(qgis_iface, qgis_processing, backend_environment, tmp_path_factory):
     QgsApplication.processingRegistry().removeProvider(provider)
 
 
-@pytest.fixture
-def messages(qgis_iface):
-    bar = qgis_iface.messageBar()
-    bar.clear_messages()
-    return bar
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Before, and after = before with a square pasted from elsewhere of the same image."""

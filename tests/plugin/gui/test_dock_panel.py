@@ -53,13 +53,6 @@ def dock(qgis_iface, tmp_path, monkeypatch):
         settings.ALL[key].reset()  # after shutdown(), which saves the panel's state
 
 
-@pytest.fixture
-def messages(qgis_iface):
-    bar = qgis_iface.messageBar()
-    bar.clear_messages()
-    return bar
-
-
 def load(path, name):
     layer = QgsRasterLayer(str(path), name)
     assert layer.isValid()
@@ -339,7 +332,7 @@ def test_first_run_without_weights_says_what_is_missing_within_seconds(dock, mes
         log.messageReceived.disconnect(collect)
     assert time.monotonic() - start < 60
     # The bar shows the first line (the list is behind its "more" button); the log panel has everything.
-    bar_text = " ".join(messages.get_messages(Qgis.Critical))
+    bar_text = " ".join(messages.shown(Qgis.Critical))
     assert "These weight files are missing" in bar_text and "\n" not in bar_text
     text = "\n".join(logged)
     assert "xclip_jbu_one_million_aid.ckpt" in text and "open_clip_pytorch_model.bin" in text and "Weights…" in text

@@ -50,13 +50,6 @@ def dock(qgis_iface, backend_environment, tmp_path_factory):
     panel.shutdown()
 
 
-@pytest.fixture
-def messages(qgis_iface):
-    bar = qgis_iface.messageBar()
-    bar.clear_messages()
-    return bar
-
-
 def load(path, name="input"):
     layer = QgsRasterLayer(str(path), name)
     assert layer.isValid()
@@ -513,7 +506,7 @@ def test_a_result_that_is_all_background_says_why(dock, tmp_path, messages):
     finally:
         log.messageReceived.disconnect(collect)
     assert task.result is not None
-    warning = " ".join(messages.get_messages(Qgis.Warning))  # the bar: the problem
+    warning = " ".join(messages.shown(Qgis.Warning))  # the bar: the problem
     assert "the whole area is 'background'" in warning
     assert any("the whole area is 'background'" in m and "threshold 1" in m and "lower it" in m
                for m in logged)  # all of it: the log panel, and the bar's Show more
