@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from qgis.core import QgsApplication, QgsLayerTreeModel, QgsProject, QgsRasterLayer  # noqa: E402
 from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas, QgsMessageBar  # noqa: E402
-from qgis.PyQt.QtCore import QCoreApplication, Qt  # noqa: E402
+from qgis.PyQt.QtCore import QCoreApplication, QSettings, Qt  # noqa: E402
 from qgis.PyQt.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget  # noqa: E402
 
 
@@ -57,6 +57,12 @@ def main() -> int:
                           SEGEARTH_UPSAMPLER_WEIGHTS=str(parity / "tiny-simfeatup.ckpt"), SEGEARTH_DEVICE="cpu")
 
     work = Path(tempfile.mkdtemp(prefix="segearth-screenshot-"))  # a throwaway QGIS profile and results folder
+    # QGIS's names, and every QSettings in the throwaway folder: nothing is written to ~/.config.
+    QCoreApplication.setOrganizationName("QGIS")
+    QCoreApplication.setOrganizationDomain("qgis.org")
+    QCoreApplication.setApplicationName("QGIS3")
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(work / "settings"))
     app = QgsApplication([], True, str(work / "profile"))
     app.initQgis()
     from segearth_qgis.gui.dock import SegEarthDock

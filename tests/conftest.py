@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PARITY, tree_pythonpath
+from tests.helpers import DATA, PARITY, tree_pythonpath
 
 # Never reach for the network from tests: downloads fail fast with the offline message.
 os.environ.setdefault("SEGEARTH_OFFLINE", "1")
@@ -46,3 +46,11 @@ def tiny_segmenter(tiny_paths: dict[str, str], tmp_path_factory: pytest.TempPath
     from segearth_backend import load_segmenter
 
     return load_segmenter(device="cpu", cache_dir=tmp_path_factory.mktemp("cache"), **tiny_paths)
+
+
+@pytest.fixture(scope="session")
+def sar_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tests/data/sar_sample.tif: QGIS and GDAL write statistics beside the rasters they read."""
+    import shutil
+
+    return Path(shutil.copy2(DATA / "sar_sample.tif", tmp_path_factory.mktemp("sar") / "sar_sample.tif"))

@@ -9,10 +9,7 @@ from qgis.core import QgsProject, QgsRasterLayer
 from segearth_qgis import settings
 from segearth_qgis.core.sar import AMPLITUDE, DECIBELS, IMAGE, LINEAR, SarSettings, fitted_db_range, sar_to_rgb
 from segearth_qgis.gui.dock import SegEarthDock
-from tests.helpers import DATA
 from tests.plugin.helpers import CLASSES, read_band, wait_until
-
-SAMPLE = DATA / "sar_sample.tif"
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +22,8 @@ def dock(qgis_iface, backend_environment, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sample_layer():
-    layer = QgsRasterLayer(str(SAMPLE), "sar sample")
+def sample_layer(sar_sample):
+    layer = QgsRasterLayer(str(sar_sample), "sar sample")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
     yield layer
@@ -45,12 +42,12 @@ def sar_mode(dock, layer, band=1, units=LINEAR, low=-25.0, high=0.0):
     return box
 
 
-def test_sar_mode_shows_one_band_and_a_preview_of_what_the_model_sees(dock, sample_layer):
+def test_sar_mode_shows_one_band_and_a_preview_of_what_the_model_sees(sar_sample, dock, sample_layer):
     box = sar_mode(dock, sample_layer)
     assert box.bands() == (1,) and box.sar_settings() == SarSettings(LINEAR, -25.0, 0.0)
     assert box.form.labelForField(box.band_combos[0]).text() == "SAR band"
     assert all(combo.isHidden() for combo in box.band_combos[1:]) and not box.sar_box.isHidden()
-    vv = read_band(SAMPLE, 1)
+    vv = read_band(sar_sample, 1)
     # The sample is 192 px, within the preview size: the preview is the band itself, converted.
     preview = box.sar_box.preview_grey
     assert preview.shape == vv.shape
@@ -61,10 +58,10 @@ def test_sar_mode_shows_one_band_and_a_preview_of_what_the_model_sees(dock, samp
                                   sar_to_rgb(vv, SarSettings(LINEAR, -25.0, -10.0), 0.0)[0][..., 0])
 
 
-def test_fit_to_layer_and_units(dock, sample_layer):
+def test_fit_to_layer_and_units(sar_sample, dock, sample_layer):
     box = sar_mode(dock, sample_layer, band=2)
     box.sar_box.fit_button.click()
-    low, high = fitted_db_range(read_band(SAMPLE, 2), LINEAR, 0.0)
+    low, high = fitted_db_range(read_band(sar_sample, 2), LINEAR, 0.0)
     assert box.sar_settings().low_db == pytest.approx(low, abs=0.05)
     assert box.sar_settings().high_db == pytest.approx(high, abs=0.05)
     for units, enabled in ((AMPLITUDE, True), (DECIBELS, True), (IMAGE, False)):
@@ -76,7 +73,7 @@ def test_fit_to_layer_and_units(dock, sample_layer):
     assert box.sar_settings() is None and len(box.bands()) == 3
 
 
-def test_segment_the_sar_sample_from_the_panel(dock, sample_layer, tmp_path, tiny_segmenter):
+def test_segment_the_sar_sample_from_the_panel(sar_sample, dock, sample_layer, tmp_path, tiny_segmenter):
     sar_mode(dock, sample_layer, band=1, low=-24.0, high=-2.0)
     dock.classes_box.edit.setPlainText(CLASSES)
     dock.options_box.threshold_spin.setValue(0.0)
@@ -90,7 +87,7 @@ def test_segment_the_sar_sample_from_the_panel(dock, sample_layer, tmp_path, tin
     wait_until(lambda: dock.task is None, 240)
     assert task.result is not None, task.error
     labels = read_band(output)
-    vv = read_band(SAMPLE, 1)
+    vv = read_band(sar_sample, 1)
     rgb, valid = sar_to_rgb(vv, SarSettings(LINEAR, -24.0, -2.0), 0.0)
     expected = tiny_segmenter.predict(rgb, CLASSES.splitlines(), prob_threshold=0.0, valid=valid).labels
     np.testing.assert_array_equal(labels, expected)
