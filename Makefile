@@ -17,7 +17,7 @@ TESTS ?=
 # QGIS (pytest-qgis) needs a display; run headless unless the caller set one.
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help install system plugin test test-qgis coverage bench change-bench stress cluster-bench demo demo-change demo-sar package lint screenshot clean
+.PHONY: help install system plugin test test-qgis coverage bench bench-large change-bench stress cluster-bench demo demo-change demo-sar package lint screenshot clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -63,6 +63,9 @@ coverage: $(STAMP) ## the test suite under coverage (backend processes and task 
 
 bench: $(STAMP) ## speed / memory benchmark: table on stdout, JSON in bench_out/bench.json
 	$(PY) -m segearth_backend bench --out bench_out/bench.json
+
+bench-large: $(STAMP) ## a MP=64 megapixel raster through qgis_process, float32 and bfloat16: MP/min, peak memory of QGIS and the backend (bench_out/large.json)
+	QT_QPA_PLATFORM=offscreen $(PY) tools/large_bench.py --megapixels $(or $(MP),64) --model $(or $(MODEL),vitb16) --out bench_out/large.json
 
 change-bench: $(STAMP) ## the change job's first run and re-queries on the Köln pair (tiny and full-size models): bench_out/change.json
 	QT_QPA_PLATFORM=offscreen $(PY) tools/change_bench.py --models $(or $(MODELS),tiny,vitb16) --cache-mb $(or $(CACHE_MB),default) --out bench_out/change.json
