@@ -82,7 +82,8 @@ def random_segmenter(device: str, cache_dir: Optional[Path], batch_size: Optiona
     upsampler = JBUOne(int(model.visual.output_dim)).eval()
     return Segmenter(clip, upsampler, torch.device(device), cache_dir=cache_dir, batch_size=batch_size,
                      precision=precision, upsampler_source="random (benchmark)",
-                     feature_cache_mb=DEFAULT_FEATURE_CACHE_MB if feature_cache_mb is None else feature_cache_mb)
+                     feature_cache_mb=DEFAULT_FEATURE_CACHE_MB if feature_cache_mb is None else feature_cache_mb,
+                     owns_model=True)
 
 
 def build(device: str, real: bool, batch_size: Optional[int], precision: str = "auto",

@@ -77,3 +77,24 @@ def test_a_segmenter_asked_for_bfloat16_on_such_a_cpu_runs_float32_and_says_why(
     assert engine.cast is None and info["precision"] == "float32"
     assert "neither AVX512-BF16 nor AMX-BF16" in str(info["precision_note"])
     assert any("running float32" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("owns_model", [True, False])
+def test_a_bfloat16_cpu_tower_keeps_no_float32_copy_when_the_engine_owns_the_model(tmp_path, tiny_paths,
+                                                                                    monkeypatch, owns_model):
+    from segearth_backend.model.clip_loader import load_clip
+    from segearth_backend.pipeline import segmenter as segmenter_module
+
+    fast = cpu_capabilities(_cpuinfo(tmp_path, "fpu avx512f avx512_bf16"))
+    monkeypatch.setattr(segmenter_module, "cpu_capabilities", lambda: fast)
+    clip = load_clip(tiny_paths["model"], tiny_paths["clip_weights"], tmp_path)
+    engine = segmenter_module.Segmenter(clip, None, torch.device("cpu"), precision="bf16", feature_cache_mb=0,
+                                        owns_model=owns_model)
+    assert {p.dtype for p in engine.visual.parameters()} == {torch.bfloat16}
+    assert (engine.visual is clip.model.visual) == owns_model  # owned: cast in place, nothing kept beside it
+    tower_dtypes = {p.dtype for p in clip.model.visual.parameters()}
+    assert tower_dtypes == ({torch.bfloat16} if owns_model else {torch.float32})
+    assert {p.dtype for p in clip.model.transformer.parameters()} == {torch.float32}  # the text tower stays float32
+    image = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (64, 64, 3), generator=image, dtype=torch.uint8).numpy()
+    assert engine.predict(pixels, ["water", "road"]).labels.shape == (64, 64)

@@ -120,7 +120,10 @@ class Segmenter:
                  precision: str = "auto", upsampler_source: str = "none",
                  query_chunk_elements: int = QUERY_CHUNK_ELEMENTS, model_preset: Optional[str] = None,
                  upsampler_reason: str = "", feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
-                 attention: str = DEFAULT_ATTENTION, last_blocks: int = DEFAULT_LAST_BLOCKS) -> None:
+                 attention: str = DEFAULT_ATTENTION, last_blocks: int = DEFAULT_LAST_BLOCKS,
+                 owns_model: bool = False) -> None:
+        """``owns_model``: ``clip`` is this engine's alone, so a reduced-precision CPU tower is cast in place
+        (no float32 copy kept beside it); otherwise the tower is cast as a copy and ``clip`` stays float32."""
         self.clip = clip
         self.device = device
         model = clip.model.to(device)
@@ -147,7 +150,7 @@ class Segmenter:
         self.fingerprint = weights_fingerprint(self.visual, self.upsampler,
                                                extra=f"{self.dtype}/{self.cast}/{self.patch}/{self.attention}/{self.last_blocks}")
         if self.cast is not None:  # the image tower runs in this dtype on the CPU (the text tower stays float32)
-            self.visual = _cast_copy(self.visual, self.cast)
+            self.visual = self.visual.to(self.cast) if owns_model else _cast_copy(self.visual, self.cast)
         self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
         #: Up to this many queries, each query is upsampled itself; beyond, a window's exact coordinates.
         self.query_path_max = min(self.feature_dim, (CROP // self.patch) ** 2 + 1)
@@ -396,4 +399,5 @@ def load_segmenter(model: Optional[str] = None, clip_weights: Optional[str] = No
                      batch_size=config.batch_size, precision=config.precision,
                      model_preset=resolved.preset.name if resolved.preset else None, upsampler_reason=choice.reason,
                      upsampler_source=str(upsampler_path) if upsampler_path else "none",
-                     feature_cache_mb=config.feature_cache_mb, attention=attention_mode, last_blocks=blocks)
+                     feature_cache_mb=config.feature_cache_mb, attention=attention_mode, last_blocks=blocks,
+                     owns_model=True)
