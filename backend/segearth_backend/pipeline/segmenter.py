@@ -1,12 +1,10 @@
 """The SegEarth-OV segmenter: image + class list in, labels and probabilities out.
 
-The work is split in two: :mod:`.features` computes each window's features
-(image tower, SimFeatUp), which do not depend on the classes, and
-:mod:`.decision` turns logits into labels a chunk of queries at a time. The
-segmenter walks the image cell by cell (:func:`~segearth_backend.windows.cell_grid`), so it
-holds the logits of about two window rows (at most as many channels as a
-window has exact coordinates, whatever the number of queries) and of one
-cell and one chunk of queries: memory does not grow with the number of classes.
+:mod:`.features` computes each window's features (image tower, SimFeatUp), which do not depend on the classes;
+:mod:`.decision` turns logits into labels a chunk of queries at a time. The segmenter walks the image cell by
+cell (:func:`~segearth_backend.windows.cell_grid`), so it holds the logits of about two window rows (at most
+as many channels as a window has exact coordinates, whatever the number of queries) and of one cell and one
+chunk of queries: memory does not grow with the number of classes.
 
 The class-independent work is kept in a bounded :class:`~.feature_cache.FeatureCache`
 (per window: keyed by its pixels; per image: the upsampler's kernels), so
@@ -17,6 +15,7 @@ runs only each query's own upsampling.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -122,8 +121,7 @@ class Segmenter:
                  upsampler_reason: str = "", feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
                  attention: str = DEFAULT_ATTENTION, last_blocks: int = DEFAULT_LAST_BLOCKS,
                  owns_model: bool = False) -> None:
-        """``owns_model``: ``clip`` is this engine's alone, so a reduced-precision CPU tower is cast in place
-        (no float32 copy kept beside it); otherwise the tower is cast as a copy and ``clip`` stays float32."""
+        """``owns_model``: ``clip`` is this engine's alone (a bfloat16 CPU tower is cast in place, not copied)."""
         self.clip = clip
         self.device = device
         model = clip.model.to(device)
@@ -347,8 +345,6 @@ def _check_attention(attention: str, last_blocks: int, visual: Any) -> tuple[str
 
 def _cast_copy(module: Any, dtype: torch.dtype) -> Any:
     """A copy of ``module`` with its floating-point weights in ``dtype`` (the original is left as it is)."""
-    import copy
-
     return copy.deepcopy(module).to(dtype)
 
 
