@@ -24,6 +24,7 @@ the number of queries. :mod:`.decision` turns logits into labels;
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
@@ -56,6 +57,12 @@ def normalise(image: np.ndarray, valid: Optional[np.ndarray], device: torch.devi
     if valid is not None:
         tensor = tensor * torch.from_numpy(np.ascontiguousarray(valid)).to(device)
     return tensor
+
+
+def image_guidance(image: np.ndarray, valid: Optional[np.ndarray], device: torch.device, y0: int, y1: int, x0: int,
+                   x1: int) -> torch.Tensor:
+    """The normalised (and masked) rectangle ``y0:y1, x0:x1`` of ``image`` (``H x W x 3`` uint8), ``1 x 3 x h x w``."""
+    return normalise(image[y0:y1, x0:x1], None if valid is None else valid[y0:y1, x0:x1], device)
 
 
 @dataclass
@@ -179,7 +186,11 @@ class WindowSource:
         window_bytes = missing * 4 + len(self.windows) * 512 * 1024
         kernel_bytes = kernel_store.estimate_bytes(self.windows, self.tower.device)
         keep = key != "" and self.cache.fits(kernel_bytes + window_bytes)
-        store = kernel_store.kernel_store(self.tower.upsampler, self._guidance, self.windows, self.tower.device,
+        # The store holds a guidance function over the pixels only, never this walk: a kept store that held it
+        # would form a reference cycle (walk -> store -> walk) that only the garbage collector frees, so evicted
+        # stores (about 0.7 GB per megapixel) piled up in a long-running backend.
+        guidance = functools.partial(image_guidance, self.image, self.valid, self.tower.device)
+        store = kernel_store.kernel_store(self.tower.upsampler, guidance, self.windows, self.tower.device,
                                         self.tower.dtype, keep)
         if keep:
             self.cache.reserve(kernel_bytes + window_bytes)
@@ -188,8 +199,7 @@ class WindowSource:
 
     # ------------------------------------------------------------ pixels
     def _guidance(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        valid = None if self.valid is None else self.valid[y0:y1, x0:x1]
-        return normalise(self.image[y0:y1, x0:x1], valid, self.tower.device)
+        return image_guidance(self.image, self.valid, self.tower.device, y0, y1, x0, x1)
 
     def _crop(self, index: int) -> torch.Tensor:
         """The normalised, padded window ``1 x 3 x Hp x Wp``."""
