@@ -139,6 +139,11 @@ find "$root/src" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
 #    than backend/pyproject.toml), then the tests.
 say "Debian packages (QGIS): installed when missing"
 in_chroot make -C /src system
+# git: the package tool lists the tree's files with git and builds its archive from a git repository; /src is
+# made one (every copied file untracked but not ignored, as in the host's tree).
+in_chroot sh -c 'command -v git > /dev/null || { apt-get install -y -q --no-install-recommends git > /dev/null \
+    || { apt-get update -q > /dev/null && apt-get install -y -q --no-install-recommends git > /dev/null; }; }'
+in_chroot git -C /src init -q
 say "the venv /src/.venv: made when missing (PyTorch's download: several minutes the first time)"
 in_chroot make -C /src .venv/.installed WHEELHOUSE=/var/cache/segearth-wheels
 in_chroot sh -c 'echo "QGIS $(python3 -c "from qgis.core import Qgis; print(Qgis.QGIS_VERSION)")," \

@@ -27,3 +27,23 @@ def raster(tmp_path_factory):
     image = smooth_image(260, 300, seed=4)
     image[:, :10, :] = 0
     return write_geotiff(folder / "scene.tif", image, 32633, UTM, nodata=0)
+
+
+@pytest.fixture
+def loaded_layers(qgis_iface, monkeypatch):
+    """Layers Processing loads into the current project, removed afterwards.
+
+    Processing adds them through the main window's layer tree view (QGIS 3.44 refuses anything but a real one):
+    the test interface gets a real view of the project's layer tree.
+    """
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsLayerTreeView
+
+    project = QgsProject.instance()
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(project.layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
+    before = set(project.mapLayers())
+    yield lambda: [layer for key, layer in project.mapLayers().items() if key not in before]
+    project.removeMapLayers([key for key in project.mapLayers() if key not in before])
+    view.deleteLater()

@@ -222,22 +222,18 @@ def test_cancel_during_the_job_keeps_nothing(provider, pair, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_run_and_load_results_styles_the_change_layer(provider, pair, tmp_path):
+def test_run_and_load_results_styles_the_change_layer(provider, pair, tmp_path, loaded_layers):
     import processing
-    from qgis.core import QgsProject
 
     result = processing.runAndLoadResults("segearth:change", {
         "BEFORE": str(pair[0]), "AFTER": str(pair[1]), "CLASSES": CLASSES, "THRESHOLD": 0.0,
         "OUTPUT": "TEMPORARY_OUTPUT", "OUTPUT_MATRIX": "TEMPORARY_OUTPUT"})
-    loaded = [layer for layer in QgsProject.instance().mapLayers().values()
+    loaded = [layer for layer in loaded_layers()
               if isinstance(layer, QgsRasterLayer) and layer.source() == result["OUTPUT"]]
-    try:
-        assert len(loaded) == 1
-        labels = [c.label for c in loaded[0].renderer().classes()]
-        assert labels[:2] == ["no change", "uncertain"] and all("→" in label for label in labels[2:])
-        assert loaded[0].name().startswith("Change")
-    finally:
-        QgsProject.instance().removeAllMapLayers()
+    assert len(loaded) == 1
+    labels = [c.label for c in loaded[0].renderer().classes()]
+    assert labels[:2] == ["no change", "uncertain"] and all("→" in label for label in labels[2:])
+    assert loaded[0].name().startswith("Change")
 
 
 def test_an_unreachable_backend_is_a_processing_error_and_writes_nothing(provider, pair, tmp_path, monkeypatch):

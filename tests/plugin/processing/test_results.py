@@ -59,26 +59,6 @@ def run_algorithm(algorithm, parameters, feedback=None):
     return results
 
 
-@pytest.fixture
-def loaded_layers(qgis_iface, monkeypatch):
-    """Layers Processing loads into the current project, removed afterwards.
-
-    Processing adds them through the main window's layer tree view (QGIS 3.44 refuses anything but a real one):
-    the test interface gets a real view of the project's layer tree.
-    """
-    from qgis.core import QgsLayerTreeModel
-    from qgis.gui import QgsLayerTreeView
-
-    project = QgsProject.instance()
-    view = QgsLayerTreeView()
-    view.setModel(QgsLayerTreeModel(project.layerTreeRoot(), view))
-    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
-    before = set(project.mapLayers())
-    yield lambda: [layer for key, layer in project.mapLayers().items() if key not in before]
-    project.removeMapLayers([key for key in project.mapLayers() if key not in before])
-    view.deleteLater()
-
-
 def test_run_and_load_results_shows_the_classes_over_the_image(provider, raster, loaded_layers):
     import processing
 
