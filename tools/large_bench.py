@@ -35,12 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "backend"), str(ROOT / "tools")]
 
-from demo import OEM_CLASSES  # noqa: E402 - after the path set-up
-from stress import cpu_model, full_size_model  # noqa: E402
+from change_bench import weights  # noqa: E402 - after the path set-up
+from cluster_bench import TOKEN, start_server  # noqa: E402
+from demo import OEM_CLASSES  # noqa: E402
+from stress import cpu_model  # noqa: E402
 
-PARITY = ROOT / "tests" / "data" / "parity"
 SAMPLE = ROOT.parent / "shared" / "data" / "oem_koeln_50.tif"
-TOKEN = "large-bench-token-41c7"
 #: The raster's tile side (pixels): the sample is read at this size and mirrored from one tile to the next.
 TILE = 1000
 
@@ -85,14 +85,6 @@ def make_raster(path: Path, megapixels: float, sample: Path) -> tuple[int, int]:
     return side, side
 
 
-def model_args(model: str, workdir: Path) -> list[str]:
-    if model == "tiny":
-        return ["--model", str(PARITY / "tiny-clip.json"), "--clip-weights", str(PARITY / "tiny-clip.pt"),
-                "--upsampler-weights", str(PARITY / "tiny-simfeatup.ckpt")]
-    config, clip, upsampler = full_size_model(workdir)
-    return ["--model", str(config), "--clip-weights", str(clip), "--upsampler-weights", str(upsampler)]
-
-
 def wait_with_usage(process: subprocess.Popen, timeout: float) -> tuple[int, float]:
     """(exit status, peak resident memory in GB) of a child, from ``wait4`` (exact, unlike sampling)."""
     deadline = time.monotonic() + timeout
@@ -105,28 +97,6 @@ def wait_with_usage(process: subprocess.Popen, timeout: float) -> tuple[int, flo
             process.kill()
             deadline = float("inf")
         time.sleep(0.2)
-
-
-def start_backend(args: list[str], workdir: Path) -> tuple[subprocess.Popen, str, float]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready, log = workdir / "ready.json", workdir / "backend.log"
-    env = dict(os.environ, SEGEARTH_BACKEND_TOKEN=TOKEN)
-    env["PYTHONPATH"] = str(ROOT / "backend") + os.pathsep + env.get("PYTHONPATH", "")
-    start = time.monotonic()
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "segearth_backend", "serve", "--port", "0", "--ready-file",
-                                    str(ready), "--device", "cpu", *args], stdout=subprocess.DEVNULL, stderr=stream,
-                                   env=env)
-    while not ready.is_file():
-        if process.poll() is not None or time.monotonic() - start > 900:
-            process.kill()
-            raise SystemExit(f"the backend did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    document = json.loads(ready.read_text())
-    if "url" not in document:
-        process.kill()
-        raise SystemExit(f"the backend could not load the model: {document.get('error')}")
-    return process, document["url"], time.monotonic() - start
 
 
 def qgis_process_command() -> str:
@@ -161,16 +131,16 @@ def bench_precision(precision: str, model: str, raster: Path, pixels: int, workd
     folder = workdir / precision
     home = folder / "home"
     home.mkdir(parents=True)
-    args = [*model_args(model, workdir), "--precision", precision, "--cache-dir", str(folder / "cache")]
+    args = [*weights(model, workdir), "--precision", precision, "--cache-dir", str(folder / "cache")]
     say(f"{precision}: starting the backend")
-    backend, url, load_s = start_backend(args, folder / "backend")
+    backend, url, load_s = start_server(args, folder / "backend")
     try:
         say(f"{precision}: qgis_process on {pixels / 1e6:.1f} MP")
         seconds, qgis_peak_gb, log = run_qgis_process(raster, folder / "labels.tif", url, home)
     finally:
         backend.terminate()
         _, backend_peak_gb = wait_with_usage(backend, timeout=60)
-    note = next((line.strip() for line in (folder / "backend" / "backend.log").read_text(errors="replace")
+    note = next((line.strip() for line in (folder / "backend" / "server.log").read_text(errors="replace")
                  .splitlines() if "bfloat16" in line and "float32" in line), "")
     return {"precision": precision, "backend_start_s": round(load_s, 1), "seconds": round(seconds, 1),
             "mp_per_minute": round(pixels / 1e6 / (seconds / 60), 2), "qgis_process_peak_gb": round(qgis_peak_gb, 2),
