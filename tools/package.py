@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -115,11 +116,14 @@ def build(out: Path, development: Optional[bool] = None) -> tuple[Path, Path, li
     if dev:
         version += "-dev"
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="segearth-package-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="segearth-package-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="segearth-package-scratch-") as scratch:
         staging = Path(tmp)
         stage(staging, version, links, dev)
+        # qgis-plugin-ci leaves its git archive (a .tar) in the temporary folder: give it one removed with ours.
         result = subprocess.run([*qgis_plugin_ci(), "package", version, "--disable-submodule-update",
-                                 "--plugin-repo-url", repository], cwd=staging, capture_output=True, text=True)
+                                 "--plugin-repo-url", repository], cwd=staging, capture_output=True, text=True,
+                                env={**os.environ, "TMPDIR": scratch})
         if result.returncode != 0:
             raise SystemExit(f"package: qgis-plugin-ci failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         archive = staging / f"{PLUGIN}.{version}.zip"

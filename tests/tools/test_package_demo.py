@@ -20,9 +20,12 @@ def test_package_holds_the_plugin_its_backend_and_a_repository_xml(tmp_path):
     import configparser
     import xml.etree.ElementTree as ElementTree
 
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "package.py"), "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(temporary)})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(temporary.iterdir()) == []  # qgis-plugin-ci's .tar went with the package's own temporary folder
     from segearth_backend import __version__
 
     # The links are placeholders (packaging/project.ini: published = no): a development build, and it says why.
