@@ -127,11 +127,12 @@ def run_qgis_process(raster: Path, output: Path, url: str, home: Path) -> tuple[
     return seconds, peak_gb, text
 
 
-def bench_precision(precision: str, model: str, raster: Path, pixels: int, workdir: Path) -> dict[str, Any]:
+def bench_precision(precision: str, model_args: list[str], raster: Path, pixels: int, workdir: Path
+                    ) -> dict[str, Any]:
     folder = workdir / precision
     home = folder / "home"
     home.mkdir(parents=True)
-    args = [*weights(model, workdir), "--precision", precision, "--cache-dir", str(folder / "cache")]
+    args = [*model_args, "--precision", precision, "--cache-dir", str(folder / "cache")]
     say(f"{precision}: starting the backend")
     backend, url, load_s = start_server(args, folder / "backend")
     try:
@@ -183,7 +184,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raster = workdir / "large.tif"
         say(f"making a {args.megapixels:g} MP raster from {args.sample.name}")
         rows, cols = make_raster(raster, args.megapixels, args.sample)
-        runs = [bench_precision(p, args.model, raster, rows * cols, workdir) for p in precisions]
+        model_args = weights(args.model, workdir)  # the weight files are written once for every precision
+        runs = [bench_precision(p, model_args, raster, rows * cols, workdir) for p in precisions]
         report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "cores": os.cpu_count(),
                                   "machine": platform.machine(), "model": args.model, "size": f"{cols}x{rows}",
                                   "megapixels": rows * cols / 1e6, "runs": runs}
