@@ -208,8 +208,9 @@ def backend_settings() -> BackendSettings:
 
     # A saved token goes with the saved URL (the panel shows them together); with no saved URL the
     # SEGEARTH_BACKEND_* environment gives both, and local-only users never open the authentication database.
-    token = backend_token() if BACKEND_URL.load() else None
-    found = BackendSettings.from_env(url=BACKEND_URL.load() or None, token=token or None,
+    url = BACKEND_URL.load()
+    token = backend_token() if url else None
+    found = BackendSettings.from_env(url=url or None, token=token or None,
                                      python=BACKEND_PYTHON.load() or None,
                                      model=MODEL.load() or None, clip_weights=CLIP_WEIGHTS.load() or None,
                                      upsampler_weights=UPSAMPLER_WEIGHTS.load() or None)
