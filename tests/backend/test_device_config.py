@@ -98,3 +98,31 @@ def test_a_bfloat16_cpu_tower_keeps_no_float32_copy_when_the_engine_owns_the_mod
     image = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (64, 64, 3), generator=image, dtype=torch.uint8).numpy()
     assert engine.predict(pixels, ["water", "road"]).labels.shape == (64, 64)
+
+
+def test_the_bfloat16_mode_runs_the_upsampler_kernels_fixup_in_bfloat16(tmp_path, tiny_paths, monkeypatch):
+    """bf16 on a CPU with bfloat16 instructions: the composite kernels' fixup matrix products run in
+    bfloat16 (several times faster there); float32 keeps them float32."""
+    from segearth_backend.pipeline import segmenter as segmenter_module
+    from segearth_backend.pipeline.segmenter import load_segmenter
+    from segearth_backend.upsampler.jbu import JointBilateralStep
+
+    fast = cpu_capabilities(_cpuinfo(tmp_path, "fpu avx512f avx512_bf16"))
+    monkeypatch.setattr(segmenter_module, "cpu_capabilities", lambda: fast)
+    seen: list = []
+    finish = JointBilateralStep.finish
+
+    def recording_finish(self, fixup_input, compute_dtype=None):
+        seen.append(compute_dtype)
+        return finish(self, fixup_input, compute_dtype)
+
+    monkeypatch.setattr(JointBilateralStep, "finish", recording_finish)
+    pixels = torch.randint(0, 256, (96, 96, 3), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8).numpy()
+    for precision, expected in (("bf16", torch.bfloat16), ("fp32", None)):
+        seen.clear()
+        engine = load_segmenter(model=tiny_paths["model"], clip_weights=tiny_paths["clip_weights"],
+                                upsampler_weights=tiny_paths["upsampler_weights"], device="cpu",
+                                precision=precision, feature_cache_mb=0, cache_dir=tmp_path)
+        assert engine.predict(pixels, ["water", "road"]).labels.shape == (96, 96)
+        assert seen and set(seen) == {expected}

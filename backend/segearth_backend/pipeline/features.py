@@ -191,7 +191,7 @@ class WindowSource:
         # stores (about 0.7 GB per megapixel) piled up in a long-running backend.
         guidance = functools.partial(image_guidance, self.image, self.valid, self.tower.device)
         store = kernel_store.kernel_store(self.tower.upsampler, guidance, self.windows, self.tower.device,
-                                        self.tower.dtype, keep)
+                                          self.tower.dtype, keep, self.tower.cast)
         if keep:
             self.cache.reserve(kernel_bytes + window_bytes)
             self.cache.put(key, store, kernel_bytes)

@@ -40,8 +40,11 @@ from .neighbourhood import _reflect_index_cpu
 SHARE_MIN = 64
 #: Image pixels between stripe edges (the window stride: a regular window spans two stripes).
 STRIPE_PIXELS = 112
-#: Pixels whose kernels are computed together (bounds the work space: about 32 MB).
-PIXELS_PER_PASS = 65536
+#: Pixels whose kernels are computed together. Bounds the work space: each buffer of a pass is under
+#: 16 MB, below glibc's largest mmap threshold (32 MB), so its pages are reused from the heap pass after
+#: pass instead of being mapped and zeroed anew (65536 pixels made 32.5 MB buffers: 30-50 % more page
+#: faults per run).
+PIXELS_PER_PASS = 32768
 KERNEL_BYTES = composite_step.TAPS_LOW * 4
 
 #: ``guidance(y0, y1, x0, x1)``: the normalised image rectangle, ``1 x 3 x (y1 - y0) x (x1 - x0)``.
@@ -192,10 +195,14 @@ class ImageKernels:
         windows: the image's sliding windows.
         keep: keep everything computed (the store goes into the feature cache); otherwise stripes are
             freed when the last window using them is released, a window's own parts when it is.
+        matmul_dtype: the dtype of the kernels' fixup matrix products (:meth:`JointBilateralStep.finish`):
+            None (float32), or ``torch.bfloat16`` in the engine's bfloat16 mode.
     """
 
-    def __init__(self, step: JointBilateralStep, guidance: GuidanceFn, windows: list[Window], keep: bool) -> None:
+    def __init__(self, step: JointBilateralStep, guidance: GuidanceFn, windows: list[Window], keep: bool,
+                 matmul_dtype: Optional[torch.dtype] = None) -> None:
         self.step = step
+        self.matmul_dtype = matmul_dtype
         self.guidance = guidance
         self.windows = windows
         self.keep = keep
@@ -287,7 +294,8 @@ class ImageKernels:
             neighbourhood_numba.range_logits(keys_np, guidance_np, rows[start:stop + 2 * RADIUS], cols,
                                        self.temperature, weights)
             neighbourhood.normalise_range_(torch.from_numpy(weights)[..., :self.spatial.shape[0]], self.spatial)
-            kernel = self.step.finish(torch.from_numpy(weights)).reshape(batch * (stop - start), width, -1)
+            kernel = self.step.finish(torch.from_numpy(weights), self.matmul_dtype)
+            kernel = kernel.reshape(batch * (stop - start), width, -1)
             out[:, start:stop] = composite_step.compose(
                 kernel, (row_frame[0] + start, row_frame[0] + stop, row_frame[1]),
                 (col_frame[0], col_frame[0] + width, col_frame[1]), repeat=batch).reshape(batch, stop - start,
@@ -356,7 +364,6 @@ class ImageKernels:
         if not any(sides):
             return frames
         guidance = self._window_guidance(indices, region.factor, padded=False)
-        keys = self.step.keys(guidance)
         height, width = guidance.shape[1:3]
         rows = _reflect_index_cpu(height, RADIUS).numpy()
         cols = _reflect_index_cpu(width, RADIUS).numpy()
@@ -366,12 +373,17 @@ class ImageKernels:
             if not batch:
                 continue
             first = 0 if side in ("top", "left") else (height if side == "bottom" else width) - edge
+            # The keys of the band the strip reads only (its rows or columns and their reflections).
             if side in ("top", "bottom"):
-                strips = self._kernels(keys[batch], guidance[batch], rows[first:first + edge + 2 * RADIUS], cols,
-                                       (first, height), (0, width))
+                band = rows[first:first + edge + 2 * RADIUS]
+                lo, hi = int(band.min()), int(band.max()) + 1
+                part = guidance[batch, lo:hi]
+                strips = self._kernels(self.step.keys(part), part, band - lo, cols, (first, height), (0, width))
             else:
-                strips = self._kernels(keys[batch], guidance[batch], rows, cols[first:first + edge + 2 * RADIUS],
-                                       (0, height), (first, width))
+                band = cols[first:first + edge + 2 * RADIUS]
+                lo, hi = int(band.min()), int(band.max()) + 1
+                part = guidance[batch, :, lo:hi]
+                strips = self._kernels(self.step.keys(part), part, rows, band - lo, (0, height), (first, width))
             for position, strip in zip(batch, strips):
                 frames[position][side] = strip
         return frames

@@ -104,10 +104,15 @@ def uses_composite(device: torch.device) -> bool:
 
 
 def kernel_store(upsampler: JBUOne, guidance: image_kernels.GuidanceFn, windows: list[Window],
-                 device: torch.device, dtype: Optional[torch.dtype], keep: bool) -> KernelStore:
-    """The kernel store for one image's windows on ``device``."""
+                 device: torch.device, dtype: Optional[torch.dtype], keep: bool,
+                 cast: Optional[torch.dtype] = None) -> KernelStore:
+    """The kernel store for one image's windows on ``device``.
+
+    ``dtype``: the autocast dtype (CUDA); ``cast``: the CPU's reduced precision (bfloat16 mode), in which
+    the composite kernels' fixup matrix products run.
+    """
     if uses_composite(device):
-        return image_kernels.ImageKernels(upsampler.up, guidance, windows, keep)
+        return image_kernels.ImageKernels(upsampler.up, guidance, windows, keep, matmul_dtype=cast)
     return TensorKernels(upsampler, guidance, windows, device, dtype, keep)
 
 

@@ -42,8 +42,7 @@ else:
                         for c in range(channels):
                             acc[c] += weight * neighbour[c]
 
-    # Reassociation lets the key dot products vectorise; no other fast-math liberties.
-    @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    @njit(parallel=True, fastmath={"contract"}, cache=True)
     def range_logits(keys: np.ndarray, guidance: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      temperature: float, out: np.ndarray) -> None:
         """``out[..., :T]``: ``temperature`` x each tap's key similarity; ``out[..., T:]``: the guidance.
@@ -52,31 +51,53 @@ else:
         radius), so ``out`` may cover any rectangle of ``keys`` with any border handling. The
         softmax over the taps is left to :func:`.neighbourhood.normalise_range_` (vectorised ``exp``:
         numba's is a scalar call per tap without Intel's SVML, twice this kernel's time).
+
+        The keys are first gathered channels first (``B x (height + 2r) x K x (width + 2r)``), so
+        each tap's dot products run along a row of pixels, one vector lane per pixel (1.5x faster than
+        one dot product of ``K`` per pixel and tap); each sums its ``K`` products in order.
         """
         batch, height, width = out.shape[0], out.shape[1], out.shape[2]
         depth = keys.shape[3]
         extra = guidance.shape[3]
-        diameter = rows.shape[0] - height + 1
+        span = rows.shape[0]
+        diameter = span - height + 1
         taps = diameter * diameter
         radius = diameter // 2
+        padded_width = cols.shape[0]
+        planes = np.empty((batch, span, depth, padded_width), np.float32)
+        for line in prange(batch * span):
+            b = line // span
+            source = keys[b, rows[line - b * span]]
+            plane = planes[b, line - b * span]
+            for x in range(padded_width):
+                pixel = source[cols[x]]
+                for k in range(depth):
+                    plane[k, x] = pixel[k]
         for line in prange(batch * height):
             b = line // height
             y = line - b * height
+            centre = planes[b, y + radius]
+            sums = np.empty((diameter, width), np.float32)
+            for i in range(diameter):
+                neighbours = planes[b, y + i]
+                sums[:] = 0.0
+                for k in range(depth):
+                    centre_row = centre[k, radius:radius + width]
+                    neighbour_row = neighbours[k]
+                    for j in range(diameter):
+                        row_sums = sums[j]
+                        for x in range(width):
+                            row_sums[x] += centre_row[x] * neighbour_row[x + j]
+                for j in range(diameter):
+                    tap = i * diameter + j
+                    row_sums = sums[j]
+                    for x in range(width):
+                        out[b, y, x, tap] = row_sums[x] * temperature
             cy = rows[y + radius]
             for x in range(width):
                 cx = cols[x + radius]
-                center = keys[b, cy, cx]
-                weights = out[b, y, x]
-                for i in range(diameter):
-                    source_row = keys[b, rows[y + i]]
-                    for j in range(diameter):
-                        neighbour = source_row[cols[x + j]]
-                        total = np.float32(0.0)
-                        for k in range(depth):
-                            total += center[k] * neighbour[k]
-                        weights[i * diameter + j] = total * temperature
                 for e in range(extra):
-                    weights[taps + e] = guidance[b, cy, cx, e]
+                    out[b, y, x, taps + e] = guidance[b, cy, cx, e]
 
     @njit(parallel=True, fastmath={"contract"}, cache=True)
     def bicubic_x2(source: np.ndarray, out: np.ndarray) -> None:

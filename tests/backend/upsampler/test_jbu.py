@@ -139,3 +139,19 @@ def test_final_affine_equals_the_fixup_layer(tiny_upsampler):
     via_affine = torch.einsum("ed,bdhw->behw", weight, features) + bias[None, :, None, None]
     torch.testing.assert_close(via_affine, direct, rtol=1e-5, atol=1e-5)
     assert np.isfinite(weight.detach().numpy()).all()
+
+
+@torch.inference_mode()
+def test_the_bfloat16_fixup_rounds_only_the_fixup_term(tiny_upsampler):
+    """The CPU's bfloat16 mode runs the kernels' two fixup matrix products in bfloat16: the result stays
+    float32, and it differs from float32 by bfloat16 rounding of the ``0.1 * fixup`` term only."""
+    torch.manual_seed(2)
+    step = tiny_upsampler.up
+    weights = torch.softmax(torch.randn(3, 40, 50, 121), dim=-1)
+    fixup_input = torch.cat([weights, torch.randn(3, 40, 50, 3)], dim=-1)
+    exact = step.finish(fixup_input)
+    rounded = step.finish(fixup_input, torch.bfloat16)
+    fixup_term = (exact - weights).abs().max()
+    assert rounded.dtype == torch.float32 and rounded.shape == exact.shape
+    difference = (rounded - exact).abs().max()
+    assert 0 < difference <= 2 ** -6 * fixup_term  # a few bfloat16 roundings (2^-8 each) of that term
