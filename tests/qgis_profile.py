@@ -14,6 +14,11 @@ the user: many tests make backends fail on purpose) and the empty
 local Ray instances the Ray tests start. Only folders that appeared during
 the session and that no live process uses are touched: another test session
 running beside this one (another worktree, `make test-qgis`) keeps its own.
+
+A session that is killed or aborts (QGIS without a display aborts before any
+test) never removes its profile: each profile folder is named after its
+session's process, and a session starting removes the profiles of sessions
+whose process has ended.
 """
 
 from __future__ import annotations
@@ -32,6 +37,27 @@ _PROFILE: dict[str, Path] = {}
 #: Ray's ``session_latest`` link is not matched (session folders are named after their date).
 _LEFTOVERS = (("segearth-backend-*", False), ("QGIS3-*", True), ("ray/session_2*", False))
 _BEFORE: set[Path] = set()
+_PROFILE_PREFIX = "segearth-qgis-profile-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_profiles(folder: Path) -> list[Path]:
+    """Profile folders in ``folder`` left by test sessions whose process has ended (named ``<prefix><pid>-*``)."""
+    stale = []
+    for entry in folder.glob(f"{_PROFILE_PREFIX}*"):
+        pid = entry.name[len(_PROFILE_PREFIX):].split("-", 1)[0]
+        if entry.is_dir() and not entry.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            stale.append(entry)
+    return stale
 
 
 def _leftover_candidates() -> dict[Path, bool]:
@@ -58,7 +84,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None
         from pytest_qgis import plugin as pytest_qgis
     except ImportError:  # pytest-qgis absent: nothing to redirect
         return (yield)
-    root = Path(tempfile.mkdtemp(prefix="segearth-qgis-profile-"))
+    for stale in stale_profiles(Path(tempfile.gettempdir())):
+        shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"{_PROFILE_PREFIX}{os.getpid()}-"))
     _PROFILE["root"] = root
     load = pytest_qgis._load_qgis_settings
     pytest_qgis._load_qgis_settings = lambda config: load(_ConfigWithRoot(config, root))
