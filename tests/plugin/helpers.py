@@ -113,6 +113,15 @@ def fill_filesystem(folder: Path, leave: int) -> Path:
     return filler
 
 
+def qgis_process_home(home: Path, block_size: int) -> Path:
+    """``home`` with a default QGIS profile whose SegEarth-OV block size is ``block_size``: a qgis_process run with
+    ``HOME=home`` splits a raster into as many blocks as a 1024-pixel block makes of one twice as wide."""
+    profile = home / ".local" / "share" / "QGIS" / "QGIS3" / "profiles" / "default" / "QGIS"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "QGIS3.ini").write_text(f"[segearth_ov]\nblock_size={block_size}\n")
+    return home
+
+
 def smooth_image(rows: int, cols: int, bands: int = 3, seed: int = 0) -> np.ndarray:
     """Blocky uint8 'land cover' (``bands x rows x cols``) so classes form regions, plus noise."""
     rng = np.random.default_rng(seed)

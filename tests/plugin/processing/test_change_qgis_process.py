@@ -1,5 +1,6 @@
-"""`qgis_process run segearth:change` on a 2000 x 2000 pair: one request at a time, three at once against a plain
-backend, and two at once against ``serve --ray --replicas 2`` write the same change raster and matrix."""
+"""`qgis_process run segearth:change` on a 1000 x 1000 pair in 9 blocks of 512 pixels (the blocks 1024 pixels make
+of 2000 x 2000): one request at a time, three at once against a plain backend, and two at once against
+``serve --ray --replicas 2`` write the same change raster and matrix."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from osgeo import ogr
 
 from tests.backend.service_helpers import HAS_RAY, RAY_ARGS, TOKEN, ServerProcess, tiny_server_args
 from tests.helpers import ROOT, tree_pythonpath
-from tests.plugin.helpers import read_band, smooth_image, write_geotiff
+from tests.plugin.helpers import qgis_process_home, read_band, smooth_image, write_geotiff
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 GRID = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
 CLASSES = "background\nbuilding,roof\nroad\ntree,forest\nwater"
+#: Pixels per block side in the runs' QGIS profile (9 blocks of the 1000 x 1000 pair).
+BLOCK_SIZE = 512
 
 pytestmark = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 
 
 def environment(home: Path, parity_dir: Path, **extra: str) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "QT_QPA_PLATFORM": "offscreen",
-            "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "PYTHONPATH": tree_pythonpath(),
+    return {"PATH": os.environ["PATH"], "HOME": str(qgis_process_home(home, BLOCK_SIZE)),
+            "QT_QPA_PLATFORM": "offscreen", "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable,
+            "PYTHONPATH": tree_pythonpath(),
             "SEGEARTH_BACKEND_PYTHONPATH": tree_pythonpath(), "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"),
             "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
             "SEGEARTH_UPSAMPLER_WEIGHTS": str(parity_dir / "tiny-simfeatup.ckpt"), "SEGEARTH_DEVICE": "cpu",
@@ -57,10 +61,10 @@ def matrix(folder: Path) -> list[list[float]]:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("large-pair")
-    image = smooth_image(2000, 2000, seed=8)
+    image = smooth_image(1000, 1000, seed=8)
     after = image.copy()
-    after[:, 300:500, 300:500] = image[:, 1500:1700, 1500:1700]
-    after[:, 1200:1350, 900:1100] = image[:, 100:250, 1700:1900]
+    after[:, 150:250, 150:250] = image[:, 750:850, 750:850]
+    after[:, 600:675, 450:550] = image[:, 50:125, 850:950]
     return (write_geotiff(folder / "before.tif", image, 32633, GRID),
             write_geotiff(folder / "after.tif", after, 32633, GRID))
 

@@ -1,4 +1,5 @@
-"""`qgis_process run segearth:segment` on a 2000 x 2000 raster: one block at a time against the plain local backend,
+"""`qgis_process run segearth:segment` on a 1000 x 1000 raster in 9 blocks of 512 pixels (the blocks 1024 pixels
+make of 2000 x 2000): one block at a time against the plain local backend,
 three at once against it, and two at once against ``serve --ray --replicas 2`` all write the same GeoTIFF."""
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import pytest
 
 from tests.backend.service_helpers import HAS_RAY, RAY_ARGS, TOKEN, ServerProcess, tiny_server_args
 from tests.helpers import ROOT, tree_pythonpath
-from tests.plugin.helpers import read_band, smooth_image, write_geotiff
+from tests.plugin.helpers import qgis_process_home, read_band, smooth_image, write_geotiff
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+#: Pixels per block side in the runs' QGIS profile (9 blocks of the 1000 x 1000 raster).
+BLOCK_SIZE = 512
 
 pytestmark = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 
@@ -25,13 +28,13 @@ pytestmark = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is no
 @pytest.fixture(scope="module")
 def raster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("large")
-    return write_geotiff(folder / "large.tif", smooth_image(2000, 2000, seed=8), 32633,
+    return write_geotiff(folder / "large.tif", smooth_image(1000, 1000, seed=8), 32633,
                          (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0))
 
 
 def segment(raster: Path, output: Path, home: Path, parity_dir: Path, **env_extra: str) -> str:
     """Run segearth:segment through qgis_process with the tiny weights; returns its output."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "QT_QPA_PLATFORM": "offscreen",
+    env = {"PATH": os.environ["PATH"], "HOME": str(qgis_process_home(home, BLOCK_SIZE)), "QT_QPA_PLATFORM": "offscreen",
            "QGIS_PLUGINPATH": str(ROOT), "SEGEARTH_BACKEND_PYTHON": sys.executable, "PYTHONPATH": tree_pythonpath(),
            "SEGEARTH_MODEL": str(parity_dir / "tiny-clip.json"),
            "SEGEARTH_CLIP_WEIGHTS": str(parity_dir / "tiny-clip.pt"),
